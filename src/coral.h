@@ -1,0 +1,47 @@
+/*
+ * What the host's C files share: the module openers and the host services they use.
+ *
+ * One C file per primitive, each exporting one opener (coral_<x>_open), gathered by core.c
+ * into package.preload. C is mechanism; policy lives in lua/coral/.
+ */
+#ifndef CORAL_H
+#define CORAL_H
+
+#include <lua.h>
+#include <uv.h>
+
+/* Every uv handle that coral's C code owns points handle->data at a struct whose first
+ * member is this tag. luv's own handles start with a small registry reference instead, so
+ * the host's walk over the loop (uv.walk, shutdown) can tell the two apart. */
+#define CORAL_HANDLE_TAG 0x43524c48u
+
+/* Module openers: "coral.host" (core.c), "coral.readline" (repl.c), "coral.proc" (spawn.c),
+ * "coral.dag" (dag.c), "coral.coord" (coord.c). */
+int coral_host_open(lua_State *L);
+int coral_readline_open(lua_State *L);
+int coral_spawn_open(lua_State *L);
+int coral_dag_open(lua_State *L);
+int coral_coord_open(lua_State *L);
+
+/* Set up a fresh state: standard libraries, luv on `loop`, cjson, coral's C modules and the
+ * searcher for the Lua files compiled into the binary. `lua_root` (may be NULL) is a directory
+ * whose lua/ and recipes/ take precedence over the embedded copies (the --dev mode). */
+void coral_open_state(lua_State *L, uv_loop_t *loop, const char *lua_root);
+
+/* Call the function below `nargs` arguments on the stack from an event-loop callback. An
+ * error does not unwind through libuv: it is kept, the loop is stopped, and uv.run() raises
+ * it in the code that ran the loop. Returns the number of results or a negative status. */
+int coral_callback(lua_State *L, int nargs, int nresults, int flags);
+
+/* Message handler for lua_pcall: adds a traceback to string errors. */
+int coral_traceback(lua_State *L);
+
+/* Stop everything the primitives started (children killed and reaped, their handles closed),
+ * close every other handle of the loop, and run it until nothing is left. Called before
+ * lua_close and by os.exit, so no child outlives the host. */
+void coral_shutdown(lua_State *L);
+
+/* Kill and reap every child that spawn.c still supervises (spawn.c). */
+void coral_spawn_shutdown(lua_State *L);
+
+#endif

@@ -1,0 +1,331 @@
+/*
+ * core.c: sets up a coral Lua state. Gathers the C modules into package.preload, links luv to
+ * the host's own libuv loop with the host's protected callback, adds the searcher for the Lua
+ * files compiled into the binary, and exposes "coral.host" (version, paths, embedded files).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+#include <luv/luv.h>
+#include <luv/lhandle.h>
+
+#include "coral.h"
+#include "embedded.h"
+
+/* Openers whose C file is not built yet are skipped (weak), so the primitives can land one by one. */
+#pragma weak coral_spawn_open
+#pragma weak coral_dag_open
+#pragma weak coral_coord_open
+#pragma weak coral_spawn_shutdown
+
+int luaopen_cjson(lua_State *L);
+int luaopen_cjson_safe(lua_State *L);
+
+/* Registry keys (addresses of these statics are unique per process, the values per state). */
+static const char PENDING_ERROR_KEY = 'e';
+static const char LUA_ROOT_KEY = 'r';
+
+/* {{{ callbacks from the event loop */
+
+int coral_traceback(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1;  /* an object with its own text: keep it as it is */
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  /* An error kept from an event-loop callback and raised again already has its traceback. */
+  if (strstr(msg, "\nstack traceback:") != NULL)
+    return 1;
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+int coral_callback(lua_State *L, int nargs, int nresults, int flags) {
+  int base = lua_gettop(L) - nargs;  /* index of the function */
+  int status;
+  (void)flags;
+  lua_pushcfunction(L, coral_traceback);
+  lua_insert(L, base);
+  status = lua_pcall(L, nargs, nresults, base);
+  lua_remove(L, base);
+  if (status == LUA_OK)
+    return nresults == LUA_MULTRET ? lua_gettop(L) - base + 1 : nresults;
+  /* Keep the first error only: later ones are usually its consequences. */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY);
+  } else {
+    lua_pop(L, 2);
+  }
+  uv_stop(luv_loop(L));
+  return -status;
+}
+
+/* uv.run([mode]) that raises the error of a callback that failed while it ran. */
+static int host_run(lua_State *L) {
+  lua_pushvalue(L, lua_upvalueindex(1));  /* luv's own run */
+  lua_insert(L, 1);
+  lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY) != LUA_TNIL) {
+    lua_pushnil(L);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY);
+    return lua_error(L);
+  }
+  lua_pop(L, 1);
+  return lua_gettop(L);
+}
+
+static int is_coral_handle(const uv_handle_t *handle) {
+  return handle->data != NULL && *(const unsigned *)handle->data == CORAL_HANDLE_TAG;
+}
+
+typedef struct walk_state { lua_State *L; int fn; int n; } walk_state;
+
+static void collect_luv_handle(uv_handle_t *handle, void *arg) {
+  walk_state *w = arg;
+  const luv_handle_t *data = handle->data;
+  if (data == NULL || is_coral_handle(handle))
+    return;
+  lua_rawgeti(w->L, LUA_REGISTRYINDEX, data->ref);
+  lua_rawseti(w->L, -2, ++w->n);
+}
+
+/* uv.walk(fn) over luv's handles only: coral's own handles have no Lua object. The handles
+ * are collected first and visited after, so fn may close them. */
+static int host_walk(lua_State *L) {
+  walk_state w = { L, 1, 0 };
+  int i;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_newtable(L);
+  uv_walk(luv_loop(L), collect_luv_handle, &w);
+  for (i = 1; i <= w.n; i++) {
+    lua_pushvalue(L, 1);
+    lua_rawgeti(L, 2, i);
+    lua_call(L, 1, 0);
+  }
+  return 0;
+}
+
+static int open_luv(lua_State *L) {
+  luaopen_luv(L);
+  lua_getfield(L, -1, "run");
+  lua_pushcclosure(L, host_run, 1);
+  lua_setfield(L, -2, "run");
+  lua_pushcfunction(L, host_walk);
+  lua_setfield(L, -2, "walk");
+  return 1;
+}
+
+static void close_luv_handle(lua_State *L, uv_handle_t *handle) {
+  if (uv_is_closing(handle))
+    return;
+  lua_getfield(L, -1, "close");
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ((const luv_handle_t *)handle->data)->ref);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK)
+    lua_pop(L, 1);
+}
+
+static void shutdown_walk(uv_handle_t *handle, void *arg) {
+  lua_State *L = arg;
+  if (handle->data == NULL || is_coral_handle(handle)) {
+    if (!uv_is_closing(handle))
+      uv_close(handle, NULL);
+    return;
+  }
+  close_luv_handle(L, handle);
+}
+
+void coral_shutdown(lua_State *L) {
+  uv_loop_t *loop = luv_loop(L);
+  if (coral_spawn_shutdown)
+    coral_spawn_shutdown(L);
+  if (loop == NULL)
+    return;
+  uv_run(loop, UV_RUN_NOWAIT);  /* let handles the primitives closed finish closing */
+  luaL_requiref(L, "luv", open_luv, 0);
+  uv_walk(loop, shutdown_walk, L);
+  lua_pop(L, 1);
+  while (uv_run(loop, UV_RUN_NOWAIT) != 0)
+    ;
+  /* An error raised by a close callback now has nobody to report to. */
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY);
+}
+
+/* }}} */
+/* {{{ embedded Lua files */
+
+static const coral_embedded_file *find_embedded(const char *path) {
+  const coral_embedded_file *f;
+  for (f = coral_embedded_files; f->path != NULL; f++)
+    if (strcmp(f->path, path) == 0)
+      return f;
+  return NULL;
+}
+
+/* package.searchers entry: module "coral.x" is lua/coral/x.lua or lua/coral/x/init.lua. */
+static int embedded_searcher(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  const char *candidates[2] = { "lua/%s.lua", "lua/%s/init.lua" };
+  const char *dotted = luaL_gsub(L, name, ".", "/");
+  int i;
+  for (i = 0; i < 2; i++) {
+    const char *path = lua_pushfstring(L, candidates[i], dotted);
+    const coral_embedded_file *f = find_embedded(path);
+    if (f != NULL) {
+      const char *chunkname = lua_pushfstring(L, "@%s", path);
+      if (luaL_loadbuffer(L, f->data, f->size, chunkname) != LUA_OK)
+        return luaL_error(L, "error loading module '%s' from the binary:\n\t%s", name,
+                          lua_tostring(L, -1));
+      lua_pushstring(L, path);
+      return 2;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pushfstring(L, "no module '%s' in the coral binary", name);
+  return 1;
+}
+
+/* source = host.embedded(path): a file compiled into the binary, or nil. */
+static int host_embedded(lua_State *L) {
+  const coral_embedded_file *f = find_embedded(luaL_checkstring(L, 1));
+  if (f == NULL)
+    return 0;
+  lua_pushlstring(L, f->data, f->size);
+  return 1;
+}
+
+/* paths = host.embedded_files([prefix]): paths of the compiled-in files, in sorted order. */
+static int host_embedded_files(lua_State *L) {
+  const char *prefix = luaL_optstring(L, 1, "");
+  size_t n = strlen(prefix);
+  const coral_embedded_file *f;
+  int i = 0;
+  lua_newtable(L);
+  for (f = coral_embedded_files; f->path != NULL; f++)
+    if (strncmp(f->path, prefix, n) == 0) {
+      lua_pushstring(L, f->path);
+      lua_rawseti(L, -2, ++i);
+    }
+  return 1;
+}
+
+/* }}} */
+/* {{{ coral.host */
+
+/* yes = host.isatty(fd) */
+static int host_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+/* host.exit([code]): like os.exit, but first stops every child and closes the loop, so
+ * nothing the host started outlives it. true/false mean 0/1, as in os.exit. */
+static int host_exit(lua_State *L) {
+  int code;
+  if (lua_isboolean(L, 1))
+    code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else
+    code = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
+  coral_shutdown(L);
+  fflush(NULL);
+  exit(code);
+  return 0;
+}
+
+static const luaL_Reg host_functions[] = {
+  { "embedded", host_embedded },
+  { "embedded_files", host_embedded_files },
+  { "isatty", host_isatty },
+  { "exit", host_exit },
+  { NULL, NULL }
+};
+
+int coral_host_open(lua_State *L) {
+  char exe[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  luaL_newlib(L, host_functions);
+  lua_pushliteral(L, CORAL_VERSION);
+  lua_setfield(L, -2, "version");
+  if (n > 0) {
+    exe[n] = '\0';
+    lua_pushstring(L, exe);
+    lua_setfield(L, -2, "exe");
+  }
+  /* Where lua/ and recipes/ are read from in --dev mode; nil when the embedded copies are used. */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &LUA_ROOT_KEY);
+  lua_setfield(L, -2, "source_root");
+  return 1;
+}
+
+/* }}} */
+
+void coral_open_state(lua_State *L, uv_loop_t *loop, const char *lua_root) {
+  const struct { const char *name; lua_CFunction open; } preload[] = {
+    { "luv", open_luv },
+    { "cjson", luaopen_cjson },
+    { "cjson.safe", luaopen_cjson_safe },
+    { "coral.host", coral_host_open },
+    { "coral.readline", coral_readline_open },
+    { "coral.proc", coral_spawn_open },
+    { "coral.dag", coral_dag_open },
+    { "coral.coord", coral_coord_open },
+  };
+  size_t i;
+
+  luaL_openlibs(L);
+  luv_set_loop(L, loop);
+  luv_set_callback(L, coral_callback);
+
+  if (lua_root != NULL) {
+    lua_pushstring(L, lua_root);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &LUA_ROOT_KEY);
+  }
+
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (i = 0; i < sizeof preload / sizeof preload[0]; i++) {
+    if (preload[i].open == NULL)
+      continue;
+    lua_pushcfunction(L, preload[i].open);
+    lua_setfield(L, -2, preload[i].name);
+  }
+  lua_pop(L, 1);
+
+  /* The embedded searcher goes right after preload, before package.path: a stray coral.lua
+   * in the working directory must not replace coral's own modules. In --dev mode the tree's
+   * lua/ is put first on package.path and the embedded copies come after it. */
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  lua_pushcfunction(L, embedded_searcher);
+  if (lua_root != NULL) {
+    lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;", lua_root, lua_root);
+    lua_getfield(L, -4, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -4, "path");
+  }
+  {
+    /* shift entries up and put the searcher at 2 (normal) or 3 (--dev) */
+    int pos = lua_root != NULL ? 3 : 2;
+    int n = (int)luaL_len(L, -2);
+    int j;
+    for (j = n; j >= pos; j--) {
+      lua_rawgeti(L, -2, j);
+      lua_rawseti(L, -3, j + 1);
+    }
+    lua_rawseti(L, -2, pos);
+  }
+  lua_pop(L, 2);
+
+  /* os.exit must not leave children behind. */
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, host_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+}
