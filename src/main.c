@@ -165,6 +165,30 @@ static int call_cli(lua_State *L, const char *fname, char **args, int nargs) {
   return code;
 }
 
+/* Calls require("coral.cli").script_result(value, script, args...) for the value a script
+ * returned (on the stack top, popped); returns the exit code, or -1 after reporting an error. */
+static int script_result(lua_State *L, char **args, int nargs) {
+  int i, status, code;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "coral.cli");
+  status = docall(L, 1, 1);
+  if (report(L, status) != LUA_OK) {
+    lua_pop(L, 1);
+    return -1;
+  }
+  lua_getfield(L, -1, "script_result");
+  lua_remove(L, -2);
+  lua_insert(L, -2);  /* function, value */
+  for (i = 0; i < nargs; i++)
+    lua_pushstring(L, args[i]);
+  status = docall(L, nargs + 1, 1);
+  if (report(L, status) != LUA_OK)
+    return -1;
+  code = (int)lua_tointeger(L, -1);
+  lua_pop(L, 1);
+  return code;
+}
+
 /* Runs the loop until no handle is active, reporting a callback's error like a script's. */
 static int run_loop(lua_State *L) {
   lua_getglobal(L, "require");
@@ -221,9 +245,19 @@ static int pmain(lua_State *L) {
       if (status == LUA_OK) {
         for (i = 0; i < nargs; i++)
           lua_pushstring(L, argv[o.script + 1 + i]);
-        status = docall(L, nargs, 0);
+        status = docall(L, nargs, 1);
       }
       report(L, status);
+      /* A script that returns a recipe or a plan is run as one, with its arguments. */
+      if (status == LUA_OK && !lua_isnil(L, -1)) {
+        int code = script_result(L, argv + o.script, argc - o.script);
+        if (code < 0)
+          return 0;
+        h->exit_code = code;
+        return 0;
+      }
+      if (status == LUA_OK)
+        lua_pop(L, 1);
     }
   } else if (!o.has_e && !o.version) {
     if (isatty(STDIN_FILENO)) {

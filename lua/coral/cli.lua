@@ -49,7 +49,7 @@ function M.main(name, ...)
   for _, a in ipairs(args) do
     if a == "-h" or a == "--help" then
       local c = commands[name]
-      io.stdout:write("usage: coral ", c.usage, "\n", c.summary, "\n")
+      io.stdout:write("usage: coral ", c.usage, "\n", c.summary, "\n", c.help and (c.help .. "\n") or "")
       return 0
     end
   end
@@ -93,5 +93,29 @@ function M.repl()
   return require("coral.repl").run()
 end
 
+--- A script returned a value: a recipe, a plan or a function run as a recipe with the
+-- script's arguments ("DESCRIPTION" [options]). Other values are ignored. Returns an exit code.
+function M.script_result(value, script, ...)
+  local recipes = require "coral.recipes"
+  local plan_mod = require "coral.plan"
+  if not (getmetatable(value) == recipes.Recipe or getmetatable(value) == plan_mod.Plan
+          or type(value) == "function") then
+    return 0
+  end
+  local commands_mod = require "coral.commands"
+  local opts, positional = commands_mod.parse({ ... }, commands_mod.RUN_OPTIONS)
+  if not opts then return positional end
+  local ok, plan = xpcall(recipes.to_plan, plan_mod.traceback, value, script, positional[1] or "(no description)", opts)
+  if not ok then
+    io.stderr:write("coral: ", tostring(plan):gsub("^coral: ", ""), "\n")
+    return EXIT_USAGE
+  end
+  return commands_mod.run_plan(plan, opts)
+end
+
 M.usage_error = usage_error
+
+-- The subcommands register themselves (and require this module while it loads).
+package.loaded["coral.cli"] = M
+require "coral.commands"
 return M

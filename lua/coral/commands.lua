@@ -1,0 +1,231 @@
+--- The subcommands: run, recipes, note, log, status. Each returns an exit code:
+-- 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,
+-- 130 interrupted.
+local cli = require "coral.cli"
+
+local M = {}
+
+local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE, M.EXIT_INTERRUPTED = EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED
+
+-- Options of `coral run` and of recipe files: name -> { key, kind }.
+M.RUN_OPTIONS = {
+  ["--max-workers"] = { "max_workers", "integer" },
+  ["--mode"] = { "mode", "string" },
+  ["--timeout"] = { "timeout", "number" },
+  ["--idle-timeout"] = { "idle_timeout", "number" },
+  ["--retries"] = { "retries", "integer" },
+  ["--on-failure"] = { "on_failure", "string" },
+  ["--agent"] = { "driver", "string" },
+  ["--model"] = { "model", "string" },
+  ["--dir"] = { "project_dir", "string" },
+  ["--sim-scale"] = { "sim_scale", "number" },
+  ["--format"] = { "format", "string" },
+  ["--show-plan"] = { "show_plan", "flag" },
+  ["--json"] = { "json", "flag" },
+  ["--quiet"] = { "quiet", "flag" },
+  ["--no-retry"] = { "no_retry", "flag" },
+}
+
+local function usage_error(message)
+  io.stderr:write("coral: ", message, " (try 'coral --help')\n")
+  return nil, EXIT_USAGE
+end
+
+--- Parses `args` against `spec`; returns options, positionals or nil, exit code.
+local function parse(args, spec)
+  local opts, positional = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--" then
+      for j = i + 1, #args do positional[#positional + 1] = args[j] end
+      break
+    elseif a:sub(1, 2) == "--" then
+      local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
+      name = name or a
+      local o = spec[name]
+      if not o then return usage_error("unknown option '" .. name .. "'") end
+      local key, kind = o[1], o[2]
+      if kind == "flag" then
+        if inline then return usage_error("option '" .. name .. "' takes no value") end
+        opts[key] = true
+      else
+        local v = inline
+        if v == nil then
+          i = i + 1
+          v = args[i]
+          if v == nil then return usage_error("option '" .. name .. "' needs a value") end
+        end
+        if kind == "integer" then
+          v = math.tointeger(tonumber(v))
+          if not v then return usage_error("option '" .. name .. "' needs a whole number, got '" .. args[i] .. "'") end
+        elseif kind == "number" then
+          local n = tonumber(v)
+          if not n then return usage_error("option '" .. name .. "' needs a number, got '" .. v .. "'") end
+          v = n
+        end
+        opts[key] = v
+      end
+    elseif a:sub(1, 1) == "-" and #a > 1 then
+      return usage_error("unknown option '" .. a .. "'")
+    else
+      positional[#positional + 1] = a
+    end
+    i = i + 1
+  end
+  return opts, positional
+end
+M.parse = parse
+
+local function runner_options(opts)
+  local r = {}
+  for _, k in ipairs { "max_workers", "mode", "timeout", "idle_timeout", "retries", "on_failure",
+                       "driver", "model", "project_dir", "sim_scale" } do
+    r[k] = opts[k]
+  end
+  if opts.no_retry then r.retry_failed = false end
+  if opts.json then r.output = "json" elseif opts.quiet then r.output = "quiet" end
+  return r
+end
+
+local function show_plan(plan, format)
+  format = format or "text"
+  local f = ({ text = plan.to_text, dot = plan.to_dot, mermaid = plan.to_mermaid, json = plan.to_json })[format]
+  if not f then
+    io.stderr:write("coral: unknown plan format '", format, "' (text, dot, mermaid, json)\n")
+    return EXIT_USAGE
+  end
+  io.stdout:write(f(plan))
+  return EXIT_OK
+end
+
+-- Turns an error raised while loading a recipe or building its plan into a message and exit 2.
+local function recipe_error(err)
+  err = tostring(err)
+  io.stderr:write("coral: ", err:gsub("^coral: ", ""), "\n")
+  return EXIT_USAGE
+end
+
+--- Runs a plan with the command-line options; prints the summary; returns the exit code.
+function M.run_plan(plan, opts)
+  if opts.show_plan then return show_plan(plan, opts.format) end
+  local coral = require "coral"
+  local ok, runner = pcall(coral.runner, runner_options(opts))
+  if not ok then return recipe_error(tostring(runner):gsub("^[^:]*:%d+: ", "")) end
+  local summary
+  ok, summary = xpcall(runner.execute_plan, require("coral.plan").traceback, runner, plan,
+                       { description = plan.description })
+  if not ok then return recipe_error(summary) end
+  if opts.json then
+    io.stdout:write(require("cjson").encode { event = "summary", summary = summary }, "\n")
+  elseif not opts.quiet then
+    io.stdout:write(require("coral.progress").summary_text(summary))
+  end
+  if summary.interrupted then return EXIT_INTERRUPTED end
+  return (summary.failed + summary.skipped == 0) and EXIT_OK or EXIT_FAILED
+end
+
+--- Loads a recipe (library name or file) and runs it with the arguments that follow it.
+function M.run_recipe(name, args)
+  local opts, positional = parse(args, M.RUN_OPTIONS)
+  if not opts then return positional end
+  if #positional > 1 then return select(2, usage_error("unexpected argument '" .. positional[2] .. "'")) end
+  local description = positional[1] or "(no description)"
+  local ok, plan = pcall(require("coral.recipes").plan, name, description, 1,
+                         { project_dir = opts.project_dir })
+  if not ok then return recipe_error(plan) end
+  return M.run_plan(plan, opts)
+end
+
+cli.add_command("run", {
+  usage = "run TYPE \"DESCRIPTION\" [options]",
+  summary = "run a plan from the recipe library (or a recipe file) for a project",
+  help = [[
+options:
+  --max-workers N      tasks at once (4)
+  --mode M             dependency (default), phased, sequential, parallel, pipeline
+  --timeout S          per-task timeout in seconds (300; 0 = none)
+  --idle-timeout S     kill a task that prints nothing for S seconds
+  --retries N          extra attempts for a failed task (2), with backoff
+  --no-retry           no retries
+  --on-failure P       skip (default: skip dependents), stop, continue
+  --agent DRIVER       auto (default), claude, codex, gemini, aider, sim, prompt, cmd
+  --model NAME         model passed to the agent CLI
+  --dir PROJECT        project directory (.)
+  --sim-scale X        the sim driver sleeps estimate x X seconds (0.02)
+  --show-plan          print the plan and run nothing (--format text|dot|mermaid|json)
+  --json               JSON lines, one per event, then the summary
+  --quiet              only the summary
+exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,
+130 interrupted]],
+  run = function(args)
+    local name = args[1]
+    if not name or name:sub(1, 1) == "-" then return select(2, usage_error("run needs a project type (see 'coral recipes')")) end
+    return M.run_recipe(name, { table.unpack(args, 2) })
+  end,
+})
+
+cli.add_command("recipes", {
+  usage = "recipes",
+  summary = "list the recipe library",
+  run = function()
+    local recipes = require "coral.recipes"
+    for _, name in ipairs(recipes.names(".")) do
+      io.stdout:write(string.format("%-16s %s\n", name, recipes.summary(name, ".")))
+    end
+    return EXIT_OK
+  end,
+})
+
+local function coordination_path(env_name, file, args)
+  local opts, positional = parse(args, { ["--dir"] = { "dir", "string" } })
+  if not opts then return nil, positional end
+  if #positional == 0 then return select(2, usage_error("needs the text to write")) end
+  local path = os.getenv(env_name)
+  if opts.dir or not path or path == "" then path = (opts.dir or ".") .. "/" .. file end
+  return path, table.concat(positional, " ")
+end
+
+cli.add_command("note", {
+  usage = "note TEXT [--dir PROJECT]",
+  summary = "append a note to the project's scratchpad.md, under its lock",
+  run = function(args)
+    local path, text = coordination_path("CORAL_SCRATCHPAD", "scratchpad.md", args)
+    if not path then return text end
+    local ok, err = require("coral.records").note(path, text, os.getenv("CORAL_AGENT"))
+    if not ok then io.stderr:write("coral: ", err, "\n"); return EXIT_FAILED end
+    return EXIT_OK
+  end,
+})
+
+cli.add_command("log", {
+  usage = "log TEXT [--dir PROJECT]",
+  summary = "append a progress line to the project's activity_tracker.md, under its lock",
+  run = function(args)
+    local path, text = coordination_path("CORAL_ACTIVITY", "activity_tracker.md", args)
+    if not path then return text end
+    local records = require "coral.records"
+    local who = os.getenv("CORAL_AGENT")
+    local line = string.format("- [%s]%s %s\n", os.date("%Y-%m-%d %H:%M:%S"), who and (" " .. who .. ":") or "", text)
+    local ok, err = require("coral.coord").append(path, line, { header = records.ACTIVITY_HEADER, mode = tonumber("644", 8) })
+    if not ok then io.stderr:write("coral: ", err, "\n"); return EXIT_FAILED end
+    return EXIT_OK
+  end,
+})
+
+cli.add_command("status", {
+  usage = "status [RUN] [--dir PROJECT]",
+  summary = "the state of the last or a given run",
+  run = function(args)
+    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" }, ["--json"] = { "json", "flag" } })
+    if not opts then return positional end
+    local status = require "coral.status"
+    local run, err = status.load(opts.dir or ".", positional[1])
+    if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
+    io.stdout:write(opts.json and require("cjson").encode(run) .. "\n" or status.text(run))
+    return EXIT_OK
+  end,
+})
+
+return M

@@ -1,0 +1,78 @@
+--- Small file-system helpers over luv, shared by the runner's modules.
+local uv = require "luv"
+
+local M = {}
+
+--- Creates `path` and its missing parents with `mode` (default 0755). Returns true or nil, err.
+function M.mkdirs(path, mode)
+  mode = mode or tonumber("755", 8)
+  if uv.fs_stat(path) then return true end
+  local parent = path:match("^(.*)/[^/]+/*$")
+  if parent and parent ~= "" then
+    local ok, err = M.mkdirs(parent, mode)
+    if not ok then return nil, err end
+  end
+  local ok, err, code = uv.fs_mkdir(path, mode)
+  if not ok and code ~= "EEXIST" then return nil, "create directory " .. path .. ": " .. err end
+  return true
+end
+
+--- The whole content of a file, or nil and the error.
+function M.read(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+--- Writes a file through a temp file and rename, so readers see the old or the new content.
+function M.write_atomic(path, data, mode)
+  local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
+  local fd, err = uv.fs_open(tmp, "w", mode or tonumber("644", 8))
+  if not fd then return nil, "write " .. path .. ": " .. err end
+  local ok, werr = uv.fs_write(fd, data, 0)
+  if ok then ok, werr = uv.fs_fsync(fd) end
+  uv.fs_close(fd)
+  if ok then ok, werr = uv.fs_rename(tmp, path) end
+  if not ok then
+    uv.fs_unlink(tmp)
+    return nil, "write " .. path .. ": " .. tostring(werr)
+  end
+  return true
+end
+
+--- An absolute, normalised version of `path` (relative to the current directory).
+function M.absolute(path)
+  if path:sub(1, 1) ~= "/" then path = uv.cwd() .. "/" .. path end
+  local parts = {}
+  for part in path:gmatch("[^/]+") do
+    if part == ".." then parts[#parts] = nil
+    elseif part ~= "." then parts[#parts + 1] = part end
+  end
+  return "/" .. table.concat(parts, "/")
+end
+
+--- Local time as "2026-01-15 10:30:12" (or with `fmt`).
+function M.timestamp(t, fmt)
+  return os.date(fmt or "%Y-%m-%d %H:%M:%S", math.floor(t or os.time()))
+end
+
+--- Wall-clock seconds with sub-second precision.
+function M.now()
+  local sec, usec = uv.gettimeofday()
+  return sec + usec / 1e6
+end
+
+--- Is `name` an executable on PATH? Returns its path.
+function M.which(name)
+  if name:find("/") then return uv.fs_access(name, "X") and name or nil end
+  for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
+    local p = dir .. "/" .. name
+    local st = uv.fs_stat(p)
+    if st and st.type == "file" and uv.fs_access(p, "X") then return p end
+  end
+  return nil
+end
+
+return M

@@ -1,0 +1,382 @@
+--- Tasks and plans: what a recipe declares. A plan is a validated dependency graph of tasks,
+-- built from a list of phases (each a list of tasks) or a flat list of tasks.
+local check = require "coral.check"
+local dag = require "coral.dag"
+
+local M = {}
+
+local Task = {}
+Task.__index = Task
+M.Task = Task
+
+local Plan = {}
+Plan.__index = Plan
+M.Plan = Plan
+
+local TASK_OPTIONS = {
+  id = "string", agent = "string", task = "string", depends_on = "list",
+  timeout = "number", idle_timeout = "number", retries = "integer", priority = "integer",
+  estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
+  cwd = "string", env = "table", model = "string", slurm = "table",
+}
+
+--- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
+M.DEFAULT_ESTIMATE = 60
+
+--- Declares a task: task(agent, text [, opts]) or task{agent=, task=, ...}.
+-- opts: id, depends_on, timeout, idle_timeout, retries, priority, estimate, cmd (argv list,
+-- or a string run by /bin/sh -c), driver, model, context, cwd, env, slurm.
+---@return table task
+function M.task(agent, text, opts)
+  local spec
+  if type(agent) == "table" and text == nil and opts == nil then
+    spec = agent
+  else
+    if type(agent) ~= "string" then
+      error("coral.task: agent must be a string, got " .. type(agent), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then
+      error("coral.task: task text must be a string, got " .. type(text), 2)
+    end
+    check.options("coral.task", opts, TASK_OPTIONS, 2)
+    spec = {}
+    for k, v in pairs(opts or {}) do spec[k] = v end
+    spec.agent, spec.task = agent, text
+  end
+  check.options("coral.task", spec, TASK_OPTIONS, 2)
+  if spec.agent == nil and spec.id == nil then
+    error("coral.task: a task needs an agent or an id", 2)
+  end
+  local t = setmetatable({}, Task)
+  for k, v in pairs(spec) do t[k] = v end
+  t.agent = t.agent or t.id
+  t.task = t.task or ""
+  if t.depends_on then
+    for i, d in ipairs(t.depends_on) do
+      if type(d) ~= "string" then
+        error(string.format("coral.task: depends_on[%d] must be a task id string, got %s", i, type(d)), 2)
+      end
+    end
+  end
+  if t.retries and t.retries < 0 then error("coral.task: retries must be >= 0", 2) end
+  if t.timeout and t.timeout < 0 then error("coral.task: timeout must be >= 0", 2) end
+  t.where = check.where(1)
+  return t
+end
+
+local function is_task(v)
+  return getmetatable(v) == Task
+end
+
+-- Turns a raw table {agent=..., task=...} found in a plan into a Task, blaming `where`.
+local function as_task(v, where)
+  if is_task(v) then return v end
+  local ok, t = pcall(M.task, v)
+  if not ok then error(where .. ": " .. tostring(t):gsub("^[^:]*:%d+: ", ""), 0) end
+  t.where = where
+  return t
+end
+
+local function copy_task(t)
+  local c = setmetatable({}, Task)
+  for k, v in pairs(t) do c[k] = v end
+  if t.depends_on then c.depends_on = { table.unpack(t.depends_on) } end
+  return c
+end
+
+--- The error a bad plan raises: its text is "file:line: message", blaming the recipe line
+-- that declared the culprit; no traceback is added to it (the line is the useful part).
+M.PlanError = { __tostring = function(e) return e.message end }
+
+local function plan_error(where, message)
+  error(setmetatable({ message = (where or "plan") .. ": " .. message }, M.PlanError), 0)
+end
+
+--- A message handler for xpcall: plan errors as they are, other errors with a traceback.
+function M.traceback(err)
+  if getmetatable(err) == M.PlanError then return err end
+  return debug.traceback(tostring(err), 2)
+end
+
+--- Builds a plan from a list of phases or a flat list of tasks. In a list of phases, a task
+-- without depends_on depends on every task of the phase before it.
+---@param spec table
+---@param opts? {name?: string, description?: string}
+function M.plan(spec, opts)
+  if getmetatable(spec) == Plan then return spec end
+  local where = check.where(1)
+  if type(spec) ~= "table" then
+    error("coral.plan: expected a list of phases or of tasks, got " .. type(spec), 2)
+  end
+  check.options("coral.plan", opts, { name = "string", description = "string" }, 2)
+  local self = setmetatable({ tasks = {}, by_id = {}, declared_phases = {}, where = where }, Plan)
+  self.name = opts and opts.name
+  self.description = opts and opts.description
+
+  local phased = #spec > 0
+  for _, v in ipairs(spec) do
+    if is_task(v) or (type(v) == "table" and (v.agent or v.id)) then phased = false end
+  end
+  local groups = phased and spec or { spec }
+  for p, group in ipairs(groups) do
+    if type(group) ~= "table" then
+      plan_error(where, string.format("phase %d must be a list of tasks, got %s", p, type(group)))
+    end
+    local phase = {}
+    for i, v in ipairs(group) do
+      if type(v) ~= "table" then
+        plan_error(where, string.format("phase %d, item %d is not a task (got %s)", p, i, type(v)))
+      end
+      -- A plan owns copies of its tasks: the same task object may be used in two plans.
+      local t = copy_task(as_task(v, where))
+      t.phase = phased and p or nil
+      phase[#phase + 1] = t
+      self.tasks[#self.tasks + 1] = t
+    end
+    if phased then self.declared_phases[#self.declared_phases + 1] = phase end
+  end
+
+  -- Ids: explicit ones first, then the agent's name, made unique with -2, -3, ...
+  for _, t in ipairs(self.tasks) do
+    if t.id then
+      local other = self.by_id[t.id]
+      if other then
+        plan_error(t.where, string.format("duplicate task id '%s' (first declared at %s)", t.id, other.where))
+      end
+      self.by_id[t.id] = t
+    end
+  end
+  for _, t in ipairs(self.tasks) do
+    if not t.id then
+      local id, n = t.agent, 1
+      while self.by_id[id] do n = n + 1; id = t.agent .. "-" .. n end
+      t.id = id
+      self.by_id[id] = t
+    end
+  end
+
+  -- Phase defaults: depend on the whole previous phase.
+  if phased then
+    local previous = {}
+    for _, phase in ipairs(self.declared_phases) do
+      for _, t in ipairs(phase) do
+        if t.depends_on == nil then
+          t.depends_on = {}
+          for _, d in ipairs(previous) do t.depends_on[#t.depends_on + 1] = d.id end
+          t.implicit_deps = true
+        end
+      end
+      if #phase > 0 then previous = phase end
+    end
+  end
+  for _, t in ipairs(self.tasks) do t.depends_on = t.depends_on or {} end
+
+  self:validate()
+  return self
+end
+
+--- Builds the C dependency graph of the plan (weights = estimates, in seconds).
+---@param opts? {no_edges?: boolean}
+function Plan:graph(opts)
+  local g = dag.new()
+  local no_edges = opts and opts.no_edges
+  for _, t in ipairs(self.tasks) do
+    local ok, err = g:add(t.id, no_edges and {} or t.depends_on,
+                          { weight = self:estimate(t), priority = t.priority or 0 })
+    if not ok then plan_error(t.where, err) end
+  end
+  return g
+end
+
+--- The estimate used for `t`: its own, else the one given by set_estimates, else the default.
+function Plan:estimate(t)
+  return t.estimate or (self.estimates and self.estimates[t.id]) or M.DEFAULT_ESTIMATE
+end
+
+--- Sets estimates from history: a table task id -> seconds.
+function Plan:set_estimates(estimates)
+  self.estimates = estimates
+  self.analysis = nil
+end
+
+--- Checks the graph: unknown, self and cyclic dependencies, reported at the task's line.
+function Plan:validate()
+  for _, t in ipairs(self.tasks) do
+    for _, d in ipairs(t.depends_on) do
+      if d == t.id then
+        plan_error(t.where, string.format("task '%s' depends on itself", t.id))
+      elseif not self.by_id[d] then
+        plan_error(t.where, string.format("task '%s' depends on unknown task '%s'", t.id, d))
+      end
+    end
+  end
+  local g = self:graph()
+  local ok, err, kind = g:validate()
+  if not ok then
+    -- A cycle message names the tasks; blame the first one's line.
+    local first = kind == "cycle" and err:match("dependency cycle: ([^%s]+)")
+    plan_error(first and self.by_id[first] and self.by_id[first].where or self.where, err)
+  end
+  return true
+end
+
+local function analyse(self)
+  if not self.analysis then
+    local g = self:graph()
+    assert(g:validate())
+    local path, length = g:critical_path()
+    self.analysis = { phases = g:phases(), path = path, length = length }
+  end
+  return self.analysis
+end
+
+--- The plan's phases: the declared ones for a list of phases, else the topological
+-- generations (each a list of task ids).
+function Plan:phases()
+  if #self.declared_phases > 0 then
+    local out = {}
+    for _, phase in ipairs(self.declared_phases) do
+      local ids = {}
+      for _, t in ipairs(phase) do ids[#ids + 1] = t.id end
+      if #ids > 0 then out[#out + 1] = ids end
+    end
+    return out
+  end
+  return analyse(self).phases
+end
+
+--- The topological generations, whatever the declaration.
+function Plan:generations()
+  return analyse(self).phases
+end
+
+--- The critical path: list of task ids and its length in estimated seconds.
+function Plan:critical_path()
+  local a = analyse(self)
+  return a.path, a.length
+end
+
+--- Phase number (1-based) of each task id, as phases() reports them.
+function Plan:phase_of()
+  local of = {}
+  for p, ids in ipairs(self:phases()) do
+    for _, id in ipairs(ids) do of[id] = p end
+  end
+  return of
+end
+
+local function short(text, n)
+  text = (text or ""):gsub("%s+", " ")
+  if #text > n then text = text:sub(1, n - 1) .. "…" end
+  return text
+end
+M.short = short
+
+--- A readable listing of the phases and dependencies.
+function Plan:to_text()
+  local lines = {}
+  local path, length = self:critical_path()
+  local on_path = {}
+  for _, id in ipairs(path) do on_path[id] = true end
+  lines[#lines + 1] = string.format("Plan%s: %d tasks in %d phases",
+    self.name and (" " .. self.name) or "", #self.tasks, #self:phases())
+  if self.description then lines[#lines + 1] = "Project: " .. self.description end
+  for p, ids in ipairs(self:phases()) do
+    lines[#lines + 1] = string.format("Phase %d:", p)
+    for _, id in ipairs(ids) do
+      local t = self.by_id[id]
+      local deps = #t.depends_on > 0 and ("  <- " .. table.concat(t.depends_on, ", ")) or ""
+      lines[#lines + 1] = string.format("  %s %-24s %s%s", on_path[id] and "*" or "-", id,
+                                        short(t.task, 48), deps)
+    end
+  end
+  lines[#lines + 1] = string.format("Critical path (*): %s (%.0f s estimated)",
+                                    table.concat(path, " -> "), length)
+  return table.concat(lines, "\n") .. "\n"
+end
+
+local function dot_quote(s)
+  return '"' .. tostring(s):gsub('[\\"]', "\\%0"):gsub("\n", "\\n") .. '"'
+end
+
+--- The plan as Graphviz DOT: phases as ranks, critical path in bold red.
+function Plan:to_dot()
+  local path = self:critical_path()
+  local on_path, next_on_path = {}, {}
+  for i, id in ipairs(path) do on_path[id] = true; next_on_path[id] = path[i + 1] end
+  local out = { "digraph plan {", "  rankdir=LR;", '  node [shape=box, style="rounded", fontname="Helvetica"];' }
+  for p, ids in ipairs(self:phases()) do
+    out[#out + 1] = string.format("  subgraph cluster_phase%d { label=%s; style=dashed;", p, dot_quote("Phase " .. p))
+    for _, id in ipairs(ids) do
+      local t = self.by_id[id]
+      out[#out + 1] = string.format("    %s [label=%s%s];", dot_quote(id),
+        dot_quote(t.agent .. "\n" .. short(t.task, 40)),
+        on_path[id] and ', color="red", penwidth=2' or "")
+    end
+    out[#out + 1] = "  }"
+  end
+  for _, t in ipairs(self.tasks) do
+    for _, d in ipairs(t.depends_on) do
+      local critical = on_path[d] and next_on_path[d] == t.id
+      out[#out + 1] = string.format("  %s -> %s%s;", dot_quote(d), dot_quote(t.id),
+                                    critical and ' [color="red", penwidth=2]' or "")
+    end
+  end
+  out[#out + 1] = "}"
+  return table.concat(out, "\n") .. "\n"
+end
+
+--- The plan as a Mermaid flowchart: phases as subgraphs, critical path highlighted.
+function Plan:to_mermaid()
+  local path = self:critical_path()
+  local on_path = {}
+  for _, id in ipairs(path) do on_path[id] = true end
+  local node_name, n = {}, 0
+  for _, t in ipairs(self.tasks) do n = n + 1; node_name[t.id] = "t" .. n end
+  local function label(s) return (s:gsub('"', "#quot;")) end
+  local out = { "flowchart LR" }
+  for p, ids in ipairs(self:phases()) do
+    out[#out + 1] = string.format('  subgraph phase%d["Phase %d"]', p, p)
+    for _, id in ipairs(ids) do
+      local t = self.by_id[id]
+      out[#out + 1] = string.format('    %s["%s<br/>%s"]', node_name[id], label(t.agent),
+                                    label(short(t.task, 40)))
+    end
+    out[#out + 1] = "  end"
+  end
+  for _, t in ipairs(self.tasks) do
+    for _, d in ipairs(t.depends_on) do
+      out[#out + 1] = string.format("  %s --> %s", node_name[d], node_name[t.id])
+    end
+  end
+  local critical = {}
+  for _, id in ipairs(path) do critical[#critical + 1] = node_name[id] end
+  if #critical > 0 then
+    out[#out + 1] = "  classDef critical stroke:#d00,stroke-width:3px"
+    out[#out + 1] = "  class " .. table.concat(critical, ",") .. " critical"
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+--- The plan as JSON: tasks with their dependencies, phases and the critical path.
+function Plan:to_json()
+  local cjson = require "cjson"
+  local tasks = {}
+  for _, t in ipairs(self.tasks) do
+    tasks[#tasks + 1] = {
+      id = t.id, agent = t.agent, task = t.task,
+      depends_on = t.depends_on,
+      estimate = self:estimate(t), priority = t.priority or 0,
+      phase = self:phase_of()[t.id],
+    }
+  end
+  local path, length = self:critical_path()
+  local text = cjson.encode {
+    name = self.name, description = self.description, tasks = tasks,
+    phases = self:phases(), critical_path = path, critical_path_seconds = length,
+  }
+  -- Debian's lua-cjson writes an empty table as {}; a task without dependencies has [].
+  return (text:gsub('"depends_on":{}', '"depends_on":[]')) .. "\n"
+end
+
+return M

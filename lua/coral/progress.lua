@@ -1,0 +1,180 @@
+--- Progress output of a run. On a terminal: a live view redrawn in place (each running task
+-- with its elapsed time, counts, a bar, an ETA). Otherwise: one timestamped line per event.
+-- "json": one JSON object per line per event. "quiet": nothing until the summary.
+local cjson = require "cjson"
+local host = require "coral.host"
+local uv = require "luv"
+
+local M = {}
+
+local function clock(t)
+  local sec = math.floor(t)
+  return os.date("%H:%M:%S", sec)
+end
+
+local function fmt_duration(s)
+  if s == nil then return "-" end
+  if s < 60 then return string.format("%.1fs", s) end
+  if s < 3600 then return string.format("%dm%02ds", s // 60, math.floor(s % 60)) end
+  return string.format("%dh%02dm", s // 3600, math.floor(s % 3600 / 60))
+end
+M.fmt_duration = fmt_duration
+
+local Lines = {}
+Lines.__index = Lines
+
+function Lines:event(e)
+  local out = self.out
+  local when = clock(e.t or os.time())
+  if e.event == "run" then
+    out:write(string.format("[%s] run %s: %d tasks, mode %s, %d workers%s\n", when, e.run_id, e.tasks,
+      e.mode, e.max_workers, e.plan and (", plan " .. e.plan) or ""))
+  elseif e.event == "start" then
+    out:write(string.format("[%s] start  %s (attempt %d, pid %d)\n", when, e.task, e.attempt, e.pid or 0))
+  elseif e.event == "end" then
+    out:write(string.format("[%s] %-6s %s (attempt %d, %s%s)\n", when,
+      e.outcome == "success" and "done" or "FAIL", e.task, e.attempt, fmt_duration(e.duration),
+      e.error and (": " .. e.error) or ""))
+  elseif e.event == "retry" then
+    out:write(string.format("[%s] retry  %s in %.1fs (attempt %d)\n", when, e.task, e.delay, e.attempt))
+  elseif e.event == "skip" then
+    out:write(string.format("[%s] skip   %s: %s\n", when, e.task, e.reason))
+  elseif e.event == "stopping" then
+    out:write(string.format("[%s] stopping: %s\n", when, e.reason))
+  end
+  out:flush()
+end
+function Lines:finish() end
+
+local Json = {}
+Json.__index = Json
+function Json:event(e)
+  e.t = e.t or os.time()
+  self.out:write(cjson.encode(e), "\n")
+  self.out:flush()
+end
+function Json:finish() end
+
+local Quiet = {}
+Quiet.__index = Quiet
+function Quiet:event() end
+function Quiet:finish() end
+
+-- The live view: redrawn at most every 100 ms and on each start or end.
+local Live = {}
+Live.__index = Live
+
+function Live:draw()
+  local run = self.run
+  local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0 }
+  local running = {}
+  local now = uv.hrtime()
+  for _, t in ipairs(run.plan.tasks) do
+    local st = run.state[t.id]
+    counts[st.status] = (counts[st.status] or 0) + 1
+    if st.status == "running" then
+      local a = st.attempts[#st.attempts]
+      running[#running + 1] = string.format("  ▶ %-28s %7s%s", t.id,
+        fmt_duration((now - a.mono_start) / 1e9), a.n > 1 and (" (attempt " .. a.n .. ")") or "")
+    end
+  end
+  local total = #run.plan.tasks
+  local ended = counts.succeeded + counts.failed + counts.skipped
+  local width = 30
+  local filled = total > 0 and math.floor(ended / total * width + 0.5) or width
+  -- ETA from estimates: the estimated work left spread over the workers.
+  local left = 0
+  for _, t in ipairs(run.plan.tasks) do
+    local s = run.state[t.id].status
+    if s == "pending" or s == "running" or s == "backoff" then left = left + run.plan:estimate(t) end
+  end
+  local lines = {
+    string.format("coral %s  phase %d/%d  %s%s  %d/%d", run.mode, run:current_phase(), #run.phases,
+      string.rep("█", filled), string.rep("░", width - filled), ended, total),
+    string.format("  done %d  failed %d  skipped %d  running %d  elapsed %s  eta ~%s",
+      counts.succeeded, counts.failed, counts.skipped, counts.running,
+      fmt_duration((now - self.started) / 1e9), fmt_duration(left / run.max_workers)),
+  }
+  for i = 1, math.min(#running, 12) do lines[#lines + 1] = running[i] end
+  if #running > 12 then lines[#lines + 1] = string.format("  … and %d more", #running - 12) end
+  local out = {}
+  if self.drawn > 0 then out[1] = string.format("\27[%dA", self.drawn) end
+  for _, l in ipairs(lines) do out[#out + 1] = "\27[2K" .. l .. "\n" end
+  -- Clear lines left over from a taller previous frame.
+  for _ = #lines + 1, self.drawn do out[#out + 1] = "\27[2K\n" end
+  local extra = math.max(0, self.drawn - #lines)
+  if extra > 0 then out[#out + 1] = string.format("\27[%dA", extra) end
+  self.out:write(table.concat(out))
+  self.out:flush()
+  self.drawn = #lines
+end
+
+function Live:event(e)
+  if e.event == "end" and e.outcome ~= "success" or e.event == "skip" or e.event == "stopping" then
+    -- Failures scroll above the live view, so they stay readable after it is redrawn.
+    local text
+    if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
+    elseif e.event == "skip" then text = string.format("⏭ %s: %s", e.task, e.reason)
+    else text = "stopping: " .. e.reason end
+    if self.drawn > 0 then self.out:write(string.format("\27[%dA\27[J", self.drawn)) end
+    self.drawn = 0
+    self.out:write(text, "\n")
+  end
+  if e.event == "run" and not self.timer then
+    self.timer = uv.new_timer()
+    self.timer:start(100, 100, function() self:draw() end)
+    self.timer:unref()
+  end
+  if e.event ~= "run" and e.event ~= "done" then self:draw() end
+end
+
+function Live:finish()
+  if self.timer then self.timer:close(); self.timer = nil end
+  self:draw()
+end
+
+--- A reporter for `mode` ("auto" picks live on a terminal, else lines).
+function M.new(mode, run)
+  local out = io.stderr
+  if mode == "auto" then mode = host.isatty(2) and "live" or "lines" end
+  local cls = ({ live = Live, lines = Lines, json = Json, quiet = Quiet })[mode]
+  if mode == "json" then out = io.stdout end
+  return setmetatable({ out = out, run = run, drawn = 0, started = uv.hrtime() }, cls)
+end
+
+--- The summary as text, as `coral run` prints it.
+function M.summary_text(s)
+  local function row(k, v) return string.format("  %-22s %s", k, v) end
+  local lines = {
+    "",
+    string.format("Summary of run %s%s", s.run_id, s.plan and (" (" .. s.plan .. ")") or ""),
+    row("Total Agents", s.total_agents),
+    row("Successful", s.successful),
+    row("Failed", s.failed),
+    row("Skipped", s.skipped),
+    row("Success Rate", string.format("%.1f%%", s.success_rate)),
+    row("Total Time", fmt_duration(s.total_time_seconds)),
+    row("Sequential Estimate", fmt_duration(s.sequential_estimate_seconds) .. " (measured sum of task times)"),
+    row("Time Saved", fmt_duration(math.max(0, s.time_saved_seconds)) ..
+      (s.time_saved_seconds < 0 and string.format(" (parallel run was %.1fs slower)", -s.time_saved_seconds) or "")),
+    row("Efficiency Gain", string.format("%.1f%% (%.2fx speedup)", s.efficiency_gain_percent, s.speedup)),
+    row("Phases", s.phases),
+    row("Max Parallel", s.max_parallel),
+    row("Critical Path", fmt_duration(s.critical_path_seconds)),
+    row("Worker Utilisation", string.format("%.1f%%", s.worker_utilisation_percent)),
+    row("Run Dir", s.run_dir),
+  }
+  if s.interrupted then lines[#lines + 1] = row("Interrupted", "yes (" .. tostring(s.interrupted) .. ")") end
+  local failures = {}
+  for id, r in pairs(s.results) do
+    if r.status ~= "completed" then failures[#failures + 1] = string.format("  %-9s %s: %s", r.status, id, r.error or "") end
+  end
+  table.sort(failures)
+  if #failures > 0 then
+    lines[#lines + 1] = ""
+    for _, f in ipairs(failures) do lines[#lines + 1] = f end
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+return M

@@ -1,0 +1,172 @@
+--- What a run writes: its run dir under .coral/runs/<run-id>/ (task files, joblog, journal,
+-- summary.json) and the project's coordination files (scratchpad.md, activity_tracker.md,
+-- .coral/project_state.yaml). Every shared write goes through coral.coord's locked primitives.
+local cjson = require "cjson"
+local coord = require "coral.coord"
+local fsutil = require "coral.fsutil"
+local uv = require "luv"
+local yaml = require "coral.yaml"
+
+local M = {}
+
+local Records = {}
+Records.__index = Records
+
+local PRIVATE_DIR, PRIVATE_FILE = tonumber("700", 8), tonumber("600", 8)
+local SHARED_FILE = tonumber("644", 8)
+
+M.SCRATCHPAD_HEADER = "# Scratchpad\n\nShared working memory of the agents of this project. " ..
+  "coral adds a section when a task starts; agents append with `coral note \"...\"`.\n"
+M.ACTIVITY_HEADER = "# Activity Tracker\n\nOne entry per finished task attempt, written by coral.\n"
+M.JOBLOG_HEADER = "task\tattempt\tstart\tduration\texit\tsignal\toutcome\n"
+
+--- A new run id: sortable by time, unique within the project.
+function M.new_run_id()
+  local sec, usec = uv.gettimeofday()
+  return string.format("%s-%06d-%04x", os.date("%Y%m%d-%H%M%S", sec), usec, uv.os_getpid() % 65536)
+end
+
+--- Paths of the coordination files of a project dir.
+function M.paths(project_dir)
+  local coral_dir = project_dir .. "/.coral"
+  return {
+    project = project_dir,
+    coral = coral_dir,
+    runs = coral_dir .. "/runs",
+    state = coral_dir .. "/project_state.yaml",
+    scratchpad = project_dir .. "/scratchpad.md",
+    activity = project_dir .. "/activity_tracker.md",
+  }
+end
+
+local function must(ok, err)
+  if not ok then error(err, 0) end
+  return ok
+end
+
+--- Opens the records of a new run (creating .coral/runs/<id>/, private) or of an existing one.
+function M.open(project_dir, run_id)
+  local self = setmetatable({}, Records)
+  self.paths = M.paths(project_dir)
+  self.id = run_id or M.new_run_id()
+  self.dir = self.paths.runs .. "/" .. self.id
+  must(fsutil.mkdirs(self.dir .. "/tasks", PRIVATE_DIR))
+  uv.fs_chmod(self.paths.coral, PRIVATE_DIR)
+  uv.fs_chmod(self.paths.runs, PRIVATE_DIR)
+  self.journal_path = self.dir .. "/journal.jsonl"
+  self.joblog_path = self.dir .. "/joblog.tsv"
+  self.summary_path = self.dir .. "/summary.json"
+  return self
+end
+
+--- Path of a task's file: kind "prompt" (prompt.md), "out"/"err" (attempt-N.out/.err),
+-- "output" (the final text, output.md).
+function Records:task_path(task_id, kind, attempt)
+  local dir = self.dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
+  if not self.made_task_dirs then self.made_task_dirs = {} end
+  if not self.made_task_dirs[dir] then
+    must(fsutil.mkdirs(dir, PRIVATE_DIR))
+    self.made_task_dirs[dir] = true
+  end
+  if kind == "prompt" then return dir .. "/prompt.md" end
+  if kind == "output" then return dir .. "/output.md" end
+  return string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
+end
+
+--- Appends one event to the journal: a JSON line, whole or not at all, written before coral
+-- acts on it. The event gets its wall-clock time `t`.
+function Records:event(name, fields)
+  local e = { event = name, t = fsutil.now() }
+  for k, v in pairs(fields or {}) do e[k] = v end
+  must(coord.append(self.journal_path, cjson.encode(e) .. "\n", { mode = PRIVATE_FILE }))
+end
+
+--- Appends a row to the joblog (one row per attempt).
+function Records:joblog(row)
+  local line = table.concat({
+    row.task, row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
+    row.exit or "", row.signal or "", row.outcome,
+  }, "\t") .. "\n"
+  must(coord.append(self.joblog_path, line, { header = M.JOBLOG_HEADER, mode = PRIVATE_FILE }))
+end
+
+function Records:write_summary(summary)
+  must(fsutil.write_atomic(self.summary_path, cjson.encode(summary) .. "\n", PRIVATE_FILE))
+end
+
+--- The scratchpad section coral adds when a task starts.
+function Records:scratchpad_start(task, when)
+  local text = string.format("\n## [%s] %s (task %s)\n%s\n", fsutil.timestamp(when, "%Y-%m-%d %H:%M"),
+                             task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
+  must(coord.append(self.paths.scratchpad, text, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
+end
+
+--- Appends a note from an agent (or `coral note`) to a scratchpad.
+function M.note(path, text, who)
+  local entry = string.format("\n- [%s]%s %s\n", fsutil.timestamp(nil, "%Y-%m-%d %H:%M:%S"),
+                              who and (" " .. who .. ":") or "", text)
+  return coord.append(path, entry, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
+end
+
+local function minutes(seconds)
+  if seconds < 60 then return string.format("%.1f seconds", seconds) end
+  return string.format("%.1f minutes", seconds / 60)
+end
+
+--- The activity entry of a finished attempt (or of a skipped task).
+function Records:activity(entry)
+  local status
+  if entry.outcome == "success" then status = "✅ Completed"
+  elseif entry.outcome == "skipped" then status = "⏭ Skipped: " .. (entry.reason or "")
+  else status = "❌ Failed: " .. (entry.reason or entry.outcome) end
+  local lines = {
+    string.format("\n### [%s] %s (%s)", fsutil.timestamp(entry.when, "%Y-%m-%d %H:%M"), entry.agent, entry.mode),
+    "**Task**: " .. (entry.task ~= "" and entry.task or entry.id),
+    "**Group**: " .. entry.group,
+    "**Dependencies**: " .. (#entry.deps > 0 and table.concat(entry.deps, ", ") or "none"),
+    "**Status**: " .. status,
+  }
+  if entry.attempt and entry.attempts and entry.attempts > 1 then
+    lines[#lines + 1] = string.format("**Attempt**: %d of %d", entry.attempt, entry.attempts)
+  end
+  if entry.duration then lines[#lines + 1] = "**Duration**: " .. minutes(entry.duration) end
+  must(coord.append(self.paths.activity, table.concat(lines, "\n") .. "\n",
+                    { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
+end
+
+--- Reads the project state; returns the table (empty if there is none), or nil and an error
+-- saying where the file broke.
+function M.read_state(path)
+  local text = fsutil.read(path)
+  if not text then return {} end
+  local state, err = yaml.decode(text)
+  if not state then return nil, path .. ":" .. err:gsub("^line ", "") end
+  return state
+end
+
+--- Read-modify-write of .coral/project_state.yaml under its lock: fn(state) changes the table.
+-- A file broken by hand is kept aside as project_state.yaml.broken-<time> and started afresh,
+-- and the problem is returned as a second value.
+function Records:update_state(fn)
+  local warning
+  local ok, err = coord.update(self.paths.state, function(old)
+    local state = {}
+    if old and old ~= "" then
+      local parsed, perr = yaml.decode(old)
+      if parsed then
+        state = parsed
+      else
+        local aside = self.paths.state .. ".broken-" .. os.date("%Y%m%d-%H%M%S")
+        fsutil.write_atomic(aside, old, PRIVATE_FILE)
+        warning = string.format("%s:%s (kept aside as %s)", self.paths.state, perr:gsub("^line ", ""), aside)
+      end
+    end
+    fn(state)
+    return yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
+  end, { mode = PRIVATE_FILE })
+  must(ok, err)
+  return true, warning
+end
+
+M.Records = Records
+return M

@@ -1,0 +1,235 @@
+--- The YAML that coral writes (.coral/project_state.yaml), and a reader for that same subset:
+-- block maps and lists indented by two spaces, strings always double-quoted, numbers,
+-- booleans, null, and the empty {} and []. Anything else is reported with its line.
+local M = {}
+
+local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r" }
+
+local function quote(s)
+  local valid = utf8.len(s) ~= nil
+  return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
+    if ESCAPES[c] then return ESCAPES[c] end
+    if c:byte() >= 128 and valid then return c end
+    return string.format("\\x%02X", c:byte())
+  end) .. '"'
+end
+
+local function key_text(k)
+  k = tostring(k)
+  if k:match("^[%a_][%w_%-%.]*$") and k ~= "true" and k ~= "false" and k ~= "null" then return k end
+  return quote(k)
+end
+
+local function is_list(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n == #t, n
+end
+
+local function scalar(v)
+  local tv = type(v)
+  if tv == "string" then return quote(v) end
+  if tv == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return "null" end
+    if math.type(v) == "integer" then return tostring(v) end
+    return string.format("%.17g", v)
+  end
+  if tv == "boolean" then return tostring(v) end
+  if v == nil then return "null" end
+  error("yaml: cannot write a " .. tv)
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+local emit
+-- Writes `v` as the value after "key:" or "- " at `indent`.
+local function emit_value(out, v, indent)
+  if type(v) ~= "table" then return " " .. scalar(v) end
+  local list, n = is_list(v)
+  if n == 0 then return list and getmetatable(v) == M.list_mt and " []" or " {}" end
+  emit(out, v, indent + 2)
+  return nil
+end
+
+function emit(out, t, indent)
+  local pad = string.rep(" ", indent)
+  local list = is_list(t)
+  if list then
+    for _, v in ipairs(t) do
+      if type(v) == "table" and not is_list(v) then
+        -- "- k: v" with the rest of the map aligned under the first key
+        local sub = {}
+        emit(sub, v, indent + 2)
+        sub[1] = pad .. "- " .. sub[1]:sub(indent + 3)
+        for _, line in ipairs(sub) do out[#out + 1] = line end
+      else
+        local i = #out + 1
+        out[i] = false
+        local inline = emit_value(out, v, indent)
+        out[i] = pad .. "-" .. (inline or "")
+      end
+    end
+  else
+    for _, k in ipairs(sorted_keys(t)) do
+      local i = #out + 1
+      out[i] = false
+      local inline = emit_value(out, t[k], indent)
+      out[i] = pad .. key_text(k) .. ":" .. (inline or "")
+    end
+  end
+end
+
+--- A metatable marking an empty table as a list ([] rather than {}).
+M.list_mt = {}
+
+--- Writes a table as YAML text. `comment` (optional) becomes a leading # line.
+function M.encode(t, comment)
+  local out = {}
+  if comment then out[1] = "# " .. comment end
+  emit(out, t, 0)
+  return table.concat(out, "\n") .. "\n"
+end
+
+-- {{{ reader
+
+local function parse_error(line_no, message)
+  error({ line = line_no, message = message }, 0)
+end
+
+local UNESCAPE = { n = "\n", t = "\t", r = "\r", ['"'] = '"', ["\\"] = "\\", ["/"] = "/", ["0"] = "\0" }
+
+local function parse_quoted(text, line_no)
+  local out, i = {}, 2
+  while true do
+    local c = text:sub(i, i)
+    if c == "" then parse_error(line_no, "unterminated string") end
+    if c == '"' then
+      local rest = text:sub(i + 1)
+      if not rest:match("^%s*$") and not rest:match("^%s+#") then
+        parse_error(line_no, "unexpected text after a string: " .. rest)
+      end
+      return table.concat(out)
+    elseif c == "\\" then
+      local e = text:sub(i + 1, i + 1)
+      if UNESCAPE[e] then out[#out + 1] = UNESCAPE[e]; i = i + 2
+      elseif e == "x" then
+        local hex = text:sub(i + 2, i + 3)
+        if not hex:match("^%x%x$") then parse_error(line_no, "bad \\x escape") end
+        out[#out + 1] = string.char(tonumber(hex, 16)); i = i + 4
+      elseif e == "u" then
+        local hex = text:sub(i + 2, i + 5)
+        if not hex:match("^%x%x%x%x$") then parse_error(line_no, "bad \\u escape") end
+        out[#out + 1] = utf8.char(tonumber(hex, 16)); i = i + 6
+      else parse_error(line_no, "unknown escape \\" .. e) end
+    else
+      out[#out + 1] = c; i = i + 1
+    end
+  end
+end
+
+local function parse_scalar(text, line_no)
+  text = text:gsub("%s+#.*$", ""):gsub("%s+$", "")
+  if text:sub(1, 1) == '"' then return parse_quoted(text, line_no) end
+  if text == "null" or text == "~" or text == "" then return nil end
+  if text == "true" then return true end
+  if text == "false" then return false end
+  if text == "[]" then return setmetatable({}, M.list_mt) end
+  if text == "{}" then return {} end
+  local n = math.tointeger(tonumber(text)) or tonumber(text)
+  if n then return n end
+  parse_error(line_no, "expected a quoted string, a number, true, false or null, got: " .. text)
+end
+
+local function parse_key(text, line_no)
+  if text:sub(1, 1) == '"' then
+    local close = 2
+    while true do
+      local c = text:sub(close, close)
+      if c == "" then parse_error(line_no, "unterminated key") end
+      if c == "\\" then close = close + 2 elseif c == '"' then break else close = close + 1 end
+    end
+    local key = parse_quoted(text:sub(1, close), line_no)
+    local rest = text:sub(close + 1)
+    if rest:sub(1, 1) ~= ":" then parse_error(line_no, "expected ':' after the key") end
+    return key, rest:sub(2)
+  end
+  local key, rest = text:match("^([^:%s][^:]*):(.*)$")
+  if not key then parse_error(line_no, "expected 'key: value' or '- item'") end
+  return key, rest
+end
+
+--- Reads YAML written by encode. Returns the table, or nil and "line N: what is wrong".
+function M.decode(text)
+  local lines = {}
+  local n = 0
+  for line in (text .. "\n"):gmatch("([^\n]*)\n") do
+    n = n + 1
+    if not line:match("^%s*$") and not line:match("^%s*#") then
+      if line:find("\t") and line:match("^%s*"):find("\t") then
+        return nil, "line " .. n .. ": tab in indentation"
+      end
+      lines[#lines + 1] = { no = n, indent = #line:match("^ *"), text = line:match("^ *(.-)%s*$") }
+    end
+  end
+  local pos = 1
+
+  local parse_block
+  -- Value after "key:" or "- ": inline scalar, or a nested block on the next lines.
+  local function parse_after(rest, line, parent_indent)
+    rest = rest:gsub("^%s+", "")
+    if rest ~= "" and not rest:match("^#") then return parse_scalar(rest, line.no) end
+    local nxt = lines[pos]
+    if nxt and nxt.indent > parent_indent then return parse_block(nxt.indent) end
+    return nil
+  end
+
+  function parse_block(indent)
+    local first = lines[pos]
+    local result = {}
+    local is_seq = first.text:sub(1, 1) == "-" and (first.text == "-" or first.text:sub(2, 2) == " ")
+    while pos <= #lines do
+      local line = lines[pos]
+      if line.indent < indent then break end
+      if line.indent > indent then parse_error(line.no, "unexpected indentation") end
+      local item = line.text:sub(1, 1) == "-" and (line.text == "-" or line.text:sub(2, 2) == " ")
+      if item ~= is_seq then parse_error(line.no, "mixed list items and keys at one level") end
+      pos = pos + 1
+      if is_seq then
+        local rest = line.text:sub(3)
+        local k_rest = rest:match("^[%w_\"][^:]*:") and not rest:match('^"[^"]*"%s*$')
+        if k_rest then
+          -- "- key: value" starts a map whose other keys sit at indent + 2
+          table.insert(lines, pos, { no = line.no, indent = indent + 2, text = rest })
+          result[#result + 1] = parse_block(indent + 2)
+        else
+          result[#result + 1] = parse_after(rest, line, indent)
+        end
+      else
+        local key, rest = parse_key(line.text, line.no)
+        if result[key] ~= nil then parse_error(line.no, "duplicate key '" .. key .. "'") end
+        result[key] = parse_after(rest, line, indent)
+      end
+    end
+    return result
+  end
+
+  if #lines == 0 then return {} end
+  local ok, result = pcall(function()
+    if lines[1].indent ~= 0 then parse_error(lines[1].no, "unexpected indentation") end
+    local r = parse_block(0)
+    if pos <= #lines then parse_error(lines[pos].no, "unexpected indentation") end
+    return r
+  end)
+  if ok then return result end
+  if type(result) == "table" then return nil, "line " .. result.line .. ": " .. result.message end
+  error(result, 0)
+end
+
+-- }}}
+
+return M
