@@ -39,7 +39,8 @@ LDLIBS += -Wl,-E $(STATIC) -ledit -lpthread -ldl -lm
 SRC      := src/main.c src/core.c src/repl.c src/spawn.c src/dag.c src/coord.c
 SRC      := $(wildcard $(SRC))
 OBJ      := $(SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/embedded.o
-LUA_SRC  := $(shell find lua recipes -name '*.lua' 2>/dev/null | LC_ALL=C sort)
+LUA_SRC  := $(shell find lua recipes -name '*.lua' 2>/dev/null | LC_ALL=C sort) \
+            $(shell find agents -name '*.md' 2>/dev/null | LC_ALL=C sort)
 DEPS_OK  := $(BUILD)/.deps-ok
 
 .PHONY: all deps test test-c test-lua demo install clean bench
@@ -59,7 +60,7 @@ $(BUILD)/coral: $(OBJ)
 $(BUILD)/%.o: src/%.c | $(DEPS_OK)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
 
-# The Lua modules and recipes are compiled into the binary (see scripts/embed.lua).
+# The Lua modules, recipes and agent roles are compiled into the binary (see scripts/embed.lua).
 $(BUILD)/embedded.c: scripts/embed.lua $(LUA_SRC) | $(DEPS_OK)
 	$(LUA) scripts/embed.lua $@ $(LUA_SRC)
 $(BUILD)/embedded.o: $(BUILD)/embedded.c

@@ -1,4 +1,5 @@
--- Writes a C file that holds the project's Lua modules and recipes, so build/coral runs alone.
+-- Writes a C file that holds the project's Lua modules, recipes and agent roles, so
+-- build/coral runs alone.
 -- usage: lua5.4 scripts/embed.lua OUT.c FILE...
 -- Each file is stored under its path in the tree (lua/coral/runner.lua, recipes/api.lua);
 -- src/core.c maps module names onto those paths.
@@ -13,8 +14,10 @@ for i = 2, #arg do
   local data = f:read("a")
   f:close()
   -- Check syntax now, so a broken module fails the build rather than a user's run.
-  local ok, err = load(data, "@" .. path)
-  if not ok then io.stderr:write(err, "\n"); os.exit(1) end
+  if path:match("%.lua$") then
+    local ok, err = load(data, "@" .. path)
+    if not ok then io.stderr:write(err, "\n"); os.exit(1) end
+  end
   local bytes = {}
   for j = 1, #data do bytes[#bytes + 1] = string.byte(data, j) end
   bytes[#bytes + 1] = 0

@@ -110,7 +110,7 @@ function M.script_result(value, script, ...)
     io.stderr:write("coral: ", tostring(plan):gsub("^coral: ", ""), "\n")
     return EXIT_USAGE
   end
-  return commands_mod.run_plan(plan, opts)
+  return commands_mod.run_plan(plan, opts, commands_mod.invocation(script, { ... }))
 end
 
 M.usage_error = usage_error

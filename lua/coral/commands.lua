@@ -18,6 +18,7 @@ M.RUN_OPTIONS = {
   ["--on-failure"] = { "on_failure", "string" },
   ["--agent"] = { "driver", "string" },
   ["--model"] = { "model", "string" },
+  ["--permission-mode"] = { "permission_mode", "string" },
   ["--dir"] = { "project_dir", "string" },
   ["--sim-scale"] = { "sim_scale", "number" },
   ["--format"] = { "format", "string" },
@@ -25,6 +26,8 @@ M.RUN_OPTIONS = {
   ["--json"] = { "json", "flag" },
   ["--quiet"] = { "quiet", "flag" },
   ["--no-retry"] = { "no_retry", "flag" },
+  ["--resume"] = { "resume", "flag" },
+  ["--retry-failed"] = { "retry_failed", "flag" },
 }
 
 local function usage_error(message)
@@ -81,7 +84,7 @@ M.parse = parse
 local function runner_options(opts)
   local r = {}
   for _, k in ipairs { "max_workers", "mode", "timeout", "idle_timeout", "retries", "on_failure",
-                       "driver", "model", "project_dir", "sim_scale" } do
+                       "driver", "model", "project_dir", "sim_scale", "permission_mode" } do
     r[k] = opts[k]
   end
   if opts.no_retry then r.retry_failed = false end
@@ -108,18 +111,26 @@ local function recipe_error(err)
 end
 
 --- Runs a plan with the command-line options; prints the summary; returns the exit code.
-function M.run_plan(plan, opts)
+function M.run_plan(plan, opts, invocation)
   if opts.show_plan then return show_plan(plan, opts.format) end
   local coral = require "coral"
   local ok, runner = pcall(coral.runner, runner_options(opts))
   if not ok then return recipe_error(tostring(runner):gsub("^[^:]*:%d+: ", "")) end
+  local resume = opts.resume
+  if resume == true then
+    -- --resume: the newest run of the project
+    local ids = require("coral.status").run_ids(opts.project_dir or ".")
+    resume = ids[#ids]
+    if not resume then return recipe_error("--resume: no run to resume in " .. (opts.project_dir or ".")) end
+  end
   local summary
   ok, summary = xpcall(runner.execute_plan, require("coral.plan").traceback, runner, plan,
-                       { description = plan.description })
+                       { description = plan.description, invocation = invocation,
+                         resume = resume, retry_failed = opts.retry_failed })
   if not ok then return recipe_error(summary) end
   if opts.json then
     io.stdout:write(require("cjson").encode { event = "summary", summary = summary }, "\n")
-  elseif not opts.quiet then
+  else
     io.stdout:write(require("coral.progress").summary_text(summary))
   end
   if summary.interrupted then return EXIT_INTERRUPTED end
@@ -135,7 +146,19 @@ function M.run_recipe(name, args)
   local ok, plan = pcall(require("coral.recipes").plan, name, description, 1,
                          { project_dir = opts.project_dir })
   if not ok then return recipe_error(plan) end
-  return M.run_plan(plan, opts)
+  return M.run_plan(plan, opts, M.invocation(name, args))
+end
+
+--- What `coral resume` needs to rebuild a run: the recipe (a path made absolute) and the
+-- arguments, without --resume / --retry-failed.
+function M.invocation(name, args)
+  local fsutil = require "coral.fsutil"
+  if name:find("/") or name:match("%.lua$") then name = fsutil.absolute(name) end
+  local kept = {}
+  for _, a in ipairs(args) do
+    if a ~= "--resume" and a ~= "--retry-failed" then kept[#kept + 1] = a end
+  end
+  return { recipe = name, args = kept, cwd = require("luv").cwd() }
 end
 
 cli.add_command("run", {
@@ -152,9 +175,13 @@ options:
   --on-failure P       skip (default: skip dependents), stop, continue
   --agent DRIVER       auto (default), claude, codex, gemini, aider, sim, prompt, cmd
   --model NAME         model passed to the agent CLI
+  --permission-mode M  claude: its --permission-mode (acceptEdits); codex: bypassPermissions
+                       drops its sandbox (else workspace-write)
   --dir PROJECT        project directory (.)
   --sim-scale X        the sim driver sleeps estimate x X seconds (0.02)
   --show-plan          print the plan and run nothing (--format text|dot|mermaid|json)
+  --resume             continue the project's last run: finished tasks are not run again
+  --retry-failed       with --resume: run the failed tasks again too
   --json               JSON lines, one per event, then the summary
   --quiet              only the summary
 exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,
@@ -163,6 +190,72 @@ exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or r
     local name = args[1]
     if not name or name:sub(1, 1) == "-" then return select(2, usage_error("run needs a project type (see 'coral recipes')")) end
     return M.run_recipe(name, { table.unpack(args, 2) })
+  end,
+})
+
+-- Finds a run and how it was started, for resume and why.
+local function load_run(dir, run_id)
+  local status = require "coral.status"
+  local run, err = status.load(dir, run_id)
+  if not run then return nil, err end
+  local records = require "coral.records"
+  local rec = setmetatable({ dir = run.dir }, records.Records)
+  run.invocation = rec:read_invocation()
+  return run
+end
+
+cli.add_command("resume", {
+  usage = "resume [RUN] [--dir PROJECT] [--retry-failed]",
+  summary = "continue the last or a given run: finished tasks are not run again",
+  run = function(args)
+    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" },
+      ["--retry-failed"] = { "retry_failed", "flag" }, ["--quiet"] = { "quiet", "flag" },
+      ["--json"] = { "json", "flag" } })
+    if not opts then return positional end
+    local dir = opts.dir or "."
+    local run, err = load_run(dir, positional[1])
+    if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
+    local inv = run.invocation
+    if not inv then
+      io.stderr:write("coral: run ", run.id, " was started from Lua, not from the command line; ",
+        "resume it with runner:execute_plan(plan, { resume = \"", run.id, "\" })\n")
+      return EXIT_USAGE
+    end
+    local rargs = { table.unpack(inv.args) }
+    rargs[#rargs + 1] = "--dir"
+    rargs[#rargs + 1] = require("coral.fsutil").absolute(dir)
+    if opts.retry_failed then rargs[#rargs + 1] = "--retry-failed" end
+    if opts.quiet then rargs[#rargs + 1] = "--quiet" end
+    if opts.json then rargs[#rargs + 1] = "--json" end
+    local ropts, positional2 = parse(rargs, M.RUN_OPTIONS)
+    if not ropts then return positional2 end
+    ropts.resume = run.id
+    local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional2[1] or "(no description)", 1,
+                           { project_dir = ropts.project_dir })
+    if not ok then return recipe_error(plan) end
+    return M.run_plan(plan, ropts, inv)
+  end,
+})
+
+cli.add_command("why", {
+  usage = "why TASK [RUN] [--dir PROJECT]",
+  summary = "why a task will or will not run on resume",
+  run = function(args)
+    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" } })
+    if not opts then return positional end
+    local task = positional[1]
+    if not task then return select(2, usage_error("why needs a task id")) end
+    local run, err = load_run(opts.dir or ".", positional[2])
+    if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
+    local deps
+    if run.invocation then
+      local rargs = run.invocation.args
+      local ok, plan = pcall(require("coral.recipes").plan, run.invocation.recipe, rargs[1] or "", 1, {})
+      if ok and plan.by_id[task] then deps = plan.by_id[task].depends_on
+      elseif ok then io.stderr:write("coral: no task '", task, "' in run ", run.id, "\n"); return EXIT_USAGE end
+    end
+    io.stdout:write(require("coral.status").why(run, task, deps), "\n")
+    return EXIT_OK
   end,
 })
 
@@ -227,5 +320,7 @@ cli.add_command("status", {
     return EXIT_OK
   end,
 })
+
+require("coral.agents").add_commands(cli, M)
 
 return M

@@ -1,45 +1,104 @@
---- Composes the prompt of a task: role, project, task, the handoff from its dependencies and
--- how to coordinate with the other agents.
-local drivers = require "coral.drivers"
+--- Composes the prompt of a task: role, project, team, task, the handoff from its dependencies
+-- and how to coordinate with the other agents. The runner saves it as tasks/<id>/prompt.md.
+local fsutil = require "coral.fsutil"
 
 local M = {}
 
 --- Bytes of each dependency's output put into a prompt; the rest is a pointer to its file.
 M.HANDOFF_BUDGET = 6000
+--- Bytes of all the handoffs together: a task with many dependencies gets less of each
+-- (but at least HANDOFF_MIN).
+M.HANDOFF_TOTAL = 24000
+M.HANDOFF_MIN = 1000
+--- Bytes of the project's .coral/context.md put into every prompt.
+M.CONTEXT_BUDGET = 8000
 
 local function role_text(task, ctx)
-  if ctx.role then return ctx.role end
+  if ctx.role and ctx.role ~= "" then return ctx.role end
   return string.format("You are the %s agent of a team of AI agents building a project together.", task.agent)
 end
 
+-- `text` cut to `budget` bytes: its beginning and its end, with a note in between that says
+-- how much was left out and where the whole text is.
+local function trim(text, budget, path)
+  if #text <= budget then return text end
+  local head = budget * 2 // 3
+  local tail = budget - head
+  -- Do not cut a UTF-8 sequence in two.
+  while head > 0 and (text:byte(head + 1) or 0) & 0xC0 == 0x80 do head = head - 1 end
+  local from = #text - tail + 1
+  while from <= #text and (text:byte(from) or 0) & 0xC0 == 0x80 do from = from + 1 end
+  return string.format("%s\n\n[... %d bytes left out here; the whole output is in %s ...]\n\n%s",
+                       text:sub(1, head), from - head - 1, path, text:sub(from))
+end
+M.trim = trim
+
+local function context_lines(task)
+  if not (task.context and next(task.context)) then return nil end
+  local keys, lines = {}, {}
+  for k in pairs(task.context) do keys[#keys + 1] = tostring(k) end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = task.context[k]
+    if type(v) ~= "table" and type(v) ~= "function" then
+      lines[#lines + 1] = string.format("- %s: %s", k, tostring(v))
+    elseif type(v) == "table" and #v > 0 then
+      local items = {}
+      for _, x in ipairs(v) do items[#items + 1] = tostring(x) end
+      lines[#lines + 1] = string.format("- %s: %s", k, table.concat(items, ", "))
+    end
+  end
+  return #lines > 0 and table.concat(lines, "\n") or nil
+end
+
+-- The team: every task of the plan with its agent and what it waits for, this one marked.
+local function team_text(task, plan)
+  if not plan or #plan.tasks < 2 then return nil end
+  local lines, dependents = {}, {}
+  for _, t in ipairs(plan.tasks) do
+    for _, d in ipairs(t.depends_on or {}) do
+      if d == task.id then dependents[#dependents + 1] = t.id end
+    end
+  end
+  for _, t in ipairs(plan.tasks) do
+    local text = (t.task or ""):gsub("%s+", " ")
+    if #text > 100 then text = text:sub(1, 99) .. "…" end
+    local deps = #(t.depends_on or {}) > 0 and (" (after " .. table.concat(t.depends_on, ", ") .. ")") or ""
+    lines[#lines + 1] = string.format("- %s%s: %s%s", t.id, t.id == task.id and " (you)" or "", text, deps)
+  end
+  local out = "# The team\n\nThe tasks of this plan; each starts when the ones it comes after are done.\n\n"
+    .. table.concat(lines, "\n") .. "\n"
+  if #dependents > 0 then
+    out = out .. "\nYour final answer is handed to: " .. table.concat(dependents, ", ") ..
+      ". Make it a self-contained summary they can build on (decisions, files, open issues).\n"
+  end
+  return out
+end
+
 ---@param task table the plan's task
----@param ctx table { project = description, project_dir, scratchpad, activity, handoffs = list of {id, agent, output_path}, role = text }
+---@param ctx table { project = description, project_dir, scratchpad, activity, handoffs = list of {id, agent, output_path}, role = text, plan = the plan }
 ---@return string
 function M.compose(task, ctx)
   local parts = { "# Role\n\n" .. role_text(task, ctx) .. "\n" }
   parts[#parts + 1] = "# Project\n\n" .. (ctx.project or "(no description given)") .. "\n"
-  if task.context and next(task.context) then
-    local lines = {}
-    local keys = {}
-    for k in pairs(task.context) do keys[#keys + 1] = tostring(k) end
-    table.sort(keys)
-    for _, k in ipairs(keys) do
-      local v = task.context[k]
-      if type(v) ~= "table" then lines[#lines + 1] = string.format("- %s: %s", k, tostring(v)) end
-    end
-    if #lines > 0 then parts[#parts + 1] = "# Context\n\n" .. table.concat(lines, "\n") .. "\n" end
+  local shared = ctx.project_dir and fsutil.read(ctx.project_dir .. "/.coral/context.md")
+  if shared and shared:match("%S") then
+    parts[#parts + 1] = "# Project context\n\n" ..
+      trim(shared:gsub("%s+$", ""), M.CONTEXT_BUDGET, ctx.project_dir .. "/.coral/context.md") .. "\n"
   end
+  local context = context_lines(task)
+  if context then parts[#parts + 1] = "# Context\n\n" .. context .. "\n" end
+  local team = team_text(task, ctx.plan)
+  if team then parts[#parts + 1] = team end
   parts[#parts + 1] = "# Your task\n\n" .. (task.task ~= "" and task.task or task.id) .. "\n"
   if ctx.handoffs and #ctx.handoffs > 0 then
-    local h = { "# Handoff from the tasks this one depends on\n" }
+    local budget = math.max(M.HANDOFF_MIN, math.min(M.HANDOFF_BUDGET, M.HANDOFF_TOTAL // #ctx.handoffs))
+    local h = { "# Handoff from the tasks this one depends on\n\n" ..
+                "Their final output, each trimmed to " .. budget .. " bytes; read the full file when you need more.\n" }
     for _, dep in ipairs(ctx.handoffs) do
-      local text = drivers.tail(dep.output_path, M.HANDOFF_BUDGET + 1)
-      local note = ""
-      if #text > M.HANDOFF_BUDGET then
-        text = text:sub(-M.HANDOFF_BUDGET)
-        note = string.format("\n(trimmed to its last %d bytes; the full output is in %s)", M.HANDOFF_BUDGET, dep.output_path)
-      end
-      h[#h + 1] = string.format("## %s (%s)\n\n%s%s\n", dep.id, dep.agent, text ~= "" and text or "(no output)", note)
+      local text = (fsutil.read(dep.output_path) or ""):gsub("%s+$", "")
+      h[#h + 1] = string.format("## %s (%s)\n\nFull output: %s\n\n%s\n", dep.id, dep.agent, dep.output_path,
+                                text ~= "" and trim(text, budget, dep.output_path) or "(no output)")
     end
     parts[#parts + 1] = table.concat(h, "\n")
   end
@@ -47,9 +106,12 @@ function M.compose(task, ctx)
     "# Working with the other agents",
     "",
     "Other agents work on this project at the same time. Shared files:",
-    "- " .. ctx.scratchpad .. ": shared working memory. Add a note with `coral note \"...\"`, which appends under a lock (do not edit this file directly).",
-    "- " .. ctx.activity .. ": what each agent did and when (written by coral).",
-    "Work in " .. ctx.project_dir .. ". End with a short summary of what you produced and where.",
+    "- " .. ctx.scratchpad .. ": shared working memory. Read it before you start. Add a note with " ..
+      "`coral note \"...\"`, which appends under a lock (do not edit this file directly).",
+    "- " .. ctx.activity .. ": what each agent did and when (written by coral; " ..
+      "`coral log \"...\"` adds a progress line).",
+    "Work in " .. ctx.project_dir .. "; do not undo other agents' work without a note saying why.",
+    "End with a short summary of what you produced and where: it is your handoff to the next agents.",
   }, "\n") .. "\n"
   return table.concat(parts, "\n")
 end

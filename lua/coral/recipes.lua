@@ -15,19 +15,19 @@ M.Recipe.__index = M.Recipe
 local function embedded_names()
   local names = {}
   for _, path in ipairs(host.embedded_files("recipes/")) do
-    local name = path:match("^recipes/([%w_%-]+)%.lua$")
+    local name = path:match("^recipes/([%w_%-]+)%.lua$") or path:match("^recipes/(examples/[%w_%-]+)%.lua$")
     if name then names[#names + 1] = name end
   end
   return names
 end
 
-local function dir_names(dir, into)
+local function dir_names(dir, into, prefix)
   local handle = uv.fs_scandir(dir)
   while handle do
     local name, kind = uv.fs_scandir_next(handle)
     if not name then break end
     local base = name:match("^([%w_%-]+)%.lua$")
-    if base and kind ~= "directory" then into[base] = dir .. "/" .. name end
+    if base and kind ~= "directory" then into[(prefix or "") .. base] = dir .. "/" .. name end
   end
 end
 
@@ -35,7 +35,10 @@ end
 function M.sources(project_dir)
   local found = {}
   for _, name in ipairs(embedded_names()) do found[name] = "built-in" end
-  if host.source_root then dir_names(host.source_root .. "/recipes", found) end
+  if host.source_root then
+    dir_names(host.source_root .. "/recipes", found)
+    dir_names(host.source_root .. "/recipes/examples", found, "examples/")
+  end
   dir_names((project_dir or ".") .. "/.coral/recipes", found)
   return found
 end
@@ -49,12 +52,12 @@ end
 
 -- Loads a recipe chunk from a path on disk or from the binary.
 local function load_chunk(name, project_dir)
-  if name:find("/") or name:match("%.lua$") then
+  local where = M.sources(project_dir)[name]
+  if not where and (name:find("/") or name:match("%.lua$")) then
     local chunk, err = loadfile(name)
     if not chunk then return nil, err end
     return chunk, name
   end
-  local where = M.sources(project_dir)[name]
   if not where then return nil end
   if where == "built-in" then
     local path = "recipes/" .. name .. ".lua"
@@ -70,8 +73,13 @@ function M.summary(name, project_dir)
   local where = M.sources(project_dir)[name]
   local text = where == "built-in" and host.embedded("recipes/" .. name .. ".lua") or (where and fsutil.read(where))
   if not text then return "" end
-  local first = text:match("^%-%-%s*([^\n]*)")
-  return first or ""
+  local first = text:match("^%-%-%s*([^\n]*)") or ""
+  -- Headers start with the recipe's own name ("-- api: a backend API ..."); the listing has it.
+  local short = name:match("([^/]+)$")
+  for _, prefix in ipairs { name, short } do
+    if first:sub(1, #prefix + 1) == prefix .. ":" then return (first:sub(#prefix + 2):gsub("^%s+", "")) end
+  end
+  return first
 end
 
 --- The default plan for an unknown project type: architect, full-stack engineer, QA.

@@ -90,6 +90,27 @@ function Records:joblog(row)
   must(coord.append(self.joblog_path, line, { header = M.JOBLOG_HEADER, mode = PRIVATE_FILE }))
 end
 
+--- Who holds the project's run lock: written by the holder after taking it, read by a refused run.
+function Records:write_owner()
+  local owner = cjson.encode { pid = uv.os_getpid(), run_id = self.id, since = fsutil.now() }
+  must(fsutil.write_atomic(self.paths.coral .. "/run.owner", owner .. "\n", PRIVATE_FILE))
+end
+
+function M.read_owner(paths)
+  local text = fsutil.read(paths.coral .. "/run.owner")
+  return text and require("cjson.safe").decode(text) or nil
+end
+
+--- How the run was started (recipe, description, options), so `coral resume` can rebuild it.
+function Records:write_invocation(invocation)
+  must(fsutil.write_atomic(self.dir .. "/invocation.json", cjson.encode(invocation) .. "\n", PRIVATE_FILE))
+end
+
+function Records:read_invocation()
+  local text = fsutil.read(self.dir .. "/invocation.json")
+  return text and require("cjson.safe").decode(text) or nil
+end
+
 function Records:write_summary(summary)
   must(fsutil.write_atomic(self.summary_path, cjson.encode(summary) .. "\n", PRIVATE_FILE))
 end
@@ -126,7 +147,7 @@ function Records:activity(entry)
     "**Dependencies**: " .. (#entry.deps > 0 and table.concat(entry.deps, ", ") or "none"),
     "**Status**: " .. status,
   }
-  if entry.attempt and entry.attempts and entry.attempts > 1 then
+  if entry.attempt and (entry.attempt > 1 or entry.retrying) then
     lines[#lines + 1] = string.format("**Attempt**: %d of %d", entry.attempt, entry.attempts)
   end
   if entry.duration then lines[#lines + 1] = "**Duration**: " .. minutes(entry.duration) end

@@ -27,12 +27,14 @@ local RUNNER_OPTIONS = {
   retries = "integer", mode = "string", on_failure = "string", project_dir = "string",
   driver = "string", kill_grace = "number", backoff = "table", output = "string",
   on_event = "function", sim_scale = "number", executor = "string|table", env = "table",
-  model = "string", description = "string", name = "string",
+  model = "string", description = "string", name = "string", permission_mode = "string",
+  rate_limit_retries = "integer",
 }
 
 local DEFAULTS = {
   max_workers = 4, timeout = 300, retries = 2, retry_failed = true, mode = "dependency",
   on_failure = "skip", project_dir = ".", driver = "auto", kill_grace = 5, output = "auto",
+  rate_limit_retries = 5,
   backoff = { base = 0.5, factor = 2, max = 30, jitter = 0.25 },
 }
 
@@ -52,7 +54,7 @@ function M.new(opts)
   check.one_of("coral.runner", "on_failure", self.on_failure, POLICIES, 2)
   check.one_of("coral.runner", "output", self.output, { "auto", "live", "lines", "json", "quiet" }, 2)
   if self.max_workers < 1 then error("coral.runner: max_workers must be at least 1", 2) end
-  local _, err = drivers.get(self.driver)
+  local _, err = drivers.get(self.driver, self.project_dir)
   if err then error("coral.runner: " .. err, 2) end
   return self
 end
@@ -108,7 +110,8 @@ end
 function Run:emit(name, fields)
   fields = fields or {}
   fields.event = name
-  if name ~= "output" then self.records:event(name, fields) end
+  fields.t = fsutil.now()
+  self.records:event(name, fields)
   self.reporter:event(fields, self)
   if self.runner.on_event then self.runner.on_event(fields) end
 end
@@ -131,10 +134,15 @@ end
 function Run:driver_for(task)
   if task.driver then
     if type(task.driver) == "table" then return task.driver end
-    return drivers.get(task.driver)
+    return drivers.get(task.driver, self.project_dir)
   end
   if task.cmd then return drivers.get("cmd") end
-  return drivers.get(self.runner.driver)
+  -- A role's driver hint applies only when the run lets coral choose (auto).
+  local role = self.roles and select(2, self.roles(task))
+  if self.runner.driver == "auto" and role and role.driver and role.driver ~= "auto" then
+    return drivers.get(role.driver, self.project_dir)
+  end
+  return drivers.get(self.runner.driver, self.project_dir)
 end
 
 -- The attempt's context, handed to the driver.
@@ -147,6 +155,9 @@ function Run:context(st, n)
     stderr_path = r:task_path(task.id, "err", n), output_path = r:task_path(task.id, "output"),
     estimate = self.plan:estimate(task), sim_scale = self.runner.sim_scale,
     model = task.model or self.runner.model, timeout = task.timeout or self.runner.timeout,
+    idle_timeout = task.idle_timeout or self.runner.idle_timeout,
+    permission_mode = self.runner.permission_mode,
+    role = self.roles and select(2, self.roles(task)),
   }
 end
 
@@ -163,6 +174,7 @@ function Run:compose_prompt(st)
   local text = prompt.compose(task, {
     project = self.description, project_dir = self.project_dir, scratchpad = r.paths.scratchpad,
     activity = r.paths.activity, handoffs = handoffs, role = self.roles and self.roles(task),
+    plan = self.plan,
   })
   st.prompt_path = r:task_path(task.id, "prompt")
   assert(fsutil.write_atomic(st.prompt_path, text, tonumber("600", 8)))
@@ -258,14 +270,23 @@ function Run:attempt_ended(st, attempt, info, result, driver, ctx)
   self:emit("end", { task = task.id, agent = task.agent, attempt = attempt.n, outcome = outcome,
     exit = attempt.code, signal = attempt.signal, duration = attempt.duration, error = attempt.error })
 
+  attempt.usage, attempt.cost_usd = result.usage, result.cost_usd
   local retryable = not result.ok and result.retryable ~= false and not st.cancelled
-  local final = result.ok or not retryable or attempt.n >= self:max_attempts(task) or self.stopping
+  -- Rate-limited attempts have their own budget (rate_limit_retries): waiting out a limit is
+  -- not a failure of the task, and --no-retry does not turn it into one.
+  if result.rate_limited and retryable then st.rate_limits = (st.rate_limits or 0) + 1 end
+  local counted = attempt.n - (st.rate_limits or 0)
+  local final = result.ok or not retryable or self.stopping
+    or (result.rate_limited and st.rate_limits > self.runner.rate_limit_retries)
+    or (not result.rate_limited and counted >= self:max_attempts(task))
   self.records:activity {
     when = attempt.finish, agent = task.agent, id = task.id, task = task.task, mode = self.mode_label,
     group = self:group_label(task), deps = task.depends_on,
     outcome = result.ok and "success" or outcome,
     reason = not result.ok and (attempt.error .. (final and "" or " (will retry)")) or nil,
-    duration = attempt.duration, attempt = attempt.n, attempts = self:max_attempts(task),
+    duration = attempt.duration, attempt = attempt.n,
+    attempts = math.max(attempt.n, self:max_attempts(task) + (st.rate_limits or 0)),
+    retrying = not final,
   }
   if result.ok then
     st.output_path = ctx and ctx.output_path or self.records:task_path(task.id, "output")
@@ -276,7 +297,8 @@ function Run:attempt_ended(st, attempt, info, result, driver, ctx)
   elseif not final then
     st.status = "backoff"
     local b = self.runner.backoff
-    local delay = math.min((b.base or 0.5) * (b.factor or 2) ^ (attempt.n - 1), b.max or 30)
+    local step = result.rate_limited and st.rate_limits or counted
+    local delay = math.min((b.base or 0.5) * (b.factor or 2) ^ (step - 1), b.max or 30)
     delay = delay * (1 + (b.jitter or 0) * math.random())
     if result.rate_limited and result.retry_after then delay = math.max(delay, result.retry_after) end
     self:emit("retry", { task = task.id, attempt = attempt.n + 1, delay = delay, reason = attempt.error })
@@ -573,9 +595,10 @@ function Run:measured_critical_path()
 end
 
 function Run:summary()
-  local wall = self.finish_time - self.start_time
+  -- A resumed run counts the time of its earlier sessions too.
+  local wall = self.finish_time - self.start_time + (self.prior_wall or 0)
   local seq, succeeded, failed, skipped = 0, 0, 0, 0
-  local results = {}
+  local results, total_cost = {}, nil
   for _, t in ipairs(self.plan.tasks) do
     local st = self.state[t.id]
     local duration = 0
@@ -585,12 +608,25 @@ function Run:summary()
     elseif st.status == "skipped" or st.status == "pending" then skipped = skipped + 1
     else failed = failed + 1 end
     local last = st.attempts[#st.attempts]
+    -- Token usage and cost, where the agent CLI reports them, summed over the attempts.
+    local usage, cost
+    for _, a in ipairs(st.attempts) do
+      if type(a.usage) == "table" then
+        usage = usage or {}
+        for k, v in pairs(a.usage) do
+          if math.type(v) then usage[k] = (usage[k] or 0) + v end
+        end
+      end
+      if a.cost_usd then cost = (cost or 0) + a.cost_usd end
+    end
+    if cost then total_cost = (total_cost or 0) + cost end
     results[t.id] = {
       agent = t.agent, task = t.task,
       status = st.status == "succeeded" and "completed" or (st.status == "pending" and "skipped" or st.status),
       attempts = #st.attempts, exit_code = last and last.code, signal = last and last.signal,
       duration_seconds = duration, output_file = st.output_path, error = st.error,
-      started = st.first_start, finished = st.finish,
+      started = st.first_start, finished = st.finish, usage = usage, cost_usd = cost,
+      rate_limited = st.rate_limits,
     }
   end
   local total = #self.plan.tasks
@@ -608,7 +644,7 @@ function Run:summary()
     worker_utilisation_percent = wall > 0 and self.busy / (wall * self.max_workers) * 100 or 0,
     interrupted = self.interrupted or false, stopped = self.stopping or nil,
     started = self.start_time, finished = self.finish_time,
-    results = results,
+    total_cost_usd = total_cost, results = results,
   }
 end
 
@@ -626,6 +662,121 @@ function Run:watch_signals()
     end)
     self.signals[#self.signals + 1] = s
   end
+end
+
+-- }}}
+
+-- {{{ resume: continue a run from its journal
+
+--- Takes the project's run lock without waiting. The refusal names the run that holds it.
+local function run_lock(paths)
+  local coord = require "coral.coord"
+  local lock, err = coord.lock(paths.coral .. "/run", { timeout = 0, mkdir = true,
+    mode = tonumber("600", 8), dir_mode = tonumber("700", 8) })
+  if lock then return lock end
+  local owner = records.read_owner(paths)
+  if owner then
+    return nil, string.format("another coral run is in progress in %s: run %s (pid %s); wait for it or stop it",
+      paths.project, owner.run_id or "?", owner.pid or "?")
+  end
+  return nil, err
+end
+
+--- Kills what is left of the run's processes: every process whose environment carries this
+-- run's id (a task's group leader, its children, even orphaned grandchildren).
+local function kill_leftovers(run_id)
+  local mark = "CORAL_RUN_ID=" .. run_id .. "\0"
+  local victims = {}
+  local dir = uv.fs_scandir("/proc")
+  while dir do
+    local name = uv.fs_scandir_next(dir)
+    if not name then break end
+    local pid = tonumber(name)
+    if pid and pid ~= uv.os_getpid() then
+      local env = fsutil.read("/proc/" .. name .. "/environ")
+      if env and env:find(mark, 1, true) then victims[#victims + 1] = pid end
+    end
+  end
+  for _, pid in ipairs(victims) do uv.kill(pid, "sigkill") end
+  -- Wait (briefly) until they are gone, so a restarted task never meets its old self.
+  local deadline = uv.hrtime() + 5e9
+  for _, pid in ipairs(victims) do
+    while uv.kill(pid, 0) == 0 and uv.hrtime() < deadline do
+      local stat = fsutil.read("/proc/" .. pid .. "/stat")
+      if not stat or stat:match("^%d+ %(.*%) ([ZX])") then break end
+      uv.sleep(10)
+    end
+  end
+  return #victims
+end
+
+--- Rebuilds the run's state from its journal: finished tasks are not run again, tasks that
+-- were running or waiting to retry start again, failed tasks stay failed unless
+-- `retry_failed`, skipped tasks are decided again.
+function Run:restore(retry_failed)
+  local status_mod = require "coral.status"
+  local events = status_mod.journal(self.records.dir)
+  local last = {}
+  self.prior_wall = 0
+  local session_start
+  for _, e in ipairs(events) do
+    if e.event == "run" then
+      if session_start then self.prior_wall = self.prior_wall + (self.last_event_t - session_start) end
+      session_start = e.t
+    end
+    self.last_event_t = e.t
+    local st = e.task and self.state[e.task]
+    if st then
+      if e.event == "end" then
+        st.attempts[#st.attempts + 1] = { n = e.attempt, start = e.t - (e.duration or 0), duration = e.duration or 0,
+          finish = e.t, outcome = e.outcome, code = e.exit, signal = e.signal, error = e.error, restored = true }
+        st.first_start = st.first_start or (e.t - (e.duration or 0))
+      end
+      last[e.task] = e
+    end
+  end
+  if session_start then self.prior_wall = self.prior_wall + (self.last_event_t - session_start) end
+  -- An attempt that was running when coral stopped ran for real: keep it, as interrupted.
+  for id, e in pairs(last) do
+    local st = self.state[id]
+    if e.event == "start" then
+      st.attempts[#st.attempts + 1] = { n = e.attempt, start = e.t, duration = self.last_event_t - e.t,
+        finish = self.last_event_t, outcome = "interrupted", restored = true }
+      st.first_start = st.first_start or e.t
+    end
+  end
+  self.killed_leftovers = kill_leftovers(self.records.id)
+
+  -- Walk the graph: hand finished tasks back to it, hold the rest for the first pump.
+  local outcome = {}
+  for id, e in pairs(last) do
+    local st = self.state[id]
+    if e.event == "end" and e.outcome == "success" then
+      outcome[id] = "done"
+      st.output_path = self.records:task_path(id, "output")
+      st.finish, st.resumed = e.t, true
+    elseif e.event == "end" and not retry_failed then
+      outcome[id] = "failed"
+      st.finish, st.error, st.resumed = e.t, e.error, true
+    end
+  end
+  self.resume_queue = {}
+  repeat
+    local ids = self.g:ready()
+    for _, id in ipairs(ids) do
+      local st = self.state[id]
+      if outcome[id] == "done" then
+        st.status = "succeeded"
+        self.g:done(id, true)
+      elseif outcome[id] == "failed" then
+        st.status = "failed"
+        self:release(st, false)
+      else
+        self.resume_queue[#self.resume_queue + 1] = st
+      end
+    end
+  until #ids == 0
+  for _, st in ipairs(self.resume_queue) do self.retry_queue[#self.retry_queue + 1] = st end
 end
 
 -- }}}
@@ -649,7 +800,7 @@ function Runner:execute_plan(plan, opts)
     max_workers = mode == "sequential" and 1 or self.max_workers,
     running = 0, waiting = 0, busy = 0, max_parallel = 0,
     retry_queue = {}, queue = {}, held = {}, history = {}, state = {},
-    roles = opts.roles,
+    roles = opts.roles or require("coral.agents").resolver(project_dir),
   }, Run)
   run.mode_label = ({ dependency = "PARALLEL", parallel = "PARALLEL", sequential = "SEQUENTIAL",
                       pipeline = "PIPELINE", phased = "PHASED" })[mode]
@@ -679,11 +830,19 @@ function Runner:execute_plan(plan, opts)
   end
 
   run.executor = assert(executor_mod.get(self.executor, { kill_grace = self.kill_grace }))
-  run.records = records.open(project_dir, opts.run_id)
+  -- One run per project at a time: an fcntl lock, so a killed coral's lock is gone with it.
+  local lock, lerr = run_lock(paths)
+  if not lock then error("coral: " .. lerr, 0) end
+  run.lock = lock
+  run.records = records.open(project_dir, opts.resume or opts.run_id)
+  run.records:write_owner(lock)
+  if opts.invocation and not opts.resume then run.records:write_invocation(opts.invocation) end
   run.reporter = progress.new(self.output, run)
   run.start_time = fsutil.now()
+  if opts.resume then run:restore(opts.retry_failed) end
   run:emit("run", { run_id = run.records.id, plan = plan.name, project = run.description,
-                    tasks = #plan.tasks, mode = mode, max_workers = run.max_workers })
+                    tasks = #plan.tasks, mode = mode, max_workers = run.max_workers,
+                    resumed = opts.resume and true or nil })
   run.state_is_dirty = true
   run:flush_state()
   run:watch_signals()
@@ -712,6 +871,7 @@ function Runner:execute_plan(plan, opts)
                      failed = summary.failed, skipped = summary.skipped,
                      total_time_seconds = summary.total_time_seconds })
   run.reporter:finish(summary)
+  run.lock:unlock()
   uv.run("nowait")
   return summary
 end

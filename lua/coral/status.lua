@@ -67,6 +67,34 @@ function M.load(project_dir, id)
   return run
 end
 
+--- Why `task` will or will not run when the run is resumed. `deps`: its dependencies, if known.
+function M.why(run, task, deps)
+  local t = run.tasks[task]
+  local when = function(ts) return ts and os.date("%Y-%m-%d %H:%M:%S", math.floor(ts)) or "?" end
+  if t and t.status == "completed" then
+    return string.format("%s will not run again: it finished successfully at %s (attempt %d)", task, when(t.finished), t.attempts)
+  elseif t and t.status == "failed" then
+    return string.format("%s will not run on resume unless --retry-failed is given: it failed at %s with %s after %d attempt(s)",
+      task, when(t.finished), t.error or "an error", t.attempts)
+  elseif t and t.status == "running" then
+    return string.format("%s will run again: it was running (pid %s) when the run stopped; its old process group is killed first",
+      task, tostring(t.pid))
+  elseif t and t.status == "retrying" then
+    return string.format("%s will run again: it was waiting to retry after attempt %d failed", task, t.attempts)
+  end
+  local waiting = {}
+  for _, d in ipairs(deps or {}) do
+    local dt = run.tasks[d]
+    if not dt or dt.status ~= "completed" then waiting[#waiting + 1] = d .. " (" .. (dt and dt.status or "not started") .. ")" end
+  end
+  if t and t.status == "skipped" then
+    return string.format("%s was skipped because %s; on resume it runs once its dependencies succeed%s", task,
+      t.error or "a dependency failed", #waiting > 0 and (": waiting for " .. table.concat(waiting, ", ")) or "")
+  end
+  if #waiting > 0 then return task .. " will run on resume once these finish: " .. table.concat(waiting, ", ") end
+  return task .. " will run on resume: it has not started yet and nothing it needs is missing"
+end
+
 function M.text(run)
   local lines = { string.format("run %s  %s%s", run.id, run.status, run.plan and ("  plan " .. run.plan) or "") }
   if run.project then lines[#lines + 1] = "project: " .. run.project end

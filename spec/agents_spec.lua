@@ -1,0 +1,144 @@
+-- Agent roles: the built-in library, project and Claude Code overrides, `coral agents`.
+local H = require("spec.helper").guard(_ENV)
+local uv = require "luv"
+local agents = require "coral.agents"
+
+local BUILT_IN = {
+  "project-architect", "technical-writer", "database-specialist", "api-designer", "ui-designer",
+  "backend-developer", "frontend-developer", "full-stack-engineer", "qa-testing", "devops-deployment",
+  "security-specialist", "accessibility-specialist", "ai-ml-specialist", "performance-engineer",
+  "mobile-developer", "data-engineer", "site-reliability-engineer",
+}
+
+local function mkdirs(base, ...)
+  local path = base
+  for _, part in ipairs { ... } do
+    path = path .. "/" .. part
+    uv.fs_mkdir(path, 493)
+  end
+  return path
+end
+
+-- A home dir with no ~/.claude/agents, so the user's own subagents do not leak in.
+local function clean_env(home)
+  return { "PATH=" .. os.getenv("PATH"), "HOME=" .. home, "CORAL_SPEC_MARK=" .. os.getenv("CORAL_SPEC_MARK") }
+end
+
+local REVIEWER = [[
+---
+name: reviewer
+description: "Reviews code for defects: correctness, security, clarity"
+tools: Read, Grep, Glob
+model: sonnet
+---
+
+You are REVIEWER-ROLE-TEXT, a meticulous code reviewer. Report findings with line numbers.
+]]
+
+describe("agent roles", function()
+  it("lists every built-in role with `coral agents`, and prints one with `agents show`", function()
+    local home = H.tmpdir()
+    local r = H.run({ "agents" }, { env = clean_env(home), cwd = home })
+    assert.are.equal(0, r.code, r.stderr)
+    for _, id in ipairs(BUILT_IN) do assert.matches("\n?" .. id:gsub("%-", "%%-") .. "%s", r.stdout) end
+    local n = select(2, r.stdout:gsub("\n", ""))
+    assert.are.equal(#BUILT_IN, n)
+    r = H.run({ "agents", "show", "technical-writer" }, { env = clean_env(home), cwd = home })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("^id: technical%-writer\nname: Technical Writer\n", r.stdout)
+    assert.matches("Phase 1, requirements", r.stdout)
+    assert.matches("Phase 2, user documentation", r.stdout)
+    r = H.run({ "agents", "show", "nobody" }, { env = clean_env(home), cwd = home })
+    assert.are.equal(2, r.code)
+    assert.matches("unknown agent role 'nobody' %(known: accessibility%-specialist, ", r.stderr)
+  end)
+
+  it("gives every built-in role an id, a name, a description and a prompt of its own", function()
+    local roles = agents.load(H.tmpdir())
+    local prompts = {}
+    for _, id in ipairs(BUILT_IN) do
+      local role = roles[id]
+      assert.truthy(role, id)
+      assert.are.equal("built-in", role.kind)
+      assert.truthy(role.name and role.name ~= "", id)
+      assert.truthy(#role.description > 20, id)
+      assert.truthy(#role.prompt > 400, id)
+      assert.is_nil(prompts[role.prompt], id .. " has the same prompt as " .. tostring(prompts[role.prompt]))
+      prompts[role.prompt] = id
+    end
+  end)
+
+  it("uses a Claude Code subagent in .claude/agents as a role, unchanged", function()
+    local dir, home = H.tmpdir(), H.tmpdir()
+    H.write_file(mkdirs(dir, ".claude", "agents") .. "/reviewer.md", REVIEWER)
+    local r = H.run({ "agents", "--dir", dir }, { env = clean_env(home), cwd = home })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("\nreviewer%s+Reviews code for defects: correctness, security, clarity %[claude%]\n", r.stdout)
+    local role = assert(agents.get("reviewer", dir))
+    assert.are.same({ "Read", "Grep", "Glob" }, role.tools)
+    assert.are.equal("sonnet", role.model)
+    -- A plan whose task's agent is `reviewer` gets the subagent's prompt as its role.
+    H.write_file(dir .. "/plan.lua", [[
+local coral = require "coral"
+return coral.plan { coral.task("reviewer", "Review main.c") }
+]])
+    r = H.run({ dir .. "/plan.lua", "a C tool", "--dir", dir, "--agent", "prompt", "--quiet" },
+              { env = clean_env(home), cwd = home })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local runs = dir .. "/.coral/runs"
+    local run = uv.fs_scandir_next(uv.fs_scandir(runs))
+    local prompt = H.read_file(runs .. "/" .. run .. "/tasks/reviewer/prompt.md")
+    assert.matches("^# Role\n\nYou are REVIEWER%-ROLE%-TEXT, a meticulous code reviewer", prompt)
+    assert.matches("# Your task\n\nReview main.c\n", prompt)
+  end)
+
+  it("lets .coral/agents override a built-in role and .claude/agents, and says where each came from", function()
+    local dir, home = H.tmpdir(), H.tmpdir()
+    H.write_file(mkdirs(dir, ".claude", "agents") .. "/qa.md", "---\nname: qa-testing\ndescription: from claude\n---\nCLAUDE QA\n")
+    H.write_file(mkdirs(dir, ".coral", "agents") .. "/qa-testing.md",
+                 "---\nid: qa-testing\nname: QA\ndescription: ours\n---\nOUR QA PROMPT\n")
+    local role = assert(agents.get("qa-testing", dir))
+    assert.are.equal("OUR QA PROMPT", role.prompt)
+    assert.are.equal("project", role.kind)
+    local text, r2 = agents.resolver(dir)({ agent = "QA_Testing" })
+    assert.are.equal("OUR QA PROMPT", text)
+    assert.are.equal(role.source, r2.source)
+    assert.is_nil((agents.resolver(dir)({ agent = "no-such-role" })))
+  end)
+
+  it("reads the YAML that role files use: quotes, block scalars, lists", function()
+    local role = assert(agents.parse([[
+---
+name: 'it''s'
+description: >
+  folded over
+  two lines
+tools:
+  - Read
+  - "Edit"
+model: inherit   # a comment
+---
+Body text.
+]], "x.md", "x"))
+    assert.are.equal("it's", role.id)
+    assert.are.equal("folded over two lines", role.description)
+    assert.are.same({ "Read", "Edit" }, role.tools)
+    assert.are.equal("inherit", role.model)
+    assert.are.equal("Body text.", role.prompt)
+    local plain = assert(agents.parse("Just a prompt.\n", "plain.md", "plain"))
+    assert.are.equal("plain", plain.id)
+    assert.are.equal("Just a prompt.", plain.prompt)
+    local bad, err = agents.parse("---\nname reviewer\n---\nx\n", "bad.md", "bad")
+    assert.is_nil(bad)
+    assert.are.equal("bad.md: front matter line 1: expected 'key: value', got 'name reviewer'", err)
+  end)
+
+  it("warns about a role file it cannot read, and lists the rest", function()
+    local dir, home = H.tmpdir(), H.tmpdir()
+    H.write_file(mkdirs(dir, ".coral", "agents") .. "/broken.md", "---\n: nothing\n---\n")
+    local r = H.run({ "agents", "--dir", dir }, { env = clean_env(home), cwd = home })
+    assert.are.equal(0, r.code)
+    assert.matches("coral: warning: .*broken.md: front matter line 1", r.stderr)
+    assert.matches("project%-architect", r.stdout)
+  end)
+end)

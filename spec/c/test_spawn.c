@@ -1,0 +1,146 @@
+/* C tests of coral.proc (spawn.c) under ASan and UBSan: every path that allocates, frees or
+ * hands memory to libuv (pipes, line buffers, write requests, timers, detached states,
+ * shutdown with live children) runs through a real Lua state. */
+#include <errno.h>
+#include <signal.h>
+
+#include "ctest.h"
+
+static void spawns_and_reports_exit(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "local out = {}\n"
+    "local p = assert(proc.spawn { argv = { 'sh', '-c', 'echo hi; exit 3' },\n"
+    "  stdout = function(d) out[#out + 1] = d end })\n"
+    "local info = p:wait()\n"
+    "assert(info.code == 3 and table.concat(out) == 'hi\\n', tostring(info.code))\n"
+    "assert(info.pid == p.pid and info.duration > 0 and info.max_rss_kb > 0)\n"
+    "assert(p:wait() == nil or true)\n"
+    "p:close(); p:close()\n"
+    "assert(proc.live() == 0)\n"));
+  ctest_host_close(&h);
+}
+
+static void reports_failures_and_raises_on_mistakes(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "local p, err, code = proc.spawn { argv = { 'no-such-program-here' } }\n"
+    "assert(p == nil and code == 'ENOENT', err)\n"
+    "p, err, code = proc.spawn { argv = { 'true' }, cwd = '/no/such/dir' }\n"
+    "assert(p == nil and code == 'ENOENT' and err:find('cwd'), err)\n"
+    "p, err, code = proc.spawn { argv = { 'true' }, stdout = '/no/such/dir/out' }\n"
+    "assert(p == nil and code == 'ENOENT' and err:find('stdout'), err)\n"
+    "local ok, e = pcall(proc.spawn, { argv = { 'true' }, nope = 1 })\n"
+    "assert(not ok and e:find(\"unknown option 'nope'\"), e)\n"
+    "ok, e = pcall(proc.spawn, { argv = { 'true' }, stdout = { lines = 1 } })\n"
+    "assert(not ok and e:find('lines'), e)\n"
+    "collectgarbage(); collectgarbage()\n"));
+  ctest_host_close(&h);
+}
+
+static void streams_stdin_lines_and_cap(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "local lines = {}\n"
+    "local p = assert(proc.spawn { argv = { 'cat' }, stdin = true,\n"
+    "  stdout = { lines = true, on_data = function(l) lines[#lines + 1] = l end } })\n"
+    "assert(p:write('a\\nb')); assert(p:write(string.rep('x', 200000) .. '\\nc'))\n"
+    "p:close_stdin()\n"
+    "p:wait()\n"
+    "assert(#lines == 3 and lines[1] == 'a' and #lines[2] == 200001 and lines[3] == 'c')\n"
+    "local n = 0\n"
+    "p = proc.spawn { argv = { 'head', '-c', '3000000', '/dev/zero' },\n"
+    "  stdout = { cap = 1000, on_data = function(d) n = n + #d end } }\n"
+    "local info = p:wait()\n"
+    "assert(n == 1000 and info.stdout_dropped == 3000000 - 1000, info.stdout_dropped)\n"
+    "p = proc.spawn { argv = { 'cat' }, stdin = string.rep('y', 300000), stdout = { cap = 10, on_data = function() end } }\n"
+    "assert(p:wait().stdout_dropped == 300000 - 10)\n"));
+  ctest_host_close(&h);
+}
+
+static void timeout_kills_the_group(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "local p = proc.spawn { argv = { 'sh', '-c', 'sleep 30 & sleep 30; wait' },\n"
+    "  timeout = 0.2, kill_grace = 0.2, stdout = { on_data = function() end } }\n"
+    "local info = p:wait()\n"
+    "assert(info.timed_out == 'timeout' and info.signame == 'SIGTERM', info.signame)\n"
+    "p = proc.spawn { argv = { 'sh', '-c', 'trap \"\" TERM; sleep 30' }, idle_timeout = 0.1, kill_grace = 0.1 }\n"
+    "info = p:wait()\n"
+    "assert(info.timed_out == 'idle' and info.signal == 9, tostring(info.signal))\n"));
+  ctest_host_close(&h);
+}
+
+static void collected_and_closed_procs_are_reaped(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc, uv = require 'coral.proc', require 'luv'\n"
+    "do proc.spawn { argv = { 'sleep', '30' }, stdout = { cap = 5 }, timeout = 30 } end\n"
+    "local p = proc.spawn { argv = { 'sleep', '30' }, stdin = true }\n"
+    "p:write('data that sleep never reads')\n"
+    "p:close()\n"
+    "assert(not pcall(p.wait, p))\n"
+    "collectgarbage(); collectgarbage()\n"
+    "local deadline = uv.hrtime() + 5e9\n"
+    "while proc.live() > 0 and uv.hrtime() < deadline do uv.sleep(5); uv.run('nowait') end\n"
+    "assert(proc.live() == 0, proc.live())\n"));
+  ctest_host_close(&h);
+}
+
+static void callback_error_is_raised_by_wait(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "local p = proc.spawn { argv = { 'echo', 'x' }, stdout = function() error('in on_data') end }\n"
+    "local ok, err = pcall(p.wait, p)\n"
+    "assert(not ok and err:find('in on_data'), err)\n"
+    "assert(p:wait().code == 0)\n"));
+  ctest_host_close(&h);
+}
+
+/* The host exits with children still running: shutdown kills and reaps them all, closes
+ * every handle (uv_loop_close fails otherwise), and nothing is leaked (ASan checks). */
+static void shutdown_kills_live_children(void) {
+  ctest_host h;
+  lua_Integer pids[2];
+  int i;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "A = proc.spawn { argv = { 'sleep', '30' }, on_exit = function() error('not called') end,\n"
+    "  stdout = function() end, stdin = true, timeout = 60 }\n"
+    "B = proc.spawn { argv = { 'sleep', '30' } }\n"
+    "A:write(string.rep('z', 500000))\n"
+    "PIDS = { A.pid, B.pid }\n"));
+  lua_getglobal(h.L, "PIDS");
+  for (i = 0; i < 2; i++) {
+    lua_rawgeti(h.L, -1, i + 1);
+    pids[i] = lua_tointeger(h.L, -1);
+    lua_pop(h.L, 1);
+  }
+  lua_pop(h.L, 1);
+  ctest_host_close(&h);
+  for (i = 0; i < 2; i++)
+    CHECK(pids[i] > 0 && kill((pid_t)pids[i], 0) != 0 && errno == ESRCH);
+}
+
+int main(void) {
+  RUN(spawns_and_reports_exit);
+  RUN(reports_failures_and_raises_on_mistakes);
+  RUN(streams_stdin_lines_and_cap);
+  RUN(timeout_kills_the_group);
+  RUN(collected_and_closed_procs_are_reaped);
+  RUN(callback_error_is_raised_by_wait);
+  RUN(shutdown_kills_live_children);
+  CTEST_EXIT();
+}

@@ -1,0 +1,238 @@
+--- A local stand-in of the model APIs, on loopback, for driving the real agent CLIs offline:
+-- Anthropic's POST /v1/messages and OpenAI's POST /v1/responses, both answered as server-sent
+-- events. It runs on the spec's own luv loop, so it answers while H.run waits for coral.
+--   local api = fake_api.start(function(req) return reply end)
+--     req:   { method, path, headers (lower-case names), body (string), json (decoded or nil),
+--              text (every text the request carries, concatenated: prompt, system, inputs) }
+--     reply: { text = "answer" }                           a streamed answer
+--            { status = 429|500|..., error = "message", kind = "rate_limit_error", retry_after = s }
+--            { hang = true }                               accept and never answer
+--   api.url, api.port, api.requests (every request seen), api:close()
+local cjson = require "cjson"
+local uv = require "luv"
+
+local M = {}
+
+local STATUS_TEXT = { [200] = "OK", [400] = "Bad Request", [401] = "Unauthorized", [404] = "Not Found",
+  [429] = "Too Many Requests", [500] = "Internal Server Error", [529] = "Overloaded" }
+
+-- Debian's lua-cjson writes an empty table as {}; the APIs send [] for empty lists.
+local EMPTY = "\0empty-list"
+
+local function encode(data)
+  return (cjson.encode(data):gsub('"\\u0000empty%-list"', "[]"))
+end
+
+local function sse(event, data)
+  return "event: " .. event .. "\ndata: " .. encode(data) .. "\n\n"
+end
+
+-- Every string inside a decoded JSON value, so a reply can be chosen by what the prompt says.
+local function strings_of(v, out)
+  if type(v) == "string" then out[#out + 1] = v
+  elseif type(v) == "table" then for _, x in pairs(v) do strings_of(x, out) end end
+  return out
+end
+
+-- The text of the last user turn: what the CLI was asked this time (system prompts and tool
+-- lists are large and the same in every request).
+local function last_user_text(json)
+  if type(json) ~= "table" then return "" end
+  local list = json.messages or json.input
+  if type(list) ~= "table" then return "" end
+  for i = #list, 1, -1 do
+    local m = list[i]
+    if type(m) == "table" and m.role == "user" then return table.concat(strings_of(m.content, {}), "\n") end
+  end
+  return ""
+end
+
+local function anthropic_stream(reply, req)
+  local model = req.json and req.json.model or "claude-test"
+  local usage_in = math.max(1, #(req.body or "") // 4)
+  local out_tokens = math.max(1, #reply.text // 4)
+  return table.concat {
+    sse("message_start", { type = "message_start", message = {
+      id = "msg_coral_test", type = "message", role = "assistant", model = model, content = EMPTY,
+      stop_reason = cjson.null, stop_sequence = cjson.null,
+      usage = { input_tokens = usage_in, output_tokens = 1, cache_creation_input_tokens = 0,
+                cache_read_input_tokens = 0 } } }),
+    sse("content_block_start", { type = "content_block_start", index = 0,
+                                 content_block = { type = "text", text = "" } }),
+    sse("content_block_delta", { type = "content_block_delta", index = 0,
+                                 delta = { type = "text_delta", text = reply.text } }),
+    sse("content_block_stop", { type = "content_block_stop", index = 0 }),
+    sse("message_delta", { type = "message_delta", delta = { stop_reason = "end_turn", stop_sequence = cjson.null },
+                           usage = { output_tokens = out_tokens } }),
+    sse("message_stop", { type = "message_stop" }),
+  }
+end
+
+local function openai_stream(reply, req)
+  local model = req.json and req.json.model or "gpt-test"
+  local usage = { input_tokens = math.max(1, #(req.body or "") // 4), input_tokens_details = { cached_tokens = 0 },
+                  output_tokens = math.max(1, #reply.text // 4), output_tokens_details = { reasoning_tokens = 0 } }
+  usage.total_tokens = usage.input_tokens + usage.output_tokens
+  local item = { type = "message", role = "assistant", id = "msg_coral_test", status = "completed",
+                 content = { { type = "output_text", text = reply.text, annotations = EMPTY } } }
+  return table.concat {
+    sse("response.created", { type = "response.created", response = { id = "resp_coral_test", model = model } }),
+    sse("response.output_item.added", { type = "response.output_item.added", output_index = 0,
+      item = { type = "message", role = "assistant", id = "msg_coral_test", status = "in_progress", content = EMPTY } }),
+    sse("response.output_text.delta", { type = "response.output_text.delta", output_index = 0, content_index = 0,
+                                        item_id = "msg_coral_test", delta = reply.text }),
+    sse("response.output_item.done", { type = "response.output_item.done", output_index = 0, item = item }),
+    sse("response.completed", { type = "response.completed", response = { id = "resp_coral_test", model = model,
+                                status = "completed", output = { item }, usage = usage } }),
+  }
+end
+
+local function error_body(reply, openai)
+  if openai then
+    return cjson.encode { error = { message = reply.error or "error", type = reply.kind or "server_error",
+                                    code = reply.kind or cjson.null } }
+  end
+  return cjson.encode { type = "error", error = { type = reply.kind or "api_error", message = reply.error or "error" } }
+end
+
+local function response(status, headers, body)
+  local lines = { string.format("HTTP/1.1 %d %s", status, STATUS_TEXT[status] or "Status") }
+  for k, v in pairs(headers) do lines[#lines + 1] = k .. ": " .. v end
+  lines[#lines + 1] = "Connection: close"
+  if body then lines[#lines + 1] = "Content-Length: " .. #body end
+  return table.concat(lines, "\r\n") .. "\r\n\r\n" .. (body or "")
+end
+
+-- Parses one request out of `buf`; returns req and the rest, or nil while incomplete.
+local function parse_request(buf)
+  local head_end = buf:find("\r\n\r\n", 1, true)
+  if not head_end then return nil end
+  local head = buf:sub(1, head_end - 1)
+  local method, path = head:match("^(%u+) (%S+) HTTP/1%.%d")
+  local headers = {}
+  for k, v in head:gmatch("\r\n([^:\r\n]+):%s*([^\r\n]*)") do headers[k:lower()] = v end
+  local rest = buf:sub(head_end + 4)
+  local body
+  if headers["transfer-encoding"] and headers["transfer-encoding"]:lower():find("chunked") then
+    local parts, pos = {}, 1
+    while true do
+      local line_end = rest:find("\r\n", pos, true)
+      if not line_end then return nil end
+      local size = tonumber(rest:sub(pos, line_end - 1):match("^%x+"), 16)
+      if not size then return nil end
+      if size == 0 then body = table.concat(parts); break end
+      if #rest < line_end + 1 + size + 2 then return nil end
+      parts[#parts + 1] = rest:sub(line_end + 2, line_end + 1 + size)
+      pos = line_end + 2 + size + 2
+    end
+  else
+    local n = tonumber(headers["content-length"] or "0") or 0
+    if #rest < n then return nil end
+    body = rest:sub(1, n)
+  end
+  return { method = method, path = path, headers = headers, body = body }
+end
+
+--- Starts the server on 127.0.0.1 (a free port); `handler(req)` returns the reply.
+function M.start(handler)
+  local api = { requests = {}, clients = {} }
+  local server = uv.new_tcp()
+  assert(server:bind("127.0.0.1", 0))
+  api.port = server:getsockname().port
+  api.url = "http://127.0.0.1:" .. api.port
+
+  local function finish(client)
+    client:shutdown(function()
+      api.clients[client] = nil
+      if not client:is_closing() then client:close() end
+    end)
+  end
+
+  local function answer(client, req)
+    local openai = req.path:find("/responses", 1, true) ~= nil
+    local ok, json = pcall(cjson.decode, req.body or "")
+    req.json = ok and json or nil
+    req.text = last_user_text(req.json)
+    api.requests[#api.requests + 1] = req
+    local reply
+    if req.method == "HEAD" or (req.method == "GET" and req.path == "/") then
+      -- Claude Code checks that the base URL answers before its first request.
+      client:write(response(200, {}, req.method == "GET" and "" or nil))
+      finish(client)
+      return
+    elseif req.method ~= "POST" or not (req.path:find("/v1/messages", 1, true) or openai) then
+      reply = { status = 404, error = "no such endpoint in coral's test API: " .. req.method .. " " .. req.path,
+                kind = "not_found_error" }
+    elseif req.path:find("count_tokens", 1, true) then
+      client:write(response(200, { ["Content-Type"] = "application/json" }, cjson.encode { input_tokens = 10 }))
+      finish(client)
+      return
+    else
+      reply = handler(req) or { text = "" }
+    end
+    req.reply = reply
+    if reply.hang then return end
+    if reply.status and reply.status ~= 200 then
+      local headers = { ["Content-Type"] = "application/json" }
+      if reply.retry_after then headers["Retry-After"] = tostring(reply.retry_after) end
+      if not openai then headers["x-should-retry"] = "false" end
+      client:write(response(reply.status, headers, error_body(reply, openai)))
+    else
+      local body = openai and openai_stream(reply, req) or anthropic_stream(reply, req)
+      client:write(response(200, { ["Content-Type"] = "text/event-stream", ["Cache-Control"] = "no-cache" }) .. body)
+    end
+    finish(client)
+  end
+
+  assert(server:listen(64, function(err)
+    assert(not err, err)
+    local client = uv.new_tcp()
+    server:accept(client)
+    api.clients[client] = true
+    local buf = ""
+    client:read_start(function(rerr, chunk)
+      if rerr or not chunk then
+        api.clients[client] = nil
+        if not client:is_closing() then client:close() end
+        return
+      end
+      buf = buf .. chunk
+      local req = parse_request(buf)
+      if req then
+        buf = ""
+        client:read_stop()
+        local ok, e = pcall(answer, client, req)
+        if not ok then
+          client:write(response(500, { ["Content-Type"] = "text/plain" }, "coral test API: " .. tostring(e)))
+          finish(client)
+        end
+      end
+    end)
+  end))
+  api.server = server
+
+  --- Requests to one API: "anthropic" (/v1/messages) or "openai" (/responses).
+  function api.seen(_, which)
+    local out = {}
+    for _, r in ipairs(api.requests) do
+      local openai = r.path:find("/responses", 1, true) ~= nil
+      local model_api = r.method == "POST" and (openai or r.path:find("/v1/messages", 1, true))
+      if model_api and (which == "openai") == openai and not r.path:find("count_tokens", 1, true) then
+        out[#out + 1] = r
+      end
+    end
+    return out
+  end
+
+  function api.close()
+    for c in pairs(api.clients) do
+      if not c:is_closing() then c:close() end
+    end
+    api.clients = {}
+    if not server:is_closing() then server:close() end
+    uv.run("nowait")
+  end
+  return api
+end
+
+return M

@@ -1,0 +1,493 @@
+-- coral.proc: spawning children, their stdio, timeouts, signals, exit information, and that no
+-- child, fd or handle outlives its proc (the helper checks after every spec).
+local H = require("spec.helper").guard(_ENV)
+local uv = require "luv"
+local proc = require "coral.proc"
+
+local function line() return debug.getinfo(2, "l").currentline end
+
+--- Runs the loop until `cond()` holds (or fails after `secs`).
+local function run_until(cond, secs)
+  local deadline = uv.hrtime() + (secs or 5) * 1e9
+  while not cond() do
+    assert(uv.hrtime() < deadline, "condition not reached in time")
+    uv.sleep(5)
+    uv.run("nowait")
+  end
+end
+
+local function collect(into)
+  return function(data) into[#into + 1] = data end
+end
+
+local function open_fds()
+  local n, dir = 0, uv.fs_scandir("/proc/self/fd")
+  while dir and uv.fs_scandir_next(dir) do n = n + 1 end
+  return n
+end
+
+local function alive(pid)
+  local stat = H.read_file("/proc/" .. pid .. "/stat")
+  return stat ~= nil and not stat:match("^%d+ %(.*%) Z")
+end
+
+describe("coral.proc", function()
+  it("documents every function and method in docs/proc.md", function()
+    local doc = assert(H.read_file(H.root .. "/docs/proc.md"))
+    for name in pairs(proc) do
+      assert.truthy(doc:find("proc." .. name .. "(", 1, true), "undocumented: proc." .. name)
+    end
+    local p = proc.spawn { argv = { "true" } }
+    local _, methods = debug.getupvalue(getmetatable(p).__index, 1)
+    for name in pairs(methods) do
+      assert.truthy(doc:find("p:" .. name .. "(", 1, true), "undocumented: p:" .. name)
+    end
+    p:wait()
+  end)
+
+  describe("spawn", function()
+    it("runs argv without a shell and reports the exit", function()
+      local out = {}
+      local p = assert(proc.spawn { argv = { "sh", "-c", 'echo "$0 $1"; exit 7', "a b", 42 },
+                                    stdout = collect(out) })
+      assert.is_true(p.pid > 0)
+      local info = p:wait()
+      assert.are.equal("a b 42\n", table.concat(out))
+      assert.are.equal(7, info.code)
+      assert.is_nil(info.signal)
+      assert.are.equal(p.pid, info.pid)
+      assert.is_true(info.duration > 0 and info.duration < 5)
+      assert.are.equal(0, info.stdout_dropped)
+      assert.are.equal(0, info.stderr_dropped)
+    end)
+
+    it("runs a command line through /bin/sh only when asked", function()
+      local out = {}
+      local info = proc.spawn { cmd = "echo $((6 * 7)) | tr 4 x", shell = true, stdout = collect(out) }:wait()
+      assert.are.equal(0, info.code)
+      assert.are.equal("x2\n", table.concat(out))
+      -- without shell, the same text is one program name that does not exist
+      local p, err, code = proc.spawn { argv = { "echo $((6 * 7))" } }
+      assert.is_nil(p)
+      assert.are.equal("ENOENT", code)
+      assert.are.equal("spawn echo $((6 * 7)): ENOENT: no such file or directory", err)
+    end)
+
+    it("returns nil, message, code for a missing program", function()
+      local p, err, code = proc.spawn { argv = { "nosuchprog" } }
+      assert.is_nil(p)
+      assert.are.equal("spawn nosuchprog: ENOENT: no such file or directory", err)
+      assert.are.equal("ENOENT", code)
+    end)
+
+    it("returns EACCES for a file that is not executable", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/script", "#!/bin/sh\necho hi\n", tonumber("644", 8))
+      local p, err, code = proc.spawn { argv = { dir .. "/script" } }
+      assert.is_nil(p)
+      assert.are.equal("EACCES", code)
+      assert.are.equal("spawn " .. dir .. "/script: EACCES: permission denied", err)
+    end)
+
+    it("runs in cwd, and names a bad cwd as the cause", function()
+      local dir = H.tmpdir()
+      local out = {}
+      assert.are.equal(0, proc.spawn { argv = { "pwd" }, cwd = dir, stdout = collect(out) }:wait().code)
+      assert.are.equal(uv.fs_realpath(dir) .. "\n", table.concat(out))
+      local p, err, code = proc.spawn { argv = { "pwd" }, cwd = dir .. "/missing" }
+      assert.is_nil(p)
+      assert.are.equal("ENOENT", code)
+      assert.are.equal("spawn pwd: cwd " .. dir .. "/missing: ENOENT: no such file or directory", err)
+      H.write_file(dir .. "/file", "")
+      p, err, code = proc.spawn { argv = { "pwd" }, cwd = dir .. "/file" }
+      assert.is_nil(p)
+      assert.are.equal("ENOTDIR", code)
+      assert.matches("^spawn pwd: cwd .*/file: ENOTDIR", err)
+    end)
+
+    it("raises on a mistake, at the caller's line", function()
+      local l
+      local ok, err = pcall(function() l = line(); proc.spawn { argv = { "true" }, bogus = 1 } end)
+      assert.is_false(ok)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #1 to 'spawn' (unknown option 'bogus')", err)
+      local cases = {
+        { { argv = "true" }, "option 'argv': table expected, got string" },
+        { { argv = {} }, "option 'argv' is empty" },
+        { { argv = { "true", {} } }, "option 'argv': item 2 must be a string, got table" },
+        { {}, "option 'argv' (program and arguments) or cmd with shell = true is required" },
+        { { cmd = "true" }, "option 'cmd' needs shell = true" },
+        { { argv = { "true" }, shell = true }, "option 'argv' cannot be used with shell = true" },
+        { { argv = { "true" }, cwd = 1 }, "option 'cwd': string expected, got number" },
+        { { argv = { "true" }, env = { ["A=B"] = "x" } }, "option 'env': bad variable name 'A=B'" },
+        { { argv = { "true" }, env = { A = true } }, "option 'env': value of 'A' must be a string or false" },
+        { { argv = { "true" }, stdin = 5 }, "option 'stdin': string" },
+        { { argv = { "true" }, stdin = { path = "x" } }, "option 'stdin': unknown key 'path'" },
+        { { argv = { "true" }, stdout = true }, "option 'stdout': true is not a destination" },
+        { { argv = { "true" }, stdout = { fil = "x" } }, "option 'stdout': unknown key 'fil'" },
+        { { argv = { "true" }, stderr = { cap = -1 } }, "option 'stderr': 'cap' must be an integer >= 0" },
+        { { argv = { "true" }, stdout = { lines = true } }, "option 'stdout': lines needs on_data" },
+        { { argv = { "true" }, timeout = 0 }, "option 'timeout': seconds > 0 expected" },
+        { { argv = { "true" }, kill_grace = "2" }, "option 'kill_grace': number expected, got string" },
+        { { argv = { "true" }, on_exit = 1 }, "option 'on_exit': function expected, got number" },
+      }
+      for _, case in ipairs(cases) do
+        ok, err = pcall(function() l = line(); proc.spawn(case[1]) end)
+        assert.is_false(ok)
+        assert.truthy(err:find("spec/proc_spec.lua:" .. l .. ": bad argument #1 to 'spawn' (" .. case[2], 1, true), err)
+      end
+      ok, err = pcall(function() l = line(); proc.spawn({ argv = { "true" } }, 2) end)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'spawn' (no more than 1 argument expected)", err)
+    end)
+  end)
+
+  describe("env", function()
+    local function env_of(opts)
+      local out = {}
+      opts.argv, opts.stdout = { "env" }, collect(out)
+      assert.are.equal(0, proc.spawn(opts):wait().code)
+      local vars = {}
+      for k, v in table.concat(out):gmatch("([^=\n]+)=([^\n]*)") do vars[k] = v end
+      return vars
+    end
+
+    it("inherits, adds, overrides and removes variables", function()
+      uv.os_setenv("CORAL_SPEC_KEEP", "kept")
+      uv.os_setenv("CORAL_SPEC_DROP", "dropped")
+      local vars = env_of { env = { CORAL_SPEC_NEW = "new", CORAL_SPEC_NUM = 5, CORAL_SPEC_DROP = false,
+                                    HOME = "/elsewhere" } }
+      uv.os_unsetenv("CORAL_SPEC_KEEP")
+      uv.os_unsetenv("CORAL_SPEC_DROP")
+      assert.are.equal("kept", vars.CORAL_SPEC_KEEP)
+      assert.are.equal("new", vars.CORAL_SPEC_NEW)
+      assert.are.equal("5", vars.CORAL_SPEC_NUM)
+      assert.are.equal("/elsewhere", vars.HOME)
+      assert.is_nil(vars.CORAL_SPEC_DROP)
+    end)
+
+    it("replaces the whole environment with clear_env", function()
+      local vars = env_of { clear_env = true, env = { ONLY = "this", CORAL_SPEC_MARK = os.getenv("CORAL_SPEC_MARK") } }
+      local n = 0
+      for _ in pairs(vars) do n = n + 1 end
+      assert.are.equal(2, n)
+      assert.are.equal("this", vars.ONLY)
+    end)
+  end)
+
+  describe("stdin", function()
+    local function cat(stdin)
+      local out = {}
+      local info = proc.spawn { argv = { "cat" }, stdin = stdin, stdout = collect(out) }:wait()
+      assert.are.equal(0, info.code)
+      return table.concat(out)
+    end
+
+    it("is /dev/null by default", function()
+      assert.are.equal("", cat(nil))
+      assert.are.equal("", cat(false))
+    end)
+
+    it("can be a string, small or bigger than a pipe", function()
+      assert.are.equal("hello", cat("hello"))
+      assert.are.equal("pipe", cat({ data = "pipe" }))
+      local big = string.rep("0123456789", 100000)
+      assert.are.equal(big, cat(big))
+    end)
+
+    it("can be a file", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/in", "from a file\n")
+      assert.are.equal("from a file\n", cat({ file = dir .. "/in" }))
+      local p, err, code = proc.spawn { argv = { "cat" }, stdin = { file = dir .. "/none" } }
+      assert.is_nil(p)
+      assert.are.equal("ENOENT", code)
+      assert.are.equal("spawn cat: stdin " .. dir .. "/none: ENOENT: no such file or directory", err)
+    end)
+
+    it("can be a pipe the caller streams into", function()
+      local out = {}
+      local p = proc.spawn { argv = { "cat" }, stdin = "pipe", stdout = collect(out) }
+      assert.is_true(p:write("one "))
+      assert.is_true(p:write(string.rep("x", 300000)))
+      assert.is_true(p:write(" two"))
+      p:close_stdin()
+      p:close_stdin()  -- idempotent
+      assert.are.equal(0, p:wait().code)
+      assert.are.equal("one " .. string.rep("x", 300000) .. " two", table.concat(out))
+      local ok, err = pcall(p.write, p, "late")
+      assert.is_false(ok)
+      assert.matches("stdin was closed by close_stdin", err)
+    end)
+
+    it("reports EPIPE after the child is gone, and refuses writes without a pipe", function()
+      local p = proc.spawn { argv = { "true" }, stdin = true }
+      p:wait()
+      local ok, err, code = p:write("x")
+      assert.is_nil(ok)
+      assert.are.equal("EPIPE", code)
+      assert.matches("^write to %d+: EPIPE", err)
+      local q = proc.spawn { argv = { "true" } }
+      local l
+      ok, err = pcall(function() l = line(); q:write("x") end)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": proc write: stdin is not a pipe (spawn with stdin = true)", err)
+      q:wait()
+    end)
+  end)
+
+  describe("stdout and stderr", function()
+    it("go to files the child writes itself, or append", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/err", "old\n")
+      local info = proc.spawn { cmd = "echo out; echo err >&2", shell = true,
+                                stdout = dir .. "/out", stderr = { file = dir .. "/err", append = true } }:wait()
+      assert.are.equal(0, info.code)
+      assert.are.equal("out\n", H.read_file(dir .. "/out"))
+      assert.are.equal("old\nerr\n", H.read_file(dir .. "/err"))
+      local p, err, code = proc.spawn { argv = { "true" }, stdout = dir .. "/no/such/out" }
+      assert.is_nil(p)
+      assert.are.equal("ENOENT", code)
+      assert.are.equal("spawn true: stdout " .. dir .. "/no/such/out: ENOENT: no such file or directory", err)
+    end)
+
+    it("merge with stderr = 'stdout', and are discarded with false", function()
+      local out = {}
+      proc.spawn { cmd = "echo a; echo b >&2; echo c", shell = true, stdout = collect(out), stderr = "stdout" }:wait()
+      assert.are.equal("a\nb\nc\n", table.concat(out))
+      local r = H.run { "-e", "require'coral.proc'.spawn{ argv = {'sh', '-c', 'echo hidden; echo hidden >&2'}, stdout = false, stderr = false }:wait()" }
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal("", r.stdout)
+      assert.are.equal("", r.stderr)
+    end)
+
+    it("go to a file and a callback at once, C writing the file", function()
+      local dir = H.tmpdir()
+      local out = {}
+      proc.spawn { argv = { "seq", "1", "3" }, stdout = { file = dir .. "/log", on_data = collect(out) } }:wait()
+      assert.are.equal("1\n2\n3\n", H.read_file(dir .. "/log"))
+      assert.are.equal("1\n2\n3\n", table.concat(out))
+    end)
+
+    it("deliver lines, joining partial ones across reads", function()
+      local lines = {}
+      local p = proc.spawn {
+        cmd = "printf 'a\\nb'; sleep 0.1; printf 'c\\n\\nd'; sleep 0.1; printf 'e'", shell = true,
+        stdout = { lines = true, on_data = collect(lines) },
+      }
+      p:wait()
+      assert.are.same({ "a", "bc", "", "de" }, lines)
+    end)
+
+    it("stop at the cap and count what was dropped", function()
+      local dir = H.tmpdir()
+      local n = 0
+      local info = proc.spawn { argv = { "head", "-c", "1000000", "/dev/zero" },
+                                stdout = { cap = 1000, on_data = function(d) n = n + #d end },
+                                stderr = { file = dir .. "/e", cap = 3 } }:wait()
+      assert.are.equal(1000, n)
+      assert.are.equal(999000, info.stdout_dropped)
+      -- a cap on a file alone: C copies up to the cap
+      info = proc.spawn { cmd = "printf 0123456789", shell = true, stdout = { file = dir .. "/f", cap = 4 } }:wait()
+      assert.are.equal("0123", H.read_file(dir .. "/f"))
+      assert.are.equal(6, info.stdout_dropped)
+      -- a cap on the host's own stdout
+      local r = H.run { "-e", "require'coral.proc'.spawn{ argv = {'echo', 'abcdef'}, stdout = { cap = 3 } }:wait()" }
+      assert.are.equal("abc", r.stdout)
+    end)
+
+    it("keep coral's memory flat when a child floods past the cap", function()
+      local script = [[
+        local proc = require "coral.proc"
+        local n = 0
+        local p = proc.spawn { argv = { "head", "-c", "209715200", "/dev/zero" },
+                               stdout = { cap = 1048576, on_data = function(d) n = n + #d end } }
+        local info = p:wait()
+        local hwm = io.open("/proc/self/status"):read("a"):match("VmHWM:%s*(%d+)")
+        print(n, info.stdout_dropped, math.floor(collectgarbage("count")), hwm)
+      ]]
+      local r = H.run { "-e", script }
+      assert.are.equal(0, r.code, r.stderr)
+      local n, dropped, lua_kb, hwm_kb = r.stdout:match("^(%d+)\t(%d+)\t(%d+)\t(%d+)")
+      assert.are.equal(1048576, tonumber(n))
+      assert.are.equal(209715200 - 1048576, tonumber(dropped))
+      assert.is_true(tonumber(lua_kb) < 4096, "Lua heap " .. lua_kb .. " KiB")
+      assert.is_true(tonumber(hwm_kb) < 32768, "peak RSS " .. hwm_kb .. " KiB")
+    end)
+  end)
+
+  describe("timeouts", function()
+    it("kill the whole group, grandchildren included", function()
+      local dir = H.tmpdir()
+      local p = proc.spawn { cmd = "sleep 100 & echo $! > " .. dir .. "/pid; sleep 100", shell = true,
+                             timeout = 0.3 }
+      local info = p:wait()
+      assert.are.equal("timeout", info.timed_out)
+      assert.are.equal(0.3, info.timeout)
+      assert.is_nil(info.idle_timeout)
+      assert.are.equal("SIGTERM", info.signame)
+      assert.are.equal(15, info.signal)
+      assert.are.equal(128 + 15, info.code)
+      assert.is_true(info.duration >= 0.3 and info.duration < 2)
+      local grandchild = tonumber(H.read_file(dir .. "/pid"))
+      run_until(function() return not alive(grandchild) end)
+    end)
+
+    it("send KILL after kill_grace to a group that ignores TERM", function()
+      local info = proc.spawn { cmd = "trap '' TERM; sleep 100 & sleep 100", shell = true,
+                                timeout = 0.2, kill_grace = 0.2 }:wait()
+      assert.are.equal("timeout", info.timed_out)
+      assert.are.equal("SIGKILL", info.signame)
+      assert.is_true(info.duration >= 0.4 and info.duration < 2)
+    end)
+
+    it("idle_timeout fires after silence, not while output flows", function()
+      local dir = H.tmpdir()
+      local info = proc.spawn { cmd = "echo start; sleep 100", shell = true, idle_timeout = 0.3,
+                                stdout = dir .. "/out" }:wait()
+      assert.are.equal("idle", info.timed_out)
+      assert.are.equal(0.3, info.idle_timeout)
+      assert.are.equal("start\n", H.read_file(dir .. "/out"))  -- written by C, which watched it
+      info = proc.spawn { cmd = "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done", shell = true,
+                          idle_timeout = 0.4, stdout = false }:wait()
+      assert.is_nil(info.timed_out)
+      assert.are.equal(0, info.code)
+    end)
+  end)
+
+  describe("signals", function()
+    it("kill signals the group, by name or number", function()
+      local dir = H.tmpdir()
+      local p = proc.spawn { cmd = "sleep 100 & echo $! > " .. dir .. "/pid; wait", shell = true }
+      run_until(function() return H.read_file(dir .. "/pid") ~= nil and #H.read_file(dir .. "/pid") > 0 end)
+      local grandchild = tonumber(H.read_file(dir .. "/pid"))
+      assert.is_true(p:kill())  -- TERM: sh starts background jobs with INT ignored
+      local info = p:wait()
+      assert.are.equal("SIGTERM", info.signame)
+      run_until(function() return not alive(grandchild) end)
+      for _, sig in ipairs { "sigusr1", "SIGUSR1", 10 } do
+        local q = proc.spawn { argv = { "sleep", "100" } }
+        assert.is_true(q:kill(sig))
+        assert.are.equal(10, q:wait().signal)
+      end
+      local ok, err, code = p:kill()
+      assert.is_nil(ok)
+      assert.are.equal("ESRCH", code)
+      assert.matches("^kill %d+: ESRCH", err)
+      local l
+      ok, err = pcall(function() l = line(); p:kill("NOPE") end)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #1 to 'kill' (unknown signal 'NOPE')", err)
+    end)
+
+    it("terminate sends TERM, then KILL after the grace", function()
+      local p = proc.spawn { cmd = "trap '' TERM; sleep 100", shell = true }
+      uv.sleep(50)
+      assert.is_true(p:terminate(0.2))
+      local info = p:wait()
+      assert.are.equal("SIGKILL", info.signame)
+      assert.is_nil(info.timed_out)
+      assert.is_true(proc.spawn { argv = { "sleep", "100" } }:terminate(0))
+    end)
+  end)
+
+  describe("exit information", function()
+    it("reports CPU time and peak RSS of the child", function()
+      local info = proc.spawn { argv = { H.coral, "-e", "local s = string.rep('x', 64 * 1048576); local t = os.clock(); while os.clock() - t < 0.2 do end" } }:wait()
+      assert.are.equal(0, info.code)
+      assert.is_true(info.cpu_seconds >= 0.15, "cpu " .. info.cpu_seconds)
+      assert.is_true(info.utime > 0.1)
+      assert.is_true(info.stime >= 0)
+      assert.is_true(info.max_rss_kb > 64 * 1024, "rss " .. info.max_rss_kb)
+    end)
+
+    it("goes to on_exit, and the loop owns a proc with callbacks", function()
+      local got
+      proc.spawn { argv = { "sh", "-c", "exit 4" }, on_exit = function(info) got = info end }
+      collectgarbage(); collectgarbage()  -- no reference kept: the loop holds it
+      uv.run()
+      assert.are.equal(4, got.code)
+    end)
+
+    it("raises an error of a callback from uv.run and p:wait", function()
+      proc.spawn { argv = { "true" }, on_exit = function() error("boom in on_exit") end }
+      local ok, err = pcall(uv.run)
+      assert.is_false(ok)
+      assert.matches("boom in on_exit", err)
+      local p = proc.spawn { argv = { "echo" }, stdout = function()
+        local q = proc.spawn { argv = { "true" } }
+        local ok2, err2 = pcall(q.wait, q)
+        q:close()
+        error(ok2 and "nested wait ran" or err2)
+      end }
+      ok, err = pcall(p.wait, p)
+      assert.is_false(ok)
+      assert.matches("cannot run the loop inside a proc callback", err)
+      assert.are.equal(0, p:wait().code)
+    end)
+  end)
+
+  describe("lifetime", function()
+    it("close kills the group and makes the proc unusable", function()
+      local p = proc.spawn { argv = { "sleep", "100" } }
+      assert.are.equal(1, proc.live())
+      p:close()
+      p:close()
+      assert.matches("closed", tostring(p))
+      local ok, err = pcall(p.wait, p)
+      assert.is_false(ok)
+      assert.matches("attempt to use a closed proc", err)
+      run_until(function() return proc.live() == 0 end)
+      do
+        local q <close> = proc.spawn { argv = { "sleep", "100" } }
+        assert.matches("^coral.proc %(pid %d+, running%)$", tostring(q))
+      end
+      run_until(function() return proc.live() == 0 end)
+    end)
+
+    it("reaps a running proc that was garbage-collected", function()
+      local dir = H.tmpdir()
+      do proc.spawn { cmd = "sleep 100 & echo $! > " .. dir .. "/pid; wait", shell = true } end
+      run_until(function() return (H.read_file(dir .. "/pid") or "") ~= "" end)
+      local grandchild = tonumber(H.read_file(dir .. "/pid"))
+      collectgarbage(); collectgarbage()
+      run_until(function() return proc.live() == 0 end)
+      run_until(function() return not alive(grandchild) end)
+    end)
+
+    it("starts 1000 short children back to back without leaking fds or zombies", function()
+      local before = open_fds()
+      local started, done, max_live = 0, 0, 0
+      local function start()
+        started = started + 1
+        assert(proc.spawn { argv = { "true" }, stdout = false, on_exit = function(info)
+          assert(info.code == 0)
+          done = done + 1
+          if started < 1000 then start() end
+        end })
+        if proc.live() > max_live then max_live = proc.live() end
+      end
+      for _ = 1, 50 do start() end
+      uv.run()
+      assert.are.equal(1000, done)
+      assert.are.equal(0, proc.live())
+      assert.is_true(max_live >= 2)
+      collectgarbage(); collectgarbage()
+      assert.are.equal(before, open_fds())
+    end)
+
+    it("leaves nothing running when the host ends, errors or exits", function()
+      local dir = H.tmpdir()
+      for i, tail in ipairs { "", "error('script failed')", "os.exit(3)" } do
+        local pidfile = dir .. "/pid" .. i
+        local script = "local proc = require 'coral.proc'\n" ..
+          "local p = proc.spawn { cmd = 'sleep 100 & echo $! > " .. pidfile .. "; sleep 100', shell = true }\n" ..
+          "local q = proc.spawn { argv = { 'sleep', '100' }, on_exit = function() end, timeout = 100 }\n" ..
+          "while (io.open('" .. pidfile .. "') or io.open('/dev/null')):read('a') == '' do require'luv'.sleep(5) end\n" ..
+          "if " .. tostring(i == 1) .. " then q:close() end\n" .. tail
+        local t0 = uv.hrtime()
+        local r = H.run({ "-e", script })
+        assert.are.equal(({ 0, 2, 3 })[i], r.code, r.stderr)
+        assert.is_true((uv.hrtime() - t0) / 1e9 < 10)
+        local grandchild = tonumber(H.read_file(pidfile))
+        run_until(function() return not alive(grandchild) end)
+      end
+    end)
+  end)
+end)

@@ -1,0 +1,172 @@
+-- The recipe library and the prompts it produces: every recipe loads both ways, full_stack runs
+-- with the simulated agent, --agent prompt writes composed prompts with their handoffs, the
+-- examples work.
+local H = require("spec.helper").guard(_ENV)
+local uv = require "luv"
+local cjson = require "cjson"
+local prompt = require "coral.prompt"
+
+local LIBRARY = { full_stack = 10, api = 7, frontend = 6, microservice = 8, mobile_app = 9,
+                  data_pipeline = 9, ml_feature = 10, ["examples/phased"] = 11 }
+
+local function last_run(dir)
+  local runs, last = dir .. "/.coral/runs", nil
+  local handle = uv.fs_scandir(runs)
+  while handle do
+    local name = uv.fs_scandir_next(handle)
+    if not name then break end
+    if not last or name > last then last = name end
+  end
+  return runs .. "/" .. last
+end
+
+local function summary_of(dir)
+  return cjson.decode(H.read_file(last_run(dir) .. "/summary.json"))
+end
+
+describe("the recipe library", function()
+  it("runs every recipe as `coral run NAME` and as `coral recipes/NAME.lua`, each with a header comment", function()
+    local listing = H.run { "recipes" }
+    assert.are.equal(0, listing.code, listing.stderr)
+    for name, n in pairs(LIBRARY) do
+      local pattern = name:gsub("[%-_/]", "%%%0")
+      assert.matches("\n?" .. pattern .. "%s+%a", listing.stdout)
+      local a = H.run { "run", name, "Some project", "--show-plan", "--format", "json" }
+      assert.are.equal(0, a.code, name .. ": " .. a.stderr)
+      assert.are.equal(n, #cjson.decode(a.stdout).tasks, name)
+      local b = H.run({ "recipes/" .. name .. ".lua", "Some project", "--show-plan", "--format", "json" }, { cwd = H.root })
+      assert.are.equal(0, b.code, name .. ": " .. b.stderr)
+      assert.are.same(cjson.decode(a.stdout).tasks, cjson.decode(b.stdout).tasks)
+      local source = H.read_file(H.root .. "/recipes/" .. name .. ".lua")
+      assert.matches("^%-%- " .. pattern .. ": %a", source)
+    end
+  end)
+
+  it("uses only known agent roles in the built-in recipes", function()
+    local roles = require("coral.agents").load(H.tmpdir())
+    for name in pairs(LIBRARY) do
+      local plan = require("coral.recipes").plan(name, "x")
+      for _, t in ipairs(plan.tasks) do assert.truthy(roles[t.agent], name .. ": no role " .. t.agent) end
+    end
+  end)
+
+  it("gives the api and frontend plans the shapes they are meant to have", function()
+    local api = require("coral.recipes").plan("api", "x")
+    assert.are.same({ "api-designer", "database-specialist" }, api.by_id["backend-developer"].depends_on)
+    assert.are.same({ "api-designer" }, api.by_id["security-specialist"].depends_on)
+    local fe = require("coral.recipes").plan("frontend", "x")
+    assert.are.same({ "ui-designer", "frontend-architecture" }, fe.by_id.components.depends_on)
+    assert.are.same({ "ui-designer" }, fe.by_id["accessibility-specialist"].depends_on)
+  end)
+
+  it("falls back to architect, full-stack engineer and QA for an unknown type, naming the known ones", function()
+    local r = H.run { "run", "spaceship", "x", "--show-plan" }
+    assert.are.equal(0, r.code)
+    assert.matches("unknown project type 'spaceship'.*Known types: api, data_pipeline, ", r.stderr)
+    assert.matches("3 tasks in 3 phases", r.stdout)
+  end)
+
+  it("runs full_stack for a todo app with the simulated agent: all ten tasks complete", function()
+    local dir = H.tmpdir()
+    local r = H.run({ "run", "full_stack", "Todo app with auth", "--agent", "sim", "--sim-scale", "0.001",
+                      "--dir", dir, "--max-workers", "4" }, { timeout = 120 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("Successful%s+10\n", r.stdout)
+    local s = summary_of(dir)
+    assert.are.equal(10, s.successful)
+    assert.are.equal(3, s.max_parallel)
+    assert.matches("simulated", H.read_file(dir .. "/deliverables/backend-developer.md"))
+    assert.matches("finished %(simulated%)", H.read_file(dir .. "/scratchpad.md"))
+  end)
+
+  it("writes ten composed prompts with --agent prompt, each with its role, and the handoff of its dependencies", function()
+    local dir = H.tmpdir()
+    local r = H.run({ "run", "full_stack", "Todo app with auth", "--agent", "prompt", "--dir", dir, "--quiet" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local run = last_run(dir)
+    local plan = require("coral.recipes").plan("full_stack", "Todo app with auth")
+    local n = 0
+    for _, t in ipairs(plan.tasks) do
+      local text = assert(H.read_file(run .. "/tasks/" .. t.id .. "/prompt.md"), t.id)
+      n = n + 1
+      assert.matches("^# Role\n\nYou are the ", text)
+      assert.matches("# Project\n\nTodo app with auth\n", text)
+      assert.matches("# Your task\n\n" .. t.task:gsub("%p", "%%%0"), text)
+      assert.matches(dir:gsub("%p", "%%%0") .. "/scratchpad.md: shared working memory", text)
+      assert.matches('`coral note "%.%.%."`', text)
+      if #t.depends_on > 0 then
+        assert.matches("# Handoff from the tasks this one depends on", text)
+        for _, d in ipairs(t.depends_on) do
+          assert.matches("## " .. d:gsub("%-", "%%-") .. " %(", text)
+          assert.matches("Full output: " .. (run .. "/tasks/" .. d .. "/output.md"):gsub("%p", "%%%0"), text)
+        end
+      else
+        assert.falsy(text:find("# Handoff", 1, true))
+      end
+    end
+    assert.are.equal(10, n)
+  end)
+
+  it("runs the test-suites example as parallel shell commands and reports each suite", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/Makefile", "test:\n\t@echo make-suite-ok\n")
+    uv.fs_mkdir(dir .. "/tests", 493)
+    H.write_file(dir .. "/tests/run.sh", "echo shell-suite-ok\n")
+    local r = H.run({ "run", "examples/test_suites", "", "--dir", dir, "--quiet" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s = summary_of(dir)
+    assert.are.equal(3, s.successful)
+    local report = H.read_file(s.results.report.output_file)
+    assert.matches("== test%-make\nmake%-suite%-ok", report)
+    assert.matches("== test%-shell\nshell%-suite%-ok", report)
+  end)
+
+  it("builds one reviewer per file in the review example, and a summary after all of them", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/a.lua", "return 1\n")
+    uv.fs_mkdir(dir .. "/src", 493)
+    H.write_file(dir .. "/src/b.c", "int main(void) { return 0; }\n")
+    H.write_file(dir .. "/notes.txt", "not code\n")
+    local r = H.run({ "run", "examples/review_each_file", "", "--dir", dir, "--show-plan", "--format", "json" })
+    assert.are.equal(0, r.code, r.stderr)
+    local ids = {}
+    local plan = cjson.decode(r.stdout)
+    for _, t in ipairs(plan.tasks) do ids[#ids + 1] = t.id end
+    assert.are.same({ "review-a.lua", "review-src_b.c", "review-summary" }, ids)
+    assert.are.same({ "review-a.lua", "review-src_b.c" }, plan.tasks[3].depends_on)
+  end)
+end)
+
+describe("prompt composition", function()
+  it("trims a long handoff to its budget, keeping both ends and the path of the whole output", function()
+    local dir = H.tmpdir()
+    local long = "BEGIN " .. string.rep("x", 20000) .. " END"
+    H.write_file(dir .. "/out.md", long)
+    local text = prompt.compose({ id = "b", agent = "b", task = "do b", depends_on = { "a" } }, {
+      project = "p", project_dir = dir, scratchpad = dir .. "/scratchpad.md", activity = dir .. "/activity.md",
+      handoffs = { { id = "a", agent = "architect", output_path = dir .. "/out.md" } },
+    })
+    local section = text:match("## a %(architect%)\n\n(.-)\n# Working")
+    assert.matches("^Full output: " .. dir:gsub("%p", "%%%0") .. "/out%.md\n\nBEGIN x", section)
+    assert.matches("x END\n$", section)
+    assert.matches("%[%.%.%. %d+ bytes left out here; the whole output is in .*/out%.md %.%.%.%]", section)
+    assert.is_true(#section < prompt.HANDOFF_BUDGET + 400)
+  end)
+
+  it("shares the total handoff budget among many dependencies, and includes .coral/context.md", function()
+    local dir = H.tmpdir()
+    uv.fs_mkdir(dir .. "/.coral", 493)
+    H.write_file(dir .. "/.coral/context.md", "Use PostgreSQL 16.\n")
+    local handoffs = {}
+    for i = 1, 12 do
+      H.write_file(dir .. "/o" .. i, string.rep("y", 5000))
+      handoffs[i] = { id = "d" .. i, agent = "x", output_path = dir .. "/o" .. i }
+    end
+    local text = prompt.compose({ id = "s", agent = "s", task = "sum" }, {
+      project = "p", project_dir = dir, scratchpad = "S", activity = "A", handoffs = handoffs,
+    })
+    assert.matches("# Project context\n\nUse PostgreSQL 16.\n", text)
+    assert.matches("each trimmed to 2000 bytes", text)
+    assert.is_true(#text < 12 * 2400 + 2000)
+  end)
+end)

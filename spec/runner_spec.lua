@@ -1,0 +1,301 @@
+-- The runner with real processes: scheduling, modes, policies, records, summary.
+local H = require("spec.helper").guard(_ENV)
+local uv = require "luv"
+local cjson = require "cjson"
+
+local coral = require "coral"
+local t = coral.task
+
+-- Runs `plan` in a fresh project dir; returns summary, project dir, and the events seen.
+local function run(plan, opts)
+  local dir = H.tmpdir()
+  local events = {}
+  local ropts = { project_dir = dir, output = "quiet", max_workers = 4,
+                  backoff = { base = 0.05, factor = 2, max = 1, jitter = 0 },
+                  on_event = function(e)
+                    e.mono = uv.hrtime() / 1e9
+                    events[#events + 1] = e
+                  end }
+  for k, v in pairs(opts or {}) do ropts[k] = v end
+  local summary = coral.runner(ropts):execute_plan(plan)
+  return summary, dir, events
+end
+
+local function first(events, name, task)
+  for _, e in ipairs(events) do
+    if e.event == name and e.task == task then return e end
+  end
+end
+
+local function sleeper(id, seconds, opts)
+  opts = opts or {}
+  opts.id = id
+  opts.cmd = { "sleep", tostring(seconds) }
+  return t("worker", "sleep " .. seconds, opts)
+end
+
+local function joblog_rows(summary)
+  local rows = {}
+  for line in io.lines(summary.run_dir .. "/joblog.tsv") do
+    local task, attempt, start, duration, exit, signal, outcome =
+      line:match("^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$")
+    if task ~= "task" then
+      rows[#rows + 1] = { task = task, attempt = tonumber(attempt), start = tonumber(start),
+        duration = tonumber(duration), exit = tonumber(exit), signal = signal, outcome = outcome }
+    end
+  end
+  return rows
+end
+
+describe("the runner", function()
+  it("never runs more than max_workers tasks at once, and reaches it", function()
+    local tasks = {}
+    for i = 1, 8 do tasks[i] = sleeper("s" .. i, 0.2) end
+    local running, peak = 0, 0
+    local summary = run(coral.plan(tasks), { max_workers = 3, on_event = function(e)
+      if e.event == "start" then running = running + 1; peak = math.max(peak, running)
+      elseif e.event == "end" then running = running - 1 end
+    end })
+    assert.are.equal(8, summary.successful)
+    assert.are.equal(3, peak)
+    assert.are.equal(3, summary.max_parallel)
+  end)
+
+  it("starts a task right after its own dependencies in dependency mode, and waits in phased mode", function()
+    local function make()
+      return coral.plan {
+        { sleeper("a", 0.1), sleeper("b", 0.8) },
+        { sleeper("c", 0.1, { depends_on = { "a" } }), sleeper("d", 0.1, { depends_on = { "b" } }) },
+      }
+    end
+    local _, _, ev = run(make(), { mode = "dependency" })
+    local c_start, b_end = first(ev, "start", "c").mono, first(ev, "end", "b").mono
+    assert.is_true(c_start < b_end - 0.4, "c should start long before b ends")
+    local _, _, ev2 = run(make(), { mode = "phased" })
+    assert.is_true(first(ev2, "start", "c").mono >= first(ev2, "end", "b").mono, "phased: c waits for the phase")
+  end)
+
+  it("runs one task at a time in sequential mode, in dependency order", function()
+    local plan = coral.plan { sleeper("x", 0.05), sleeper("y", 0.05, { depends_on = { "x" } }), sleeper("z", 0.05) }
+    local summary, _, ev = run(plan, { mode = "sequential" })
+    assert.are.equal(1, summary.max_parallel)
+    assert.is_true(first(ev, "start", "y").mono >= first(ev, "end", "x").mono)
+  end)
+
+  it("ignores dependencies in parallel mode", function()
+    local plan = coral.plan { sleeper("x", 0.3), sleeper("y", 0.05, { depends_on = { "x" } }) }
+    local summary, _, ev = run(plan, { mode = "parallel" })
+    assert.are.equal(2, summary.successful)
+    assert.is_true(first(ev, "start", "y").mono < first(ev, "end", "x").mono)
+  end)
+
+  it("kills a task that times out, with its grandchildren", function()
+    local plan = coral.plan { t("worker", "hang", { id = "hang", timeout = 0.5,
+      cmd = "sleep 30 & sleep 30; wait" }) }
+    local t0 = uv.hrtime()
+    local summary = run(plan, { retries = 0, kill_grace = 0.5 })
+    assert.is_true((uv.hrtime() - t0) / 1e9 < 5)
+    assert.are.equal(1, summary.failed)
+    assert.matches("timed out after 0.5s", summary.results.hang.error)
+    assert.are.equal("timeout", joblog_rows(summary)[1].outcome)
+    -- the helper's after_each checks that neither sleep is left running
+  end)
+
+  it("kills a task that prints nothing for idle_timeout seconds", function()
+    local plan = coral.plan { t("worker", "quiet", { id = "quiet", idle_timeout = 0.3, cmd = "echo hi; sleep 30" }) }
+    local summary = run(plan, { retries = 0, kill_grace = 0.5 })
+    assert.are.equal("idle-timeout", joblog_rows(summary)[1].outcome)
+  end)
+
+  it("retries a flaky task with growing backoff until its third attempt succeeds", function()
+    local dir = H.tmpdir()
+    local counter = dir .. "/count"
+    local script = string.format("n=$(cat %s 2>/dev/null || echo 0); n=$((n+1)); echo $n > %s; [ $n -ge 3 ]", counter, counter)
+    local summary, _, ev = run(coral.plan { t("worker", "flaky", { id = "flaky", cmd = script }) }, { retries = 2 })
+    assert.are.equal(1, summary.successful)
+    assert.are.equal(3, summary.results.flaky.attempts)
+    local rows = joblog_rows(summary)
+    assert.are.same({ "failed", "failed", "success" }, { rows[1].outcome, rows[2].outcome, rows[3].outcome })
+    local delays = {}
+    for _, e in ipairs(ev) do if e.event == "retry" then delays[#delays + 1] = e.delay end end
+    assert.are.equal(2, #delays)
+    assert.is_true(delays[2] > delays[1])
+    -- the second attempt waited for its backoff
+    assert.is_true(rows[2].start - (rows[1].start + rows[1].duration) >= delays[1] - 0.01)
+  end)
+
+  it("does not retry when retry_failed is false", function()
+    local summary = run(coral.plan { t("worker", "fail", { id = "f", cmd = "exit 3" }) }, { retry_failed = false })
+    assert.are.equal(1, summary.results.f.attempts)
+    assert.are.equal(3, summary.results.f.exit_code)
+  end)
+
+  describe("on_failure", function()
+    local function plan()
+      return coral.plan {
+        t("worker", "fails", { id = "bad", cmd = "exit 1" }),
+        t("worker", "after bad", { id = "after", cmd = "true", depends_on = { "bad" } }),
+        t("worker", "after after", { id = "after2", cmd = "true", depends_on = { "after" } }),
+        t("worker", "independent", { id = "other", cmd = "sleep 0.5" }),
+      }
+    end
+
+    it("skip: skips the dependents and lets independent branches finish", function()
+      local s = run(plan(), { on_failure = "skip", retries = 0 })
+      assert.are.equal("failed", s.results.bad.status)
+      assert.are.equal("skipped", s.results.after.status)
+      assert.are.equal("skipped", s.results.after2.status)
+      assert.are.equal("completed", s.results.other.status)
+      assert.matches("dependency 'bad' failed", s.results.after.error)
+    end)
+
+    it("stop: starts nothing new and terminates running tasks", function()
+      local s = run(plan(), { on_failure = "stop", retries = 0, kill_grace = 0.5 })
+      assert.are.equal("failed", s.results.bad.status)
+      assert.are.equal("failed", s.results.other.status)
+      assert.matches("cancelled", s.results.other.error)
+      assert.are.equal("skipped", s.results.after.status)
+    end)
+
+    it("continue: runs the dependents anyway", function()
+      local s = run(plan(), { on_failure = "continue", retries = 0 })
+      assert.are.equal("completed", s.results.after.status)
+      assert.are.equal("completed", s.results.after2.status)
+    end)
+  end)
+
+  it("streams upstream output to a dependent's stdin in pipeline mode", function()
+    local dir = H.tmpdir()
+    local plan = coral.plan {
+      t("producer", "produce", { id = "up", cmd = "echo first; sleep 1; echo second" }),
+      t("consumer", "consume", { id = "down", depends_on = { "up" },
+        cmd = string.format("read line; date +%%s.%%N > %s/first; echo \"got $line\"; cat", dir) }),
+    }
+    local s, _, ev = run(plan, { mode = "pipeline" })
+    assert.are.equal(2, s.successful)
+    local got_first = tonumber(H.read_file(dir .. "/first"))
+    local up_end = first(ev, "end", "up").t
+    assert.is_true(got_first < up_end - 0.5, "the dependent read its first line while the upstream ran")
+    local out = H.read_file(s.results.down.output_file)
+    assert.are.equal("got first\nsecond\n", out)
+  end)
+
+  it("keeps the coordination files intact when 8 tasks each call coral note 200 times", function()
+    local tasks = {}
+    for i = 1, 8 do
+      tasks[i] = t("noter", "notes", { id = "n" .. i,
+        cmd = 'i=0; while [ $i -lt 200 ]; do i=$((i+1)); coral note "note $CORAL_TASK_ID $i" || exit 1; done' })
+    end
+    local s, dir = run(coral.plan(tasks), { max_workers = 8, timeout = 120 })
+    assert.are.equal(8, s.successful)
+    local pad = H.read_file(dir .. "/scratchpad.md")
+    local seen = {}
+    local n = 0
+    for id, k in pad:gmatch("%- %[[^%]]+%] noter: note (n%d) (%d+)\n") do
+      n = n + 1
+      seen[id .. ":" .. k] = true
+    end
+    assert.are.equal(1600, n)
+    for i = 1, 8 do for k = 1, 200 do assert.truthy(seen["n" .. i .. ":" .. k]) end end
+  end)
+
+  it("writes the records, and a summary consistent with the joblog", function()
+    local plan = coral.plan {
+      { t("a1", "first", { cmd = "echo one" }) },
+      { t("a2", "second", { cmd = "echo two; exit 1", retries = 1 }), t("a3", "third", { cmd = "sleep 0.1" }) },
+    }
+    local s, dir = run(plan)
+    local rows = joblog_rows(s)
+    local sum = 0
+    for _, r in ipairs(rows) do sum = sum + r.duration end
+    assert.are.equal(4, #rows)               -- a1, a2 twice, a3
+    assert.is_true(math.abs(sum - s.sequential_estimate_seconds) < 0.01)
+    assert.are.near(s.sequential_estimate_seconds - s.total_time_seconds, s.time_saved_seconds, 1e-9)
+    assert.are.equal(3, s.total_agents)
+    assert.are.equal(2, s.successful)
+    assert.are.equal(1, s.failed)
+    local stored = cjson.decode(H.read_file(s.run_dir .. "/summary.json"))
+    assert.are.equal(s.successful, stored.successful)
+    assert.are.equal("one\n", H.read_file(s.results.a1.output_file))
+    -- the journal: one JSON object per line, starts and ends of every attempt
+    local starts, ends = 0, 0
+    for line in io.lines(s.run_dir .. "/journal.jsonl") do
+      local e = cjson.decode(line)
+      if e.event == "start" then starts = starts + 1; assert.is_number(e.pid) end
+      if e.event == "end" then ends = ends + 1 end
+    end
+    assert.are.equal(4, starts)
+    assert.are.equal(4, ends)
+    -- activity entries in the documented format
+    local activity = H.read_file(dir .. "/activity_tracker.md")
+    assert.matches("### %[%d+%-%d+%-%d+ %d+:%d+%] a1 %(PARALLEL%)\n%*%*Task%*%*: first\n%*%*Group%*%*: Phase 1\n" ..
+                   "%*%*Dependencies%*%*: none\n%*%*Status%*%*: ✅ Completed\n%*%*Duration%*%*: ", activity)
+    assert.matches("%*%*Status%*%*: ❌ Failed: exit code 1", activity)
+    assert.matches("%*%*Dependencies%*%*: a1\n", activity)
+    -- the project state is valid YAML with each agent's history
+    local state = require("lyaml").load(H.read_file(dir .. "/.coral/project_state.yaml"))
+    assert.are.equal("completed", state.agents.a1.history[1].status)
+    assert.are.equal("failed", state.agents.a2.history[1].status)
+    -- private records, readable coordination files
+    assert.are.equal(tonumber("700", 8), uv.fs_stat(s.run_dir).mode & tonumber("777", 8))
+    assert.are.equal(tonumber("644", 8), uv.fs_stat(dir .. "/scratchpad.md").mode & tonumber("777", 8))
+  end)
+
+  it("gives agents the CORAL_* environment", function()
+    local plan = coral.plan { t("envy", "print env", { id = "e", cmd = "env | grep ^CORAL_ | sort" }) }
+    local s, dir = run(plan)
+    local out = H.read_file(s.results.e.output_file)
+    for _, k in ipairs { "CORAL_NON_INTERACTIVE=1", "CORAL_RUN_ID=" .. s.run_id, "CORAL_TASK_ID=e",
+                         "CORAL_AGENT=envy", "CORAL_PROJECT_DIR=" .. dir, "CORAL_RUN_DIR=" .. s.run_dir,
+                         "CORAL_SCRATCHPAD=" .. dir .. "/scratchpad.md",
+                         "CORAL_ACTIVITY=" .. dir .. "/activity_tracker.md", "CORAL_BIN=" } do
+      assert.truthy(out:find(k, 1, true), "missing " .. k)
+    end
+  end)
+
+  it("uses the durations of earlier runs as estimates", function()
+    local function plan() return coral.plan { t("slowpoke", "work", { id = "w", cmd = "sleep 0.2" }) } end
+    local dir = H.tmpdir()
+    run(plan(), { project_dir = dir })
+    local p = plan()
+    run(p, { project_dir = dir })
+    assert.is_true(math.abs(p:estimate(p.by_id.w) - 0.2) < 0.15)
+  end)
+end)
+
+describe("plans", function()
+  it("make a task without depends_on depend on the whole previous phase", function()
+    local p = coral.plan { { t("a", "x"), t("b", "y") }, { t("c", "z") } }
+    assert.are.same({ "a", "b" }, p.by_id.c.depends_on)
+    assert.are.same({ { "a" , "b" }, { "c" } }, p:phases())
+  end)
+
+  it("make ids unique from agent names", function()
+    local p = coral.plan { t("rev", "1"), t("rev", "2"), t("rev", "3") }
+    assert.are.same({ "rev", "rev-2", "rev-3" }, { p.tasks[1].id, p.tasks[2].id, p.tasks[3].id })
+  end)
+
+  local function err_of(f)
+    local ok, e = pcall(f)
+    assert.is_false(ok)
+    return tostring(e)
+  end
+
+  it("blame the recipe line of a bad task", function()
+    local line = debug.getinfo(1, "l").currentline
+    local e = err_of(function() return coral.plan { t("a", "x", { depends_on = { "nope" } }) } end)
+    assert.are.equal(string.format("spec/runner_spec.lua:%d: task 'a' depends on unknown task 'nope'", line + 1), e)
+    e = err_of(function() return coral.plan { t("a", "x", { id = "same" }), t("b", "y", { id = "same" }) } end)
+    assert.matches("duplicate task id 'same' %(first declared at spec/runner_spec.lua:%d+%)", e)
+    e = err_of(function() return coral.plan { t("a", "x", { depends_on = { "a" } }) } end)
+    assert.matches("task 'a' depends on itself", e)
+    e = err_of(function() return coral.plan { t("a", "x", { depends_on = { "b" } }), t("b", "y", { depends_on = { "a" } }) } end)
+    assert.matches("dependency cycle: a %-> b %-> a", e)
+    e = err_of(function() local _ = t("a", "x", { timeout = "soon" }) end)
+    assert.matches("^spec/runner_spec.lua:%d+: coral.task: option 'timeout' must be number, got string", e)
+    e = err_of(function() local _ = t("a", "x", { tiemout = 3 }) end)
+    assert.matches("^spec/runner_spec.lua:%d+: coral.task: unknown option 'tiemout'", e)
+    e = err_of(function() return coral.runner { max_wrokers = 3 } end)
+    assert.matches("unknown option 'max_wrokers'", e)
+  end)
+end)
