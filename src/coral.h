@@ -41,6 +41,9 @@ int coral_traceback(lua_State *L);
  * lua_close and by os.exit, so no child outlives the host. */
 void coral_shutdown(lua_State *L);
 
+/* The signal (SIGINT, SIGTERM, SIGHUP) that interrupted the host, or 0 (core.c). */
+int coral_interrupted(void);
+
 /* Kill and reap every child that spawn.c still supervises (spawn.c). */
 void coral_spawn_shutdown(lua_State *L);
 

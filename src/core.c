@@ -4,6 +4,7 @@
  * files compiled into the binary, and exposes "coral.host" (version, paths, embedded files).
  */
 #include <errno.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,8 @@ int luaopen_cjson_safe(lua_State *L);
 /* Registry keys (addresses of these statics are unique per process, the values per state). */
 static const char PENDING_ERROR_KEY = 'e';
 static const char LUA_ROOT_KEY = 'r';
+
+static lua_State *signal_state;   /* the state whose signal handlers are installed (see below) */
 
 /* {{{ callbacks from the event loop */
 
@@ -144,6 +147,8 @@ static void shutdown_walk(uv_handle_t *handle, void *arg) {
 
 void coral_shutdown(lua_State *L) {
   uv_loop_t *loop = luv_loop(L);
+  if (signal_state == L)
+    signal_state = NULL;   /* the async handle is closed below with the others */
   if (coral_spawn_shutdown)
     coral_spawn_shutdown(L);
   if (loop == NULL)
@@ -218,6 +223,74 @@ static int host_embedded_files(lua_State *L) {
 }
 
 /* }}} */
+/* {{{ signals: Ctrl-C, SIGTERM and SIGHUP end a script cleanly
+ *
+ * Children lead their own process groups, so a terminal's Ctrl-C reaches coral only; if coral
+ * died of the signal's default action its children would run on unseen. The handler (as in
+ * lua.c) sets a hook that raises "interrupted" at the next Lua instruction, and wakes the loop
+ * through an async handle in case coral is waiting in uv.run: the error unwinds to main, which
+ * stops every child and exits 130. Signal dispositions are process-wide, so this state is too;
+ * there is one host state per process. The runner watches these signals itself while it runs
+ * (luv signal handles replace these handlers) and calls host.catch_signals() again after. */
+
+static uv_async_t signal_async;
+static struct { unsigned tag; } signal_async_tag = { CORAL_HANDLE_TAG };
+static volatile sig_atomic_t caught_signal;
+
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  luaL_error(L, "interrupted by %s", caught_signal == SIGTERM ? "SIGTERM" :
+             caught_signal == SIGHUP ? "SIGHUP" : "SIGINT");
+}
+
+static void on_signal(int signo) {
+  caught_signal = signo;
+  lua_sethook(signal_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  uv_async_send(&signal_async);
+}
+
+/* The loop was waiting: make uv.run return with the interruption as its error. */
+static void on_signal_async(uv_async_t *handle) {
+  lua_State *L = signal_state;
+  (void)handle;
+  if (caught_signal == 0 || L == NULL)
+    return;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushstring(L, caught_signal == SIGTERM ? "interrupted by SIGTERM" :
+                   caught_signal == SIGHUP ? "interrupted by SIGHUP" : "interrupted by SIGINT");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY);
+  } else {
+    lua_pop(L, 1);
+  }
+  uv_stop(luv_loop(L));
+}
+
+/* host.catch_signals(): (re)install the handlers of SIGINT, SIGTERM and SIGHUP. */
+static int host_catch_signals(lua_State *L) {
+  struct sigaction sa;
+  int i;
+  const int signals[] = { SIGINT, SIGTERM, SIGHUP };
+  if (signal_state == NULL) {
+    signal_state = L;
+    uv_async_init(luv_loop(L), &signal_async, on_signal_async);
+    signal_async.data = &signal_async_tag;
+    uv_unref((uv_handle_t *)&signal_async);
+  }
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  for (i = 0; i < 3; i++)
+    sigaction(signals[i], &sa, NULL);
+  return 0;
+}
+
+int coral_interrupted(void) {
+  return caught_signal;
+}
+
+/* }}} */
 /* {{{ coral.host */
 
 /* yes = host.isatty(fd) */
@@ -245,6 +318,7 @@ static const luaL_Reg host_functions[] = {
   { "embedded_files", host_embedded_files },
   { "isatty", host_isatty },
   { "exit", host_exit },
+  { "catch_signals", host_catch_signals },
   { NULL, NULL }
 };
 

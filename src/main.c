@@ -20,6 +20,7 @@
 
 #define EXIT_USAGE 2
 #define EXIT_SCRIPT_ERROR 2
+#define EXIT_INTERRUPTED 130
 
 static const char *progname = "coral";
 
@@ -318,6 +319,10 @@ int main(int argc, char **argv) {
     return EXIT_FAILURE;
   }
   coral_open_state(L, &loop, lua_root);
+  luaL_requiref(L, "coral.host", coral_host_open, 0);
+  lua_getfield(L, -1, "catch_signals");
+  lua_call(L, 0, 0);
+  lua_pop(L, 1);
 
   lua_pushcfunction(L, pmain);
   lua_pushlightuserdata(L, &h);
@@ -329,5 +334,7 @@ int main(int argc, char **argv) {
   coral_shutdown(L);
   lua_close(L);
   uv_loop_close(&loop);
+  if (coral_interrupted() != 0 && h.exit_code == EXIT_SCRIPT_ERROR)
+    return EXIT_INTERRUPTED;
   return h.exit_code;
 }

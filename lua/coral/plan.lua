@@ -92,6 +92,11 @@ local function plan_error(where, message)
   error(setmetatable({ message = (where or "plan") .. ": " .. message }, M.PlanError), 0)
 end
 
+--- Raises a mistake of the user's (bad input, a busy project) as a message without traceback.
+function M.user_error(message)
+  error(setmetatable({ message = message }, M.PlanError), 0)
+end
+
 --- A message handler for xpcall: plan errors as they are, other errors with a traceback.
 function M.traceback(err)
   if getmetatable(err) == M.PlanError then return err end
@@ -304,9 +309,20 @@ function Plan:to_dot()
   local path = self:critical_path()
   local on_path, next_on_path = {}, {}
   for i, id in ipairs(path) do on_path[id] = true; next_on_path[id] = path[i + 1] end
-  local out = { "digraph plan {", "  rankdir=LR;", '  node [shape=box, style="rounded", fontname="Helvetica"];' }
+  -- newrank: rank=same is honoured inside a cluster, so a phase is one rank (column) unless a
+  -- task depends on another of its own phase (a sequence inside the phase keeps its order).
+  local out = { "digraph plan {", "  rankdir=LR;", "  newrank=true;",
+                '  node [shape=box, style="rounded", fontname="Helvetica"];' }
+  local phase_of = self:phase_of()
   for p, ids in ipairs(self:phases()) do
-    out[#out + 1] = string.format("  subgraph cluster_phase%d { label=%s; style=dashed;", p, dot_quote("Phase " .. p))
+    local flat = true
+    for _, id in ipairs(ids) do
+      for _, d in ipairs(self.by_id[id].depends_on) do
+        if phase_of[d] == p then flat = false end
+      end
+    end
+    out[#out + 1] = string.format("  subgraph cluster_phase%d { label=%s; style=dashed;%s", p, dot_quote("Phase " .. p),
+                                  flat and " rank=same;" or "")
     for _, id in ipairs(ids) do
       local t = self.by_id[id]
       out[#out + 1] = string.format("    %s [label=%s%s];", dot_quote(id),
@@ -335,6 +351,8 @@ function Plan:to_mermaid()
   for _, t in ipairs(self.tasks) do n = n + 1; node_name[t.id] = "t" .. n end
   local function label(s) return (s:gsub('"', "#quot;")) end
   local out = { "flowchart LR" }
+  local next_on_path = {}
+  for i, id in ipairs(path) do next_on_path[id] = path[i + 1] end
   for p, ids in ipairs(self:phases()) do
     out[#out + 1] = string.format('  subgraph phase%d["Phase %d"]', p, p)
     for _, id in ipairs(ids) do
@@ -344,10 +362,16 @@ function Plan:to_mermaid()
     end
     out[#out + 1] = "  end"
   end
+  local links, critical_links = 0, {}
   for _, t in ipairs(self.tasks) do
     for _, d in ipairs(t.depends_on) do
       out[#out + 1] = string.format("  %s --> %s", node_name[d], node_name[t.id])
+      if next_on_path[d] == t.id then critical_links[#critical_links + 1] = links end
+      links = links + 1
     end
+  end
+  if #critical_links > 0 then   -- links are numbered from 0 in declaration order
+    out[#out + 1] = "  linkStyle " .. table.concat(critical_links, ",") .. " stroke:#d00,stroke-width:3px"
   end
   local critical = {}
   for _, id in ipairs(path) do critical[#critical + 1] = node_name[id] end

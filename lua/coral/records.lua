@@ -92,7 +92,7 @@ end
 
 --- Who holds the project's run lock: written by the holder after taking it, read by a refused run.
 function Records:write_owner()
-  local owner = cjson.encode { pid = uv.os_getpid(), run_id = self.id, since = fsutil.now() }
+  local owner = cjson.encode { pid = math.tointeger(uv.os_getpid()), run_id = self.id, since = fsutil.now() }
   must(fsutil.write_atomic(self.paths.coral .. "/run.owner", owner .. "\n", PRIVATE_FILE))
 end
 

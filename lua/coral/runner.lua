@@ -677,7 +677,7 @@ local function run_lock(paths)
   local owner = records.read_owner(paths)
   if owner then
     return nil, string.format("another coral run is in progress in %s: run %s (pid %s); wait for it or stop it",
-      paths.project, owner.run_id or "?", owner.pid or "?")
+      paths.project, owner.run_id or "?", tostring(math.tointeger(owner.pid) or owner.pid or "?"))
   end
   return nil, err
 end
@@ -788,10 +788,10 @@ function Runner:execute_plan(plan, opts)
   local project_dir = fsutil.absolute(self.project_dir)
   local st = uv.fs_stat(project_dir)
   if not st or st.type ~= "directory" then
-    error(string.format("coral: project dir %s is not a directory", project_dir), 0)
+    plan_mod.user_error(string.format("project dir %s is not a directory", project_dir))
   end
   if not uv.fs_access(project_dir, "W") then
-    error(string.format("coral: project dir %s is not writable", project_dir), 0)
+    plan_mod.user_error(string.format("project dir %s is not writable", project_dir))
   end
   local mode = self.mode
   local run = setmetatable({
@@ -832,7 +832,7 @@ function Runner:execute_plan(plan, opts)
   run.executor = assert(executor_mod.get(self.executor, { kill_grace = self.kill_grace }))
   -- One run per project at a time: an fcntl lock, so a killed coral's lock is gone with it.
   local lock, lerr = run_lock(paths)
-  if not lock then error("coral: " .. lerr, 0) end
+  if not lock then plan_mod.user_error(lerr) end
   run.lock = lock
   run.records = records.open(project_dir, opts.resume or opts.run_id)
   run.records:write_owner(lock)
@@ -859,6 +859,7 @@ function Runner:execute_plan(plan, opts)
     if s.status == "pending" then run:skip(s, run.stopping or "not run") end
   end
   for _, s in ipairs(run.signals) do s:close() end
+  host.catch_signals()   -- libuv put back the default actions: Ctrl-C must still end coral cleanly
   if run.state_timer then run.state_timer:close(); run.state_timer = nil end
   run.finish_time = fsutil.now()
   local summary = run:summary()

@@ -1,0 +1,240 @@
+-- Nothing lost: kill and resume, Ctrl-C, one run per project, bad input, secrets.
+local H = require("spec.helper").guard(_ENV)
+local uv = require "luv"
+local cjson = require "cjson"
+
+-- Starts coral in the background; returns the handle and a table that gets code/signal.
+local function start(args, opts)
+  opts = opts or {}
+  local result = {}
+  local out, err = uv.new_pipe(), uv.new_pipe()
+  local chunks = {}
+  local handle, pid
+  handle, pid = uv.spawn(H.coral, { args = args, cwd = opts.cwd, stdio = { nil, out, err } },
+    function(code, signal) result.code, result.signal = code, signal; handle:close() end)
+  assert(handle, pid)
+  out:read_start(function(_, d) if d then chunks[#chunks + 1] = d else out:close() end end)
+  err:read_start(function(_, d) if d then chunks[#chunks + 1] = d else err:close() end end)
+  result.pid, result.output = pid, chunks
+  return result
+end
+
+local function wait_for(result, seconds)
+  local deadline = uv.hrtime() + (seconds or 30) * 1e9
+  while result.code == nil and uv.hrtime() < deadline do uv.run("once") end
+  uv.run("nowait")
+  return result.code
+end
+
+local function wait_until(pred, seconds)
+  local deadline = uv.hrtime() + (seconds or 10) * 1e9
+  while not pred() do
+    assert(uv.hrtime() < deadline, "timed out waiting")
+    uv.sleep(20)
+    uv.run("nowait")
+  end
+end
+
+local function journal_count(dir, event)
+  local n = 0
+  local runs = uv.fs_scandir(dir .. "/.coral/runs")
+  local run = runs and uv.fs_scandir_next(runs)
+  if not run then return 0 end
+  for line in (H.read_file(dir .. "/.coral/runs/" .. run .. "/journal.jsonl") or ""):gmatch("[^\n]+") do
+    local e = cjson.decode(line)
+    if e.event == event and (event ~= "end" or e.outcome == "success") then n = n + 1 end
+  end
+  return n, dir .. "/.coral/runs/" .. run
+end
+
+local COUNTER_RECIPE = [[
+local coral = require "coral"
+local t = coral.task
+return function()
+  local tasks = {}
+  for i = 1, 30 do
+    tasks[i] = t("w", "task " .. i, { id = "t" .. i,
+      cmd = "sleep 0.15; echo $CORAL_TASK_ID >> counter" })
+  end
+  return coral.plan(tasks)
+end
+]]
+
+describe("reliability", function()
+  it("resumes after SIGKILL without running finished tasks again", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", COUNTER_RECIPE)
+    local r = start({ dir .. "/r.lua", "x", "--dir", dir, "--quiet", "--max-workers", "3" })
+    wait_until(function() return journal_count(dir, "end") >= 8 end)
+    uv.kill(r.pid, "sigkill")
+    wait_for(r)
+    local finished, run_dir = journal_count(dir, "end")
+    local done_before = {}
+    for line in H.read_file(run_dir .. "/journal.jsonl"):gmatch("[^\n]+") do
+      local e = cjson.decode(line)
+      if e.event == "end" and e.outcome == "success" then done_before[e.task] = true end
+    end
+    local why = H.run { "why", "t1", "--dir", dir }
+    assert.matches("t1 will not run again: it finished successfully", why.stdout)
+    local resumed = H.run({ "resume", "--dir", dir, "--quiet" })
+    assert.are.equal(0, resumed.code, resumed.stdout .. resumed.stderr)
+    local lines = {}
+    for id in H.read_file(dir .. "/counter"):gmatch("[^\n]+") do lines[id] = (lines[id] or 0) + 1 end
+    for i = 1, 30 do assert.truthy(lines["t" .. i], "t" .. i .. " never ran") end
+    for id in pairs(done_before) do assert.are.equal(1, lines[id], id .. " ran twice") end
+    assert.is_true(finished >= 8)
+    local summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
+    assert.are.equal(30, summary.successful)
+  end)
+
+  it("stops on Ctrl-C: exit 130, no process left, summary written, and resume completes", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan {
+  t("a", "spawns grandchildren", { id = "a", cmd = "sleep 30 & sleep 30 & wait" }),
+  t("b", "spawns grandchildren", { id = "b", cmd = "sh -c 'sleep 30' & wait" }),
+  t("c", "after a", { id = "c", cmd = "true", depends_on = { "a" } }),
+}
+]])
+    local r = start({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" })
+    wait_until(function() return journal_count(dir, "start") >= 2 end)
+    local t0 = uv.hrtime()
+    uv.kill(r.pid, "sigint")
+    assert.are.equal(130, wait_for(r, 15))
+    assert.is_true((uv.hrtime() - t0) / 1e9 < 5 + 2, "exit within the grace period plus a margin")
+    local _, run_dir = journal_count(dir, "start")
+    local summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
+    assert.are.equal("interrupted", summary.status)
+    assert.are.same({}, H.leftover_processes())
+    -- resume: the interrupted tasks are cancelled failures; --retry-failed runs them again
+    H.write_file(dir .. "/r.lua", [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan {
+  t("a", "spawns grandchildren", { id = "a", cmd = "true" }),
+  t("b", "spawns grandchildren", { id = "b", cmd = "true" }),
+  t("c", "after a", { id = "c", cmd = "true", depends_on = { "a" } }),
+}
+]])
+    local resumed = H.run({ "resume", "--dir", dir, "--quiet", "--retry-failed" })
+    assert.are.equal(0, resumed.code, resumed.stdout .. resumed.stderr)
+  end)
+
+  it("refuses a second run in the same project, naming the running one", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("s", "x", { cmd = "sleep 3" }) }\n')
+    local r = start({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" })
+    wait_until(function() return journal_count(dir, "start") >= 1 end)
+    local second = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" })
+    assert.are.equal(2, second.code)
+    assert.matches("another coral run is in progress in " .. dir:gsub("%p", "%%%0") ..
+                   ": run [%w%-]+ %(pid " .. math.tointeger(r.pid) .. "%)", second.stderr)
+    uv.kill(r.pid, "sigterm")
+    assert.are.equal(130, wait_for(r))
+    -- the lock died with its holder: a new run starts at once
+    H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("s", "x", { cmd = "true" }) }\n')
+    assert.are.equal(0, H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" }).code)
+  end)
+
+  it("takes over the lock of a coral killed with SIGKILL", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("s", "x", { cmd = "sleep 0.3" }) }\n')
+    local r = start({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" })
+    wait_until(function() return journal_count(dir, "start") >= 1 end)
+    uv.kill(r.pid, "sigkill")
+    wait_for(r)
+    uv.sleep(400)   -- the orphaned task ends by itself
+    assert.are.equal(0, H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" }).code)
+  end)
+
+  it("keeps secrets out of every file under .coral", function()
+    local dir = H.tmpdir()
+    local secret = "s3cr3t-" .. math.random(1e9)
+    H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("s", "x", { cmd = "test -n \\"$MY_API_KEY\\"" }), t("u", "y", { cmd = "exit 1" }) }\n')
+    local env = { "MY_API_KEY=" .. secret, "GITHUB_TOKEN=" .. secret, "PATH=" .. os.getenv("PATH"),
+                  "HOME=" .. dir }
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet", "--retries", "0" }, { env = env })
+    assert.are.equal(1, r.code)
+    local function scan(path)
+      local st = uv.fs_stat(path)
+      if st.type == "directory" then
+        local d = uv.fs_scandir(path)
+        while true do
+          local name = uv.fs_scandir_next(d)
+          if not name then break end
+          scan(path .. "/" .. name)
+        end
+      else
+        assert.falsy((H.read_file(path) or ""):find(secret, 1, true), "secret found in " .. path)
+      end
+    end
+    scan(dir .. "/.coral")
+    assert.are.equal(tonumber("700", 8), uv.fs_stat(dir .. "/.coral").mode & tonumber("777", 8))
+  end)
+
+  it("ignores a journal line cut short by a crash", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("a", "x", { cmd = "true" }), t("b", "y", { cmd = "true", depends_on = { "a" } }) }\n')
+    assert.are.equal(0, H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" }).code)
+    local _, run_dir = journal_count(dir, "start")
+    local text = H.read_file(run_dir .. "/journal.jsonl")
+    -- keep up to a's end, then half of the next line
+    local cut = text:find('"event":"start"[^\n]*"task":"b"') or text:find('"task":"b"[^\n]*"event":"start"')
+    local line_start = text:sub(1, cut):match(".*\n()") or 1
+    H.write_file(run_dir .. "/journal.jsonl", text:sub(1, line_start + 10))
+    uv.fs_unlink(run_dir .. "/summary.json")
+    local r = H.run({ "resume", "--dir", dir, "--quiet" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("Successful%s+2", r.stdout)
+  end)
+
+  it("keeps a project state broken by hand aside and says where it broke", function()
+    local dir = H.tmpdir()
+    uv.fs_mkdir(dir .. "/.coral", tonumber("700", 8))
+    H.write_file(dir .. "/.coral/project_state.yaml", 'project: "x"\nagents:\n  a: [unclosed\n')
+    H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("a", "x", { cmd = "true" }) }\n')
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("project_state%.yaml:3: ", r.stderr)
+    local kept = false
+    local d = uv.fs_scandir(dir .. "/.coral")
+    while true do
+      local name = uv.fs_scandir_next(d)
+      if not name then break end
+      if name:match("^project_state%.yaml%.broken%-") then kept = true end
+    end
+    assert.is_true(kept)
+    assert.truthy(require("lyaml").load(H.read_file(dir .. "/.coral/project_state.yaml")))
+  end)
+
+  it("ends a plain script on SIGINT with exit 130, killing its children", function()
+    local r = start({ "-e", 'local p = require("coral.proc").spawn { argv = { "sleep", "30" } }\n' ..
+                            'io.stdout:write("started\\n"); io.stdout:flush(); p:wait()' })
+    wait_until(function() return table.concat(r.output):find("started") ~= nil end)
+    uv.kill(r.pid, "sigint")
+    assert.are.equal(130, wait_for(r))
+    assert.matches("interrupted by SIGINT", table.concat(r.output))
+  end)
+
+  it("reports an unusable project dir with exit 2", function()
+    local r = H.run { "run", "full_stack", "x", "--dir", "/nonexistent/project", "--agent", "sim" }
+    assert.are.equal(2, r.code)
+    assert.matches("project dir /nonexistent/project is not a directory", r.stderr)
+  end)
+
+  it("handles binary output and an agent that closes stdin early", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", [[
+local t = require("coral").task
+return require("coral").plan {
+  t("bin", "binary", { id = "bin", cmd = "head -c 5000 /dev/urandom; printf '\\377\\376'" }),
+  t("closer", "closes stdin", { id = "closer", cmd = "exec 0<&-; echo ok" }),
+  t("after", "after", { id = "after", cmd = "cat >/dev/null; echo done", depends_on = { "bin", "closer" } }),
+}
+]])
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet", "--mode", "pipeline" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+  end)
+end)
