@@ -82,12 +82,19 @@ function Live:draw()
   local ended = counts.succeeded + counts.failed + counts.skipped
   local width = 30
   local filled = total > 0 and math.floor(ended / total * width + 0.5) or width
-  -- ETA from estimates: the estimated work left spread over the workers.
-  local left = 0
+  -- ETA from estimates: the estimated work left spread over the workers, corrected by how
+  -- long the finished tasks really took against their estimates.
+  local left, est_done, took = 0, 0, 0
   for _, t in ipairs(run.plan.tasks) do
-    local s = run.state[t.id].status
-    if s == "pending" or s == "running" or s == "backoff" then left = left + run.plan:estimate(t) end
+    local st = run.state[t.id]
+    local s = st.status
+    if s == "pending" or s == "running" or s == "backoff" then left = left + run.plan:estimate(t)
+    elseif s == "succeeded" and st.finish and st.first_start then
+      est_done = est_done + run.plan:estimate(t)
+      took = took + (st.finish - st.first_start)
+    end
   end
+  if est_done > 0 then left = left * took / est_done end
   local lines = {
     string.format("coral %s  phase %d/%d  %s%s  %d/%d", run.mode, run:current_phase(), #run.phases,
       string.rep("█", filled), string.rep("░", width - filled), ended, total),

@@ -466,7 +466,8 @@ function Run:pump()
   self.pumping = false
   if self.running == 0 and self.waiting == 0 and #self.retry_queue == 0 then
     local c = self.g:counts()
-    if self.stopping or (c.ready == 0 and c.running == #self.held_ids()) then self.finished = true end
+    -- Held tasks (phased mode) are running for the graph but have not started.
+    if self.stopping or (c.ready == 0 and c.running == #self.held) then self.finished = true end
   end
 end
 
@@ -804,7 +805,6 @@ function Runner:execute_plan(plan, opts)
   }, Run)
   run.mode_label = ({ dependency = "PARALLEL", parallel = "PARALLEL", sequential = "SEQUENTIAL",
                       pipeline = "PIPELINE", phased = "PHASED" })[mode]
-  run.held_ids = function() return run.held end
 
   local paths = records.paths(project_dir)
   local state, err = records.read_state(paths.state)
