@@ -76,7 +76,7 @@ $(CTEST_BUILD)/test_%: spec/c/test_%.c spec/c/ctest.h $(filter-out src/main.c,$(
 	  -fsanitize=address,undefined $(LDLIBS)
 
 test:
-	@scripts/install-deps --check >/dev/null 2>&1 || scripts/install-deps
+	@scripts/install-deps --check --test >/dev/null 2>&1 || scripts/install-deps --test
 	@$(MAKE) --no-print-directory WERROR=1 all $(CTESTS)
 	@scripts/run-tests $(BUILD)
 

@@ -28,6 +28,7 @@ M.RUN_OPTIONS = {
   ["--no-retry"] = { "no_retry", "flag" },
   ["--resume"] = { "resume", "flag" },
   ["--retry-failed"] = { "retry_failed", "flag" },
+  ["--no-report"] = { "no_report", "flag" },
 }
 
 local function usage_error(message)
@@ -116,6 +117,7 @@ function M.run_plan(plan, opts, invocation)
   local coral = require "coral"
   local ok, runner = pcall(coral.runner, runner_options(opts))
   if not ok then return recipe_error(tostring(runner):gsub("^[^:]*:%d+: ", "")) end
+  local live_report = not opts.no_report and require("coral.report").attach(runner, plan)
   local resume = opts.resume
   if resume == true then
     -- --resume: the newest run of the project
@@ -127,6 +129,7 @@ function M.run_plan(plan, opts, invocation)
   ok, summary = xpcall(runner.execute_plan, require("coral.plan").traceback, runner, plan,
                        { description = plan.description, invocation = invocation,
                          resume = resume, retry_failed = opts.retry_failed })
+  if live_report then live_report:close() end
   if not ok then return recipe_error(summary) end
   if opts.json then
     io.stdout:write(require("cjson").encode { event = "summary", summary = summary }, "\n")
@@ -182,6 +185,7 @@ options:
   --show-plan          print the plan and run nothing (--format text|dot|mermaid|json)
   --resume             continue the project's last run: finished tasks are not run again
   --retry-failed       with --resume: run the failed tasks again too
+  --no-report          do not keep <run dir>/report.html up to date during the run
   --json               JSON lines, one per event, then the summary
   --quiet              only the summary
 exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,
@@ -308,19 +312,22 @@ cli.add_command("log", {
 })
 
 cli.add_command("status", {
-  usage = "status [RUN] [--dir PROJECT]",
+  usage = "status [RUN] [--dir PROJECT] [--gantt]",
   summary = "the state of the last or a given run",
   run = function(args)
-    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" }, ["--json"] = { "json", "flag" } })
+    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" }, ["--json"] = { "json", "flag" },
+                                           ["--gantt"] = { "gantt", "flag" } })
     if not opts then return positional end
     local status = require "coral.status"
     local run, err = status.load(opts.dir or ".", positional[1])
     if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
+    if opts.gantt then io.stdout:write(require("coral.timeline").gantt(run.dir)); return EXIT_OK end
     io.stdout:write(opts.json and require("cjson").encode(run) .. "\n" or status.text(run))
     return EXIT_OK
   end,
 })
 
 require("coral.agents").add_commands(cli, M)
+require("coral.report").add_commands(cli, M)
 
 return M
