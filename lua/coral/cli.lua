@@ -76,8 +76,15 @@ function M.help()
     lines[#lines + 1] = ""
     lines[#lines + 1] = "commands:"
     for _, name in ipairs(order) do
-      lines[#lines + 1] = string.format("  %-30s %s", commands[name].usage, commands[name].summary)
+      local c = commands[name]
+      if #c.usage <= 30 then
+        lines[#lines + 1] = string.format("  %-30s %s", c.usage, c.summary)
+      else
+        lines[#lines + 1] = "  " .. c.usage
+        lines[#lines + 1] = string.format("  %-30s %s", "", c.summary)
+      end
     end
+    lines[#lines + 1] = "  (coral COMMAND --help for its options)"
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "environment:"
