@@ -200,7 +200,7 @@ describe("the run report", function()
     local n = check_links(html, run_dir)
     assert.is_true(n >= 6 * 2)
     assert.truthy(html:find('<a href="tasks/api/prompt.md">prompt</a>', 1, true))
-    assert.truthy(html:find('<a href="tasks/api/output.md">output</a>', 1, true))
+    assert.truthy(html:find('<a href="tasks/api/attempt-2.out">output</a>', 1, true))
 
     -- `coral report -o` elsewhere: links go back to the run dir.
     local out = dir .. "/site/reports/run.html"

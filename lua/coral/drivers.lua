@@ -52,10 +52,11 @@ M.tail = tail
 
 --- The usual reading of a process's end: success is exit 0.
 function M.default_finish(_, info, ctx)
-  local text = ctx.stdout_path and tail(ctx.stdout_path, 64 * 1024) or ""
   if info.code == 0 and not info.signal and not info.timed_out then
-    return { ok = true, text = text }
+    -- The command's stdout is its output: handed to dependents as it is, not copied.
+    return { ok = true, output_path = ctx.stdout_path }
   end
+  local text = ctx.stdout_path and tail(ctx.stdout_path, 64 * 1024) or ""
   local why
   if info.timed_out == "idle" then why = string.format("no output for %gs (idle timeout)", info.idle_timeout or 0)
   elseif info.timed_out then why = string.format("timed out after %gs", info.timeout or 0)

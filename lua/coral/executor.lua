@@ -17,14 +17,18 @@ end
 function Local:start(job, on_exit)
   local proc = require "coral.proc"
   local stdout = { file = job.stdout_path }
+  local stderr = { file = job.stderr_path }
   if job.on_stdout then stdout.on_data = job.on_stdout end
+  -- A cap makes C read the stream through a pipe; without one the child writes the file itself
+  -- (the runner trims a file past its cap when the attempt ends).
+  if job.stream_cap then stdout.cap, stderr.cap = job.stream_cap, job.stream_cap end
   local p, err, code = proc.spawn {
     argv = job.argv,
     env = job.env,
     cwd = job.cwd,
     stdin = job.stdin,
     stdout = stdout,
-    stderr = { file = job.stderr_path },
+    stderr = stderr,
     timeout = job.timeout and job.timeout > 0 and job.timeout or nil,
     idle_timeout = job.idle_timeout and job.idle_timeout > 0 and job.idle_timeout or nil,
     kill_grace = job.kill_grace or self.kill_grace,

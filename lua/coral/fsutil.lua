@@ -26,6 +26,17 @@ function M.read(path)
   return data
 end
 
+--- Writes a whole file (no temp file, no fsync: for files that only this process writes and
+-- that a crash of coral, not of the machine, must not lose). Returns true or nil, err.
+function M.write_file(path, data, mode)
+  local fd, err = uv.fs_open(path, "w", mode or tonumber("644", 8))
+  if not fd then return nil, "write " .. path .. ": " .. err end
+  local n, werr = uv.fs_write(fd, data, 0)
+  uv.fs_close(fd)
+  if n ~= #data then return nil, "write " .. path .. ": " .. tostring(werr or "short write") end
+  return true
+end
+
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
 function M.write_atomic(path, data, mode)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())

@@ -65,7 +65,9 @@ function Records:task_path(task_id, kind, attempt)
   local dir = self.dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
   if not self.made_task_dirs then self.made_task_dirs = {} end
   if not self.made_task_dirs[dir] then
-    must(fsutil.mkdirs(dir, PRIVATE_DIR))
+    -- tasks/ exists (open made it): one mkdir, no stat first; a resumed run finds it there
+    local ok, err, code = uv.fs_mkdir(dir, PRIVATE_DIR)
+    if not ok and code ~= "EEXIST" then error("create directory " .. dir .. ": " .. err, 0) end
     self.made_task_dirs[dir] = true
   end
   if kind == "prompt" then return dir .. "/prompt.md" end
@@ -73,12 +75,35 @@ function Records:task_path(task_id, kind, attempt)
   return string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
 end
 
+-- The journal and the joblog belong to this run alone (the project's run lock keeps every other
+-- coral out), so they stay open for the whole run and each record is one write(2) on an
+-- O_APPEND descriptor: whole or not at all, in the kernel before coral acts on it, without the
+-- open, lock and close of a shared file. A short write (a full disk) is cut back off.
+local function append_private(self, key, path, text, header)
+  local fd = self[key]
+  if not fd then
+    local err
+    fd, err = uv.fs_open(path, "a", PRIVATE_FILE)
+    if not fd then error("append " .. path .. ": " .. err, 0) end
+    self[key] = fd
+    if header and uv.fs_fstat(fd).size == 0 then text = header .. text end
+  end
+  local n, err = uv.fs_write(fd, text, -1)
+  if n ~= #text then
+    if n and n > 0 then
+      local st = uv.fs_fstat(fd)
+      if st then uv.fs_ftruncate(fd, st.size - n) end
+    end
+    error("append " .. path .. ": " .. (err or "short write"), 0)
+  end
+end
+
 --- Appends one event to the journal: a JSON line, whole or not at all, written before coral
 -- acts on it. The event gets its wall-clock time `t`.
 function Records:event(name, fields)
   local e = { event = name, t = fsutil.now() }
   for k, v in pairs(fields or {}) do e[k] = v end
-  must(coord.append(self.journal_path, cjson.encode(e) .. "\n", { mode = PRIVATE_FILE }))
+  append_private(self, "journal_fd", self.journal_path, cjson.encode(e) .. "\n")
 end
 
 --- Appends a row to the joblog (one row per attempt).
@@ -87,7 +112,41 @@ function Records:joblog(row)
     row.task, row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
     row.exit or "", row.signal or "", row.outcome,
   }, "\t") .. "\n"
-  must(coord.append(self.joblog_path, line, { header = M.JOBLOG_HEADER, mode = PRIVATE_FILE }))
+  append_private(self, "joblog_fd", self.joblog_path, line, M.JOBLOG_HEADER)
+end
+
+--- Writes what is pending and closes the run's files. Idempotent.
+function Records:close()
+  self:flush_shared()
+  if self.flush_timer then self.flush_timer:close(); self.flush_timer = nil end
+  for _, key in ipairs { "journal_fd", "joblog_fd" } do
+    if self[key] then uv.fs_close(self[key]); self[key] = nil end
+  end
+end
+
+-- Activity entries are collected and appended together at most FLUSH_MS later (and when the
+-- run ends): one locked append for many tasks when tasks are short. The journal has every
+-- attempt already; the tracker is its readable copy.
+local FLUSH_MS = 100
+
+function Records:flush_shared()
+  local pending = self.pending_activity
+  if pending and #pending > 0 then
+    self.pending_activity = {}
+    must(coord.append(self.paths.activity, table.concat(pending), { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
+  end
+end
+
+function Records:share_activity(text)
+  self.pending_activity = self.pending_activity or {}
+  self.pending_activity[#self.pending_activity + 1] = text
+  if not self.flush_timer then
+    self.flush_timer = uv.new_timer()
+    self.flush_timer:unref()
+  end
+  if not self.flush_timer:is_active() then
+    self.flush_timer:start(FLUSH_MS, 0, function() self:flush_shared() end)
+  end
 end
 
 --- Who holds the project's run lock: written by the holder after taking it, read by a refused run.
@@ -151,8 +210,7 @@ function Records:activity(entry)
     lines[#lines + 1] = string.format("**Attempt**: %d of %d", entry.attempt, entry.attempts)
   end
   if entry.duration then lines[#lines + 1] = "**Duration**: " .. minutes(entry.duration) end
-  must(coord.append(self.paths.activity, table.concat(lines, "\n") .. "\n",
-                    { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
+  self:share_activity(table.concat(lines, "\n") .. "\n")
 end
 
 --- Reads the project state; returns the table (empty if there is none), or nil and an error
@@ -185,7 +243,8 @@ function Records:update_state(fn)
     fn(state)
     return yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
   end, { mode = PRIVATE_FILE })
-  must(ok, err)
+  -- update returns false when the content did not change: not an error
+  if ok == nil then error(err, 0) end
   return true, warning
 end
 

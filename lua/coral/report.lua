@@ -433,7 +433,14 @@ local function task_table(run, out_dir)
       end
     end
     link("prompt.md", "prompt")
-    link("output.md", "output")
+    if uv.fs_stat(dir .. "/output.md") then
+      link("output.md", "output")
+    else
+      -- A command's output is the stdout of its successful attempt (not copied to output.md).
+      for _, a in ipairs(t.attempts) do
+        if a.outcome == "success" then link(string.format("attempt-%d.out", a.n), "output") end
+      end
+    end
     for _, a in ipairs(t.attempts) do
       link(string.format("attempt-%d.out", a.n), "out" .. a.n)
       link(string.format("attempt-%d.err", a.n), "err" .. a.n)

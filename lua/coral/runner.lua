@@ -27,7 +27,7 @@ local RUNNER_OPTIONS = {
   retries = "integer", mode = "string", on_failure = "string", project_dir = "string",
   driver = "string", kill_grace = "number", backoff = "table", output = "string",
   on_event = "function", sim_scale = "number", executor = "string|table", env = "table",
-  model = "string", description = "string", name = "string", permission_mode = "string",
+  model = "string", description = "string", name = "string", output_cap = "integer", permission_mode = "string",
   rate_limit_retries = "integer",
 }
 
@@ -35,6 +35,7 @@ local DEFAULTS = {
   max_workers = 4, timeout = 300, retries = 2, retry_failed = true, mode = "dependency",
   on_failure = "skip", project_dir = ".", driver = "auto", kill_grace = 5, output = "auto",
   rate_limit_retries = 5,
+  output_cap = 64 * 1024 * 1024,   -- bytes kept of each stream of an attempt; 0 = no cap
   backoff = { base = 0.5, factor = 2, max = 30, jitter = 0.25 },
 }
 
@@ -189,7 +190,10 @@ end
 function Run:start_attempt(st)
   local task = st.task
   local n = #st.attempts + 1
-  local attempt = { n = n, start = fsutil.now(), mono_start = uv.hrtime() }
+  -- An attempt adopted on resume (a cluster job still known to the executor) keeps its start.
+  local adopt = st.adopt
+  st.adopt = nil
+  local attempt = { n = n, start = adopt and adopt.start or fsutil.now(), mono_start = uv.hrtime() }
   st.attempts[n] = attempt
   st.status = "running"
   if not st.first_start then st.first_start = attempt.start end
@@ -207,7 +211,7 @@ function Run:start_attempt(st)
   if not job then
     return self:attempt_ended(st, attempt, nil, { ok = false, error = derr or perr, retryable = false })
   end
-  if n == 1 then self.records:scratchpad_start(task, attempt.start) end
+  if n == 1 and not adopt then self.records:scratchpad_start(task, attempt.start) end
 
   if job.builtin then
     local result = job.builtin()
@@ -228,7 +232,9 @@ function Run:start_attempt(st)
     stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
     timeout = task.timeout or self.runner.timeout,
     idle_timeout = task.idle_timeout or self.runner.idle_timeout,
-    kill_grace = self.runner.kill_grace, on_stdout = on_stdout,
+    kill_grace = self.runner.kill_grace, on_stdout = on_stdout, output_cap = self.runner.output_cap,
+    slurm = task.slurm, adopt = adopt,
+    on_submit = function(job_id) self:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
   }, function(info)
     st.handle = nil
     self:attempt_ended(st, attempt, info, nil, driver, ctx)
@@ -239,7 +245,11 @@ function Run:start_attempt(st)
   end
   st.handle = handle
   attempt.pid = handle.pid
-  self:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid })
+  if adopt then
+    self:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
+  else
+    self:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid })
+  end
   if stdin == "pipe" then self:feed_pipeline(st) end
 end
 
@@ -265,10 +275,40 @@ function Run:attempt_ended(st, attempt, info, result, driver, ctx)
   attempt.outcome, attempt.code, attempt.signal = outcome, info and info.code, info and info.signal
   attempt.error = not result.ok and reason_of(result, info) or nil
   attempt.cpu_seconds, attempt.max_rss_kb = info and info.cpu_seconds, info and info.max_rss_kb
+  -- Keep at most output_cap bytes of each stream, and say so at the end of the stored file.
+  -- The child writes its files itself (no pipe through coral: that costs a pipe and a read per
+  -- task), so a flood is cut when the attempt ends; coral's memory is not involved either way.
+  local cap = self.runner.output_cap
+  if cap and cap > 0 and ctx and info then
+    for _, stream in ipairs { "stdout", "stderr" } do
+      local path = ctx[stream .. "_path"]
+      local stat = path and uv.fs_stat(path)
+      if stat and stat.size > cap then
+        uv.fs_truncate(path, cap)
+        local f = io.open(path, "ab")
+        if f then
+          f:write(string.format("\n[coral: %s cut at %d bytes; %d more bytes were dropped]\n", stream,
+            cap, math.tointeger(stat.size - cap)))
+          f:close()
+        end
+      end
+    end
+  end
   self.records:joblog { task = task.id, attempt = attempt.n, start = attempt.start,
     duration = attempt.duration, exit = attempt.code, signal = attempt.signal, outcome = outcome }
+  -- The output handed to dependents: the file the driver names (a command's stdout), else the
+  -- driver's text written to output.md.
+  local output_path
+  if result.ok then
+    output_path = result.output_path
+    if not output_path then
+      output_path = ctx and ctx.output_path or self.records:task_path(task.id, "output")
+      assert(fsutil.write_file(output_path, result.text or "", tonumber("600", 8)))
+    end
+  end
   self:emit("end", { task = task.id, agent = task.agent, attempt = attempt.n, outcome = outcome,
-    exit = attempt.code, signal = attempt.signal, duration = attempt.duration, error = attempt.error })
+    exit = attempt.code, signal = attempt.signal, duration = attempt.duration, error = attempt.error,
+    output = output_path })
 
   attempt.usage, attempt.cost_usd = result.usage, result.cost_usd
   local retryable = not result.ok and result.retryable ~= false and not st.cancelled
@@ -289,8 +329,7 @@ function Run:attempt_ended(st, attempt, info, result, driver, ctx)
     retrying = not final,
   }
   if result.ok then
-    st.output_path = ctx and ctx.output_path or self.records:task_path(task.id, "output")
-    assert(fsutil.write_atomic(st.output_path, result.text or "", tonumber("600", 8)))
+    st.output_path = output_path
     st.status, st.finish = "succeeded", attempt.finish
     self:record_history(st, "completed")
     self:release(st, true)
@@ -523,7 +562,8 @@ function Run:state_dirty()
   self.state_is_dirty = true
   if self.state_timer then return end
   self.state_timer = uv.new_timer()
-  self.state_timer:start(1000, 0, function()
+  -- Once a second, and less often for big plans: the file grows with the plan.
+  self.state_timer:start(1000 + #self.plan.tasks, 0, function()
     self.state_timer:close()
     self.state_timer = nil
     self:flush_state()
@@ -554,9 +594,12 @@ function Run:flush_state(final)
       -- Keep the newest 50 entries per agent: enough for medians, bounded in size.
       while #a.history > 50 do table.remove(a.history, 1) end
     end
-    state.handoffs = state.handoffs or {}
+    -- This run's handoffs: the outputs of finished tasks that other tasks depend on.
+    state.handoffs = {}
     for _, st in pairs(run.state) do
-      if st.output_path then state.handoffs[st.task.id] = { agent = st.task.agent, output = st.output_path } end
+      if st.output_path and run.has_dependents[st.task.id] then
+        state.handoffs[st.task.id] = { agent = st.task.agent, output = st.output_path }
+      end
     end
   end)
   if warning and not self.warned_state then
@@ -733,20 +776,32 @@ function Run:restore(retry_failed)
           finish = e.t, outcome = e.outcome, code = e.exit, signal = e.signal, error = e.error, restored = true }
         st.first_start = st.first_start or (e.t - (e.duration or 0))
       end
-      last[e.task] = e
+      if e.event ~= "submit" and e.event ~= "adopt" then last[e.task] = e end
     end
   end
   if session_start then self.prior_wall = self.prior_wall + (self.last_event_t - session_start) end
+  -- An executor that can adopt (a cluster engine) takes back the jobs it still knows.
+  local adopted = {}
+  if self.executor.recover then
+    local running = {}
+    for id, e in pairs(last) do
+      if e.event == "start" then running[id] = { attempt = e.attempt } end
+    end
+    adopted = self.executor:recover(self.records.id, running)
+  end
   -- An attempt that was running when coral stopped ran for real: keep it, as interrupted.
   for id, e in pairs(last) do
     local st = self.state[id]
-    if e.event == "start" then
+    if e.event == "start" and adopted[id] then
+      st.adopt = { job_id = adopted[id].job_id, start = e.t }
+      st.first_start = st.first_start or e.t
+    elseif e.event == "start" then
       st.attempts[#st.attempts + 1] = { n = e.attempt, start = e.t, duration = self.last_event_t - e.t,
         finish = self.last_event_t, outcome = "interrupted", restored = true }
       st.first_start = st.first_start or e.t
     end
   end
-  self.killed_leftovers = kill_leftovers(self.records.id)
+  if not self.executor.recover then self.killed_leftovers = kill_leftovers(self.records.id) end
 
   -- Walk the graph: hand finished tasks back to it, hold the rest for the first pump.
   local outcome = {}
@@ -754,7 +809,7 @@ function Run:restore(retry_failed)
     local st = self.state[id]
     if e.event == "end" and e.outcome == "success" then
       outcome[id] = "done"
-      st.output_path = self.records:task_path(id, "output")
+      st.output_path = e.output or self.records:task_path(id, "output")
       st.finish, st.resumed = e.t, true
     elseif e.event == "end" and not retry_failed then
       outcome[id] = "failed"
@@ -872,6 +927,7 @@ function Runner:execute_plan(plan, opts)
                      failed = summary.failed, skipped = summary.skipped,
                      total_time_seconds = summary.total_time_seconds })
   run.reporter:finish(summary)
+  run.records:close()
   run.lock:unlock()
   uv.run("nowait")
   return summary
