@@ -130,16 +130,20 @@ end
 local FLUSH_MS = 100
 
 function Records:flush_shared()
-  local pending = self.pending_activity
-  if pending and #pending > 0 then
-    self.pending_activity = {}
-    must(coord.append(self.paths.activity, table.concat(pending), { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
+  local files = { pending_scratchpad = { self.paths.scratchpad, M.SCRATCHPAD_HEADER },
+                  pending_activity = { self.paths.activity, M.ACTIVITY_HEADER } }
+  for key, file in pairs(files) do
+    local pending = self[key]
+    if pending and #pending > 0 then
+      self[key] = {}
+      must(coord.append(file[1], table.concat(pending), { header = file[2], mode = SHARED_FILE }))
+    end
   end
 end
 
-function Records:share_activity(text)
-  self.pending_activity = self.pending_activity or {}
-  self.pending_activity[#self.pending_activity + 1] = text
+function Records:share(key, text)
+  self[key] = self[key] or {}
+  self[key][#self[key] + 1] = text
   if not self.flush_timer then
     self.flush_timer = uv.new_timer()
     self.flush_timer:unref()
@@ -174,10 +178,13 @@ function Records:write_summary(summary)
   must(fsutil.write_atomic(self.summary_path, cjson.encode(summary) .. "\n", PRIVATE_FILE))
 end
 
---- The scratchpad section coral adds when a task starts.
-function Records:scratchpad_start(task, when)
+--- The scratchpad section coral adds when a task starts. An agent's section is written at once,
+-- before the agent can add notes under it; a command's (`batch`) goes with the next flush.
+function Records:scratchpad_start(task, when, batch)
   local text = string.format("\n## [%s] %s (task %s)\n%s\n", fsutil.timestamp(when, "%Y-%m-%d %H:%M"),
                              task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
+  if batch then return self:share("pending_scratchpad", text) end
+  self:flush_shared()   -- keep the sections in start order
   must(coord.append(self.paths.scratchpad, text, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
 end
 
@@ -210,7 +217,7 @@ function Records:activity(entry)
     lines[#lines + 1] = string.format("**Attempt**: %d of %d", entry.attempt, entry.attempts)
   end
   if entry.duration then lines[#lines + 1] = "**Duration**: " .. minutes(entry.duration) end
-  self:share_activity(table.concat(lines, "\n") .. "\n")
+  self:share("pending_activity", table.concat(lines, "\n") .. "\n")
 end
 
 --- Reads the project state; returns the table (empty if there is none), or nil and an error

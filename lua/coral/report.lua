@@ -522,7 +522,9 @@ Live.__index = Live
 
 function Live:write(final)
   if not self.run_dir or self.failed then return end
+  local started = uv.hrtime()
   local ok, path, err = pcall(M.write, self.run_dir, nil, { live = not final })
+  self.last_cost = (uv.hrtime() - started) / 1e9
   if not ok then err = path elseif not path then ok = false end
   if not ok then
     -- The report must never break a run: warn once and stop rewriting it.
@@ -552,9 +554,17 @@ function Live:on_event(e)
     end
     if not self.timer then
       self.timer = uv.new_timer()
-      local ms = math.floor(self.interval * 1000)
-      self.timer:start(ms, ms, function() self:write(false) end)
       self.timer:unref()   -- never what keeps a script's loop alive
+      -- Rewritten every `interval` seconds, or less often when a big run makes a report costly:
+      -- at most 5% of the loop's time goes to it.
+      local function rearm()
+        local wait = math.max(self.interval, 20 * (self.last_cost or 0))
+        self.timer:start(math.floor(wait * 1000), 0, function()
+          self:write(false)
+          if self.timer then rearm() end
+        end)
+      end
+      rearm()
     end
   elseif e.event == "done" then
     self:close()
@@ -567,6 +577,9 @@ end
 -- Also writes the plan as <run dir>/plan.json, so later reports can draw it. Chains the
 -- runner's on_event. Returns an object whose close() stops the timer (call it if
 -- execute_plan raises).
+--- Plans with more tasks than this get no live report from `coral run` (see commands.lua).
+M.LIVE_MAX_TASKS = 1000
+
 function M.attach(runner, plan, opts)
   opts = opts or {}
   -- Say where the report is when the run shows its live view (a terminal), not in logs.

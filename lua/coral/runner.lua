@@ -211,7 +211,7 @@ function Run:start_attempt(st)
   if not job then
     return self:attempt_ended(st, attempt, nil, { ok = false, error = derr or perr, retryable = false })
   end
-  if n == 1 and not adopt then self.records:scratchpad_start(task, attempt.start) end
+  if n == 1 and not adopt then self.records:scratchpad_start(task, attempt.start, driver and driver.name == "cmd") end
 
   if job.builtin then
     local result = job.builtin()
