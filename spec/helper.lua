@@ -138,6 +138,43 @@ end
 -- the descriptor count before the first spec already includes it.
 H.run({ "-e", "" })
 
+--- Starts coral (or opts.exe) in the background, for specs that signal or kill it. Returns a
+-- table that gets pid, output (chunks of stdout and stderr as they come) and, once it exited,
+-- code and signal; wait for it with H.wait_for.
+function H.start(args, opts)
+  opts = opts or {}
+  local result = {}
+  local out, err = uv.new_pipe(), uv.new_pipe()
+  local chunks = {}
+  local handle, pid
+  handle, pid = uv.spawn(opts.exe or H.coral, { args = args, cwd = opts.cwd, stdio = { nil, out, err } },
+    function(code, signal) result.code, result.signal = code, signal; handle:close() end)
+  assert(handle, pid)
+  out:read_start(function(_, d) if d then chunks[#chunks + 1] = d else out:close() end end)
+  err:read_start(function(_, d) if d then chunks[#chunks + 1] = d else err:close() end end)
+  result.pid, result.output = pid, chunks
+  return result
+end
+
+--- Runs the loop until a process from H.start has exited (at most `seconds`, default 30);
+-- returns its exit code (nil if it is still running).
+function H.wait_for(result, seconds)
+  local deadline = uv.hrtime() + (seconds or 30) * 1e9
+  while result.code == nil and uv.hrtime() < deadline do uv.run("once") end
+  uv.run("nowait")
+  return result.code
+end
+
+--- Waits until pred() is true, running the loop meanwhile; fails after `seconds` (default 20).
+function H.wait_until(pred, seconds)
+  local deadline = uv.hrtime() + (seconds or 20) * 1e9
+  while not pred() do
+    assert(uv.hrtime() < deadline, "timed out waiting")
+    uv.sleep(20)
+    uv.run("nowait")
+  end
+end
+
 --- Installs the checks around every spec of the calling file and returns H. Each spec file
 -- starts with `local H = require("spec.helper").guard(_ENV)`.
 function H.guard(env)

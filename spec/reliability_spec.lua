@@ -1,39 +1,8 @@
 -- Nothing lost: kill and resume, Ctrl-C, one run per project, bad input, secrets.
 local H = require("spec.helper").guard(_ENV)
+local start, wait_for, wait_until = H.start, H.wait_for, H.wait_until
 local uv = require "luv"
 local cjson = require "cjson"
-
--- Starts coral in the background; returns the handle and a table that gets code/signal.
-local function start(args, opts)
-  opts = opts or {}
-  local result = {}
-  local out, err = uv.new_pipe(), uv.new_pipe()
-  local chunks = {}
-  local handle, pid
-  handle, pid = uv.spawn(H.coral, { args = args, cwd = opts.cwd, stdio = { nil, out, err } },
-    function(code, signal) result.code, result.signal = code, signal; handle:close() end)
-  assert(handle, pid)
-  out:read_start(function(_, d) if d then chunks[#chunks + 1] = d else out:close() end end)
-  err:read_start(function(_, d) if d then chunks[#chunks + 1] = d else err:close() end end)
-  result.pid, result.output = pid, chunks
-  return result
-end
-
-local function wait_for(result, seconds)
-  local deadline = uv.hrtime() + (seconds or 30) * 1e9
-  while result.code == nil and uv.hrtime() < deadline do uv.run("once") end
-  uv.run("nowait")
-  return result.code
-end
-
-local function wait_until(pred, seconds)
-  local deadline = uv.hrtime() + (seconds or 10) * 1e9
-  while not pred() do
-    assert(uv.hrtime() < deadline, "timed out waiting")
-    uv.sleep(20)
-    uv.run("nowait")
-  end
-end
 
 local function journal_count(dir, event)
   local n = 0

@@ -3,6 +3,7 @@
 -- Slurm jobs inherit coral's environment, so a job left running is caught by the helper's
 -- leftover check like any other process of the spec.
 local H = require("spec.helper").guard(_ENV)
+local start, wait_for, wait_until = H.start, H.wait_for, H.wait_until
 local uv = require "luv"
 local cjson = require "cjson"
 
@@ -21,36 +22,6 @@ if not up then
             "(needs root and the slurmctld slurmd slurm-client munge packages)")
   end)
   return
-end
-
-local function start(args)
-  local result = {}
-  local out, err = uv.new_pipe(), uv.new_pipe()
-  local chunks = {}
-  local handle, pid
-  handle, pid = uv.spawn(H.coral, { args = args, stdio = { nil, out, err } },
-    function(code, signal) result.code, result.signal = code, signal; handle:close() end)
-  assert(handle, pid)
-  out:read_start(function(_, d) if d then chunks[#chunks + 1] = d else out:close() end end)
-  err:read_start(function(_, d) if d then chunks[#chunks + 1] = d else err:close() end end)
-  result.pid, result.output = pid, chunks
-  return result
-end
-
-local function wait_for(result, seconds)
-  local deadline = uv.hrtime() + (seconds or 30) * 1e9
-  while result.code == nil and uv.hrtime() < deadline do uv.run("once") end
-  uv.run("nowait")
-  return result.code
-end
-
-local function wait_until(pred, seconds)
-  local deadline = uv.hrtime() + (seconds or 20) * 1e9
-  while not pred() do
-    assert(uv.hrtime() < deadline, "timed out waiting")
-    uv.sleep(50)
-    uv.run("nowait")
-  end
 end
 
 local function run_dir(dir)

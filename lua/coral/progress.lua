@@ -30,7 +30,10 @@ function Lines:event(e)
     out:write(string.format("[%s] run %s: %d tasks, mode %s, %d workers%s\n", when, e.run_id, e.tasks,
       e.mode, e.max_workers, e.plan and (", plan " .. e.plan) or ""))
   elseif e.event == "start" then
-    out:write(string.format("[%s] start  %s (attempt %d, pid %d)\n", when, e.task, e.attempt, e.pid or 0))
+    out:write(string.format("[%s] start  %s (attempt %d%s)\n", when, e.task, e.attempt,
+      e.pid and string.format(", pid %d", e.pid) or ""))
+  elseif e.event == "submit" or e.event == "adopt" then
+    out:write(string.format("[%s] %-6s %s (attempt %d, job %s)\n", when, e.event, e.task, e.attempt, tostring(e.job_id)))
   elseif e.event == "end" then
     out:write(string.format("[%s] %-6s %s (attempt %d, %s%s)\n", when,
       e.outcome == "success" and "done" or "FAIL", e.task, e.attempt, fmt_duration(e.duration),
