@@ -11,16 +11,7 @@ local function mode_of(path)
   return st.mode & 0x1ff
 end
 
-local function listdir(dir)
-  local names, it = {}, uv.fs_scandir(dir)
-  while it do
-    local name = uv.fs_scandir_next(it)
-    if not name then break end
-    names[#names + 1] = name
-  end
-  table.sort(names)
-  return names
-end
+local listdir = H.entries
 
 --- Starts every command at once (each {args=..., exe=...}) and runs the loop until all have
 -- exited. Returns their results in order: {code, stdout, stderr}.

@@ -138,6 +138,18 @@ end
 -- the descriptor count before the first spec already includes it.
 H.run({ "-e", "" })
 
+--- The names in a directory, sorted.
+function H.entries(dir)
+  local names, it = {}, uv.fs_scandir(dir)
+  while it do
+    local name = uv.fs_scandir_next(it)
+    if not name then break end
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  return names
+end
+
 --- Starts coral (or opts.exe) in the background, for specs that signal or kill it. Returns a
 -- table that gets pid, output (chunks of stdout and stderr as they come) and, once it exited,
 -- code and signal; wait for it with H.wait_for.

@@ -2,16 +2,7 @@
 local H = require("spec.helper").guard(_ENV)
 local uv = require "luv"
 
-local function entries(dir)
-  local names, handle = {}, uv.fs_scandir(dir)
-  while handle do
-    local name = uv.fs_scandir_next(handle)
-    if not name then break end
-    names[#names + 1] = name
-  end
-  table.sort(names)
-  return names
-end
+local entries = H.entries
 
 describe("coral run", function()
   it("prints the six phases of full_stack with --show-plan", function()

@@ -67,13 +67,8 @@ end
 
 -- {{{ history and estimates
 
-local function median(list)
-  if #list == 0 then return nil end
-  table.sort(list)
-  local mid = (#list + 1) // 2
-  if #list % 2 == 1 then return list[mid] end
-  return (list[mid] + list[mid + 1]) / 2
-end
+-- The same median `coral history` shows for each agent.
+local median = require("coral.timeline").median
 
 --- Estimates from the durations recorded by earlier runs in the project: the median of the same
 -- agent and task text, else of the same agent.
