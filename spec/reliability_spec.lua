@@ -207,3 +207,38 @@ return require("coral").plan {
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
   end)
 end)
+
+describe("a full disk", function()
+  it("stops the run with a clear error and leaves every record valid", function()
+    local dir = H.tmpdir()
+    local mnt = dir .. "/small"
+    uv.fs_mkdir(mnt, tonumber("755", 8))
+    local ok = os.execute("mount -t tmpfs -o size=256k tmpfs " .. mnt .. " 2>/dev/null")
+    if not ok then
+      pending("cannot mount a small tmpfs here (needs root)")
+      return
+    end
+    local done, r = pcall(function()
+      H.write_file(dir .. "/r.lua", [[
+local t = require("coral").task
+local tasks = { t("filler", "fill the disk", { id = "fill", cmd = "head -c 400000 /dev/zero" }) }
+for i = 1, 20 do tasks[#tasks + 1] = t("w", "after", { id = "w" .. i, cmd = "echo " .. i, depends_on = { "fill" } }) end
+return require("coral").plan(tasks)
+]])
+      return H.run({ dir .. "/r.lua", "x", "--dir", mnt, "--retries", "2", "--on-failure", "continue" })
+    end)
+    local journal_ok = true
+    local runs = uv.fs_scandir(mnt .. "/.coral/runs")
+    local run = runs and uv.fs_scandir_next(runs)
+    local text = run and H.read_file(mnt .. "/.coral/runs/" .. run .. "/journal.jsonl") or ""
+    for line in text:gmatch("[^\n]*\n") do
+      if not require("cjson.safe").decode(line) then journal_ok = false end
+    end
+    os.execute("umount " .. mnt)
+    assert(done, r)
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("no space left on device", r.stderr)
+    assert.is_true(journal_ok, "a journal line is torn")
+    assert.is_true(#text > 0)
+  end)
+end)

@@ -144,7 +144,16 @@ function M.run_plan(plan, opts, invocation)
                        { description = plan.description, invocation = invocation,
                          resume = resume, retry_failed = opts.retry_failed })
   if live_report then live_report:close() end
-  if not ok then return recipe_error(summary) end
+  if not ok then
+    -- A bad plan or a busy project is the user's to fix (2); anything else stopped the run
+    -- itself, e.g. a full disk under its records (1). What was recorded stays valid.
+    if getmetatable(summary) == require("coral.plan").PlanError then return recipe_error(summary) end
+    -- The first line says what failed; the traceback is for coral's developers (CORAL_DEBUG=1).
+    local message = tostring(summary):gsub("^coral: ", "")
+    if os.getenv("CORAL_DEBUG") ~= "1" then message = message:match("^[^\n]*") end
+    io.stderr:write("coral: the run stopped: ", message, "\n")
+    return EXIT_FAILED
+  end
   if opts.json then
     io.stdout:write(require("cjson").encode { event = "summary", summary = summary }, "\n")
   else
