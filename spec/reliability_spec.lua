@@ -242,3 +242,19 @@ return require("coral").plan(tasks)
     assert.is_true(#text > 0)
   end)
 end)
+
+describe("an agent that leaves processes behind", function()
+  it("has its whole process group killed when it exits, and many children are no trouble", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", [[
+local t = require("coral").task
+return require("coral").plan {
+  t("forker", "forks 50 children and exits", { id = "forker",
+    cmd = "i=0; while [ $i -lt 50 ]; do sleep 30 & i=$((i+1)); done; echo started" }),
+}
+]])
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    -- the helper's after_each fails the spec if any of the 50 sleeps is still running
+  end)
+end)

@@ -410,12 +410,23 @@ static void proc_check_done(proc_state *s) {
 /* }}} */
 /* {{{ reaping */
 
-/* wait4 without blocking (or blocking, at shutdown). Returns 1 if the child is reaped now. */
+/* wait4 without blocking (or blocking, at shutdown). Returns 1 if the child is reaped now.
+ * When the leader has exited, what is left of its process group (a background job, a daemon
+ * that did not setsid) is killed before the leader is reaped: the unreaped zombie still holds
+ * the group's id, so the signal cannot reach a process that reused it, and nothing the task
+ * started runs on unseen after the task has ended. */
 static int proc_reap(proc_state *s, int options) {
   spawn_sup *sup = s->sup;
   int status;
   struct rusage ru;
   pid_t r;
+  if (options & WNOHANG) {
+    siginfo_t si;
+    memset(&si, 0, sizeof si);
+    if (waitid(P_PID, (id_t)s->pid, &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0)
+      return 0;   /* still running */
+  }
+  kill(-s->pid, SIGKILL);   /* the leader is a zombie (or gone): only its group's others get it */
   do
     r = wait4(s->pid, &status, options, &ru);
   while (r < 0 && errno == EINTR);
