@@ -243,6 +243,18 @@ return require("coral").plan(tasks)
   end)
 end)
 
+describe("an agent that floods its output", function()
+  it("keeps output_cap bytes of it and says where it was cut", function()
+    local coral = require "coral"
+    local dir = H.tmpdir()
+    local s = coral.runner({ project_dir = dir, output = "quiet", output_cap = 100000, retries = 0 })
+      :execute_plan(coral.plan { coral.task("flood", "floods", { id = "flood", cmd = "head -c 3000000 /dev/zero" }) })
+    assert.are.equal(1, s.successful)
+    local out = H.read_file(s.results.flood.output_file)
+    assert.are.equal(100000, out:find("\n[coral: stdout cut at 100000 bytes; 2900000 more bytes were dropped]\n", 1, true) - 1)
+  end)
+end)
+
 describe("an agent that leaves processes behind", function()
   it("has its whole process group killed when it exits, and many children are no trouble", function()
     local dir = H.tmpdir()

@@ -263,6 +263,25 @@ describe("the runner", function()
   end)
 end)
 
+describe("a run stopped by an error", function()
+  it("raises it and leaves no process, handle or lock behind", function()
+    local dir = H.tmpdir()
+    local broken = { name = "broken", prepare = function() error("driver exploded") end }
+    local plan = coral.plan {
+      t("slow", "runs meanwhile", { id = "slow", cmd = "sleep 30" }),
+      t("x", "breaks", { id = "x", driver = broken, depends_on = {} }),
+    }
+    local ok, err = pcall(coral.runner({ project_dir = dir, output = "quiet" }).execute_plan,
+                          coral.runner({ project_dir = dir, output = "quiet" }), plan)
+    assert.is_false(ok)
+    assert.matches("driver exploded", tostring(err))
+    -- the lock is free again: a new run in the project starts
+    local s = coral.runner({ project_dir = dir, output = "quiet" }):execute_plan(coral.plan { t("y", "ok", { cmd = "true" }) })
+    assert.are.equal(1, s.successful)
+    -- and the helper checks that the sleep, the signal handles and the timers are gone
+  end)
+end)
+
 describe("plans", function()
   it("make a task without depends_on depend on the whole previous phase", function()
     local p = coral.plan { { t("a", "x"), t("b", "y") }, { t("c", "z") } }

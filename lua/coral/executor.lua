@@ -19,9 +19,6 @@ function Local:start(job, on_exit)
   local stdout = { file = job.stdout_path }
   local stderr = { file = job.stderr_path }
   if job.on_stdout then stdout.on_data = job.on_stdout end
-  -- A cap makes C read the stream through a pipe; without one the child writes the file itself
-  -- (the runner trims a file past its cap when the attempt ends).
-  if job.stream_cap then stdout.cap, stderr.cap = job.stream_cap, job.stream_cap end
   local p, err, code = proc.spawn {
     argv = job.argv,
     env = job.env,

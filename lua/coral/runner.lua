@@ -196,9 +196,11 @@ function Run:start_attempt(st)
   if self.running > self.max_parallel then self.max_parallel = self.running end
 
   local driver, derr = self:driver_for(task)
+  -- An agent gets a prompt (composed once, read back for a retry); a command does not.
   local prompt_text
-  if driver and not (driver.name == "cmd") and n == 1 then prompt_text = self:compose_prompt(st) end
-  if driver and driver.name ~= "cmd" and n > 1 then prompt_text = fsutil.read(st.prompt_path) end
+  if driver and driver.name ~= "cmd" then
+    prompt_text = n == 1 and self:compose_prompt(st) or fsutil.read(st.prompt_path)
+  end
   local ctx = self:context(st, n)
   ctx.prompt = prompt_text
   local job, perr
@@ -227,11 +229,12 @@ function Run:start_attempt(st)
     stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
     timeout = task.timeout or self.runner.timeout,
     idle_timeout = task.idle_timeout or self.runner.idle_timeout,
-    kill_grace = self.runner.kill_grace, on_stdout = on_stdout, output_cap = self.runner.output_cap,
+    kill_grace = self.runner.kill_grace, on_stdout = on_stdout,
     slurm = task.slurm, adopt = adopt,
     on_submit = function(job_id) self:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
   }, function(info)
     st.handle = nil
+    if self.aborted then return end   -- killed by abort(): its records are closed
     self:attempt_ended(st, attempt, info, nil, driver, ctx)
   end)
   if not handle then
@@ -278,14 +281,12 @@ function Run:attempt_ended(st, attempt, info, result, driver, ctx)
     for _, stream in ipairs { "stdout", "stderr" } do
       local path = ctx[stream .. "_path"]
       local stat = path and uv.fs_stat(path)
-      if stat and stat.size > cap then
-        uv.fs_truncate(path, cap)
-        local f = io.open(path, "ab")
-        if f then
-          f:write(string.format("\n[coral: %s cut at %d bytes; %d more bytes were dropped]\n", stream,
-            cap, math.tointeger(stat.size - cap)))
-          f:close()
-        end
+      local fd = stat and stat.size > cap and uv.fs_open(path, "r+", 0)
+      if fd then
+        uv.fs_ftruncate(fd, cap)
+        uv.fs_write(fd, string.format("\n[coral: %s cut at %d bytes; %d more bytes were dropped]\n",
+          stream, cap, math.tointeger(stat.size - cap)), cap)
+        uv.fs_close(fd)
       end
     end
   end
@@ -889,6 +890,36 @@ function Runner:execute_plan(plan, opts)
   if opts.invocation and not opts.resume then run.records:write_invocation(opts.invocation) end
   run.reporter = progress.new(self.output, run)
   run.start_time = fsutil.now()
+  -- Most of a run's garbage (events, strings) dies young: the generational collector keeps a
+  -- 5000-task run at 38 MB instead of 44 MB and spends less time (measured, docs/PERFORMANCE.md).
+  run.gc_mode = collectgarbage("generational")
+  local ok, result = xpcall(Run.execute, plan_mod.traceback, run, opts)
+  if not ok then
+    run:abort()
+    error(result, 0)
+  end
+  return result
+end
+
+-- Leaves nothing behind when a run is stopped by an error (a full disk, a driver that raised):
+-- its processes are killed, its handles closed, its lock released; what was recorded stays.
+function Run:abort()
+  self.aborted = true
+  for _, st in pairs(self.state) do
+    if st.handle then pcall(st.handle.cancel, st.handle, true) end
+    if st.backoff_timer then st.backoff_timer:close(); st.backoff_timer = nil end
+  end
+  for _, s in ipairs(self.signals or {}) do if not s:is_closing() then s:close() end end
+  host.catch_signals()
+  if self.state_timer then self.state_timer:close(); self.state_timer = nil end
+  pcall(self.records.close, self.records)
+  self.lock:unlock()
+  collectgarbage(self.gc_mode)
+end
+
+-- The run itself, from its first event to its summary.
+function Run:execute(opts)
+  local run, plan = self, self.plan
   if opts.resume then run:restore(opts.retry_failed) end
   run:emit("run", { run_id = run.records.id, plan = plan.name, project = run.description,
                     tasks = #plan.tasks, mode = mode, max_workers = run.max_workers,
@@ -897,9 +928,6 @@ function Runner:execute_plan(plan, opts)
   run:flush_state()
   run:watch_signals()
 
-  -- Most of a run's garbage (events, strings) dies young: the generational collector keeps a
-  -- 5000-task run at 38 MB instead of 44 MB and spends less time (measured, docs/PERFORMANCE.md).
-  local gc_mode = collectgarbage("generational")
   run:pump()
   while not run.finished do
     uv.run("once")
@@ -927,7 +955,7 @@ function Runner:execute_plan(plan, opts)
   run.reporter:finish(summary)
   run.records:close()
   run.lock:unlock()
-  collectgarbage(gc_mode)
+  collectgarbage(run.gc_mode)
   uv.run("nowait")
   return summary
 end
