@@ -318,3 +318,18 @@ describe("plans", function()
     assert.matches("unknown option 'max_wrokers'", e)
   end)
 end)
+
+describe("pipeline mode", function()
+  it("copes with a consumer that leaves before its producer ends", function()
+    local dir = H.tmpdir()
+    local plan = coral.plan {
+      t("producer", "produce", { id = "up", cmd = "echo first; sleep 0.5; echo second" }),
+      t("consumer", "first line only", { id = "down", depends_on = { "up" }, cmd = "head -1" }),
+      t("after", "after down", { id = "after", depends_on = { "down" }, cmd = "cat" }),
+    }
+    local s = coral.runner({ project_dir = dir, output = "quiet", mode = "pipeline" }):execute_plan(plan)
+    assert.are.equal(3, s.successful)
+    assert.are.equal("first\n", H.read_file(s.results.down.output_file))
+    assert.are.equal("first\n", H.read_file(s.results.after.output_file))
+  end)
+end)

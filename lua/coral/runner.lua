@@ -374,8 +374,17 @@ function Run:record_history(st, status)
 end
 
 -- Tells the graph a task ended and applies the failure policy.
-function Run:release(st, ok)
+function Run:release(st, ok, deferred)
   local id = st.task.id
+  if self.mode == "pipeline" and not deferred then
+    self:close_downstream(st, ok)
+    if self.g:state(id) == "pending" then
+      -- It ended before the graph handed it out (a consumer that read what it needed and left
+      -- while its upstream still runs): the graph hears of it once its upstreams are done.
+      st.release_later = ok
+      return
+    end
+  end
   if ok then
     self.g:done(id, true)
   elseif self.runner.on_failure == "continue" then
@@ -387,7 +396,6 @@ function Run:release(st, ok)
     end
     if self.runner.on_failure == "stop" then self:stop(string.format("task '%s' failed (on_failure = stop)", id)) end
   end
-  if self.mode == "pipeline" then self:close_downstream(st, ok) end
 end
 
 function Run:skip(st, why)
@@ -510,7 +518,13 @@ function Run:pump_pipeline()
   -- Tasks the graph released, then tasks whose upstreams are streaming.
   for _, id in ipairs(self.g:ready()) do
     local st = self.state[id]
-    if st.status == "pending" then self.queue[#self.queue + 1] = st end
+    if st.release_later ~= nil then
+      local ok = st.release_later
+      st.release_later = nil
+      self:release(st, ok, true)
+    elseif st.status == "pending" then
+      self.queue[#self.queue + 1] = st
+    end
   end
   for _, t in ipairs(self.plan.tasks) do
     local st = self.state[t.id]
