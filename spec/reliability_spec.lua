@@ -270,3 +270,14 @@ return require("coral").plan {
     -- the helper's after_each fails the spec if any of the 50 sleeps is still running
   end)
 end)
+
+describe("a missing agent CLI", function()
+  it("is one clear error with exit 2, and nothing written", function()
+    local dir = H.tmpdir()
+    local r = H.run({ "run", "full_stack", "x", "--agent", "codex", "--dir", dir, "--quiet" },
+                    { env = { "PATH=/nonexistent", "HOME=" .. dir } })
+    assert.are.equal(2, r.code)
+    assert.matches("task 'project%-architect' needs the codex CLI %(driver codex%), which is not on PATH", r.stderr)
+    assert.are.same({}, H.entries(dir))
+  end)
+end)

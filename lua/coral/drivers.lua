@@ -10,6 +10,8 @@
 --   ctx:    what the runner knows of the attempt: prompt, prompt_path, project_dir, run_dir,
 --           stdout_path, stderr_path, output_path, scratchpad, activity, attempt, model,
 --           permission_mode, role (the agent role table, if any), timeout, estimate, sim_scale.
+-- A driver that runs an installed program names it as `program`: a run checks it is on PATH
+-- before it starts, so a missing CLI is one clear error, not a failed task and its skipped plan.
 -- Built in: claude, codex, gemini, aider (agent CLIs), cmd, sim, prompt, and auto (the first
 -- agent CLI on PATH, else prompt). A recipe registers its own with M.register, or passes a
 -- driver table as a task's `driver`; a project's .coral/drivers/*.lua files each return a
@@ -202,6 +204,7 @@ function M.claude(opts)
   opts = opts or {}
   return {
     name = opts.name or "claude",
+    program = opts.bin or "claude",   -- checked on PATH before a run starts
     summary = "Claude Code: claude -p --output-format json, prompt on stdin",
     prepare = function(_, ctx)
       local argv = append({ opts.bin or "claude" }, "-p", "--output-format", "json")
@@ -258,6 +261,7 @@ function M.codex(opts)
   opts = opts or {}
   return {
     name = opts.name or "codex",
+    program = opts.bin or "codex",   -- checked on PATH before a run starts
     summary = "Codex: codex exec --json -o FILE -, prompt on stdin",
     prepare = function(_, ctx)
       local last = ctx.stdout_path:gsub("%.out$", "") .. ".last.md"
@@ -314,6 +318,7 @@ function M.gemini(opts)
   opts = opts or {}
   return {
     name = opts.name or "gemini",
+    program = opts.bin or "gemini",   -- checked on PATH before a run starts
     summary = "Gemini CLI: gemini --output-format json -p PROMPT",
     prepare = function(_, ctx)
       local argv = append({ opts.bin or "gemini" }, "--output-format", "json")
@@ -360,6 +365,7 @@ function M.aider(opts)
   opts = opts or {}
   return {
     name = opts.name or "aider",
+    program = opts.bin or "aider",   -- checked on PATH before a run starts
     summary = "aider: aider --message-file PROMPT --yes-always",
     prepare = function(_, ctx)
       local argv = append({ opts.bin or "aider" }, "--message-file", ctx.prompt_path, "--yes-always",

@@ -894,6 +894,17 @@ function Runner:execute_plan(plan, opts)
     for _, d in ipairs(t.depends_on) do run.has_dependents[d] = true end
   end
 
+  -- Every driver that runs an installed CLI finds it, before anything is written.
+  if not self.executor or self.executor == "local" then
+    for _, t in ipairs(plan.tasks) do
+      local driver, derr = run:driver_for(t)
+      if not driver then plan_mod.user_error(t.where .. ": " .. derr) end
+      if driver.program and not fsutil.which(driver.program) then
+        plan_mod.user_error(string.format("task '%s' needs the %s CLI (driver %s), which is not on PATH; " ..
+          "install it, or choose another driver with --agent (sim, prompt, ...)", t.id, driver.program, driver.name))
+      end
+    end
+  end
   run.executor = assert(executor_mod.get(self.executor, { kill_grace = self.kill_grace }))
   -- One run per project at a time: an fcntl lock, so a killed coral's lock is gone with it.
   local lock, lerr = run_lock(paths)
