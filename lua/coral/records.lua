@@ -62,13 +62,15 @@ end
 --- Path of a task's file: kind "prompt" (prompt.md), "out"/"err" (attempt-N.out/.err),
 -- "output" (the final text, output.md).
 function Records:task_path(task_id, kind, attempt)
-  local dir = self.dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
-  if not self.made_task_dirs then self.made_task_dirs = {} end
-  if not self.made_task_dirs[dir] then
+  -- Made once per task (several paths are asked for each attempt).
+  self.task_dirs = self.task_dirs or {}
+  local dir = self.task_dirs[task_id]
+  if not dir then
+    dir = self.dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
     -- tasks/ exists (open made it): one mkdir, no stat first; a resumed run finds it there
     local ok, err, code = uv.fs_mkdir(dir, PRIVATE_DIR)
     if not ok and code ~= "EEXIST" then error("create directory " .. dir .. ": " .. err, 0) end
-    self.made_task_dirs[dir] = true
+    self.task_dirs[task_id] = dir
   end
   if kind == "prompt" then return dir .. "/prompt.md" end
   if kind == "output" then return dir .. "/output.md" end
