@@ -185,9 +185,14 @@ end
 -- A task whose agent has no role gets nil: the prompt then says only which agent it is.
 function M.resolver(project_dir)
   local roles
+  local by_agent = {}   -- found once per agent name (false: no such role)
   return function(task)
-    roles = roles or M.load(project_dir)
-    local role = find(roles, task.agent)
+    local role = by_agent[task.agent]
+    if role == nil then
+      roles = roles or M.load(project_dir)
+      role = find(roles, task.agent) or false
+      by_agent[task.agent] = role
+    end
     if not role then return nil end
     return role.prompt, role
   end

@@ -103,9 +103,10 @@ end
 --- Appends one event to the journal: a JSON line, whole or not at all, written before coral
 -- acts on it. The event gets its wall-clock time `t`.
 function Records:event(name, fields)
-  local e = { event = name, t = fsutil.now() }
-  for k, v in pairs(fields or {}) do e[k] = v end
-  append_private(self, "journal_fd", self.journal_path, cjson.encode(e) .. "\n")
+  fields = fields or {}
+  fields.event = name
+  fields.t = fields.t or fsutil.now()
+  append_private(self, "journal_fd", self.journal_path, cjson.encode(fields) .. "\n")
 end
 
 --- Appends a row to the joblog (one row per attempt).
