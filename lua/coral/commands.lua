@@ -330,10 +330,7 @@ cli.add_command("log", {
   run = function(args)
     local path, text = coordination_path("CORAL_ACTIVITY", "activity_tracker.md", args)
     if not path then return text end
-    local records = require "coral.records"
-    local who = os.getenv("CORAL_AGENT")
-    local line = string.format("- [%s]%s %s\n", os.date("%Y-%m-%d %H:%M:%S"), who and (" " .. who .. ":") or "", text)
-    local ok, err = require("coral.coord").append(path, line, { header = records.ACTIVITY_HEADER, mode = tonumber("644", 8) })
+    local ok, err = require("coral.records").log(path, text, os.getenv("CORAL_AGENT"))
     if not ok then io.stderr:write("coral: ", err, "\n"); return EXIT_FAILED end
     return EXIT_OK
   end,

@@ -201,7 +201,7 @@ end
 --- Sets estimates from history: a table task id -> seconds.
 function Plan:set_estimates(estimates)
   self.estimates = estimates
-  self.analysis = nil
+  self.analysis, self.checked_graph = nil, nil
 end
 
 --- Checks the graph: unknown, self and cyclic dependencies, reported at the task's line.
@@ -216,6 +216,7 @@ function Plan:validate()
     end
   end
   local g = self:graph()
+  self.checked_graph = g   -- analyse() asks the same graph for phases and the critical path
   local ok, err, kind = g:validate()
   if not ok then
     -- A cycle message names the tasks; blame the first one's line.
@@ -227,8 +228,11 @@ end
 
 local function analyse(self)
   if not self.analysis then
-    local g = self:graph()
-    assert(g:validate())
+    local g = self.checked_graph
+    if not g then   -- the estimates changed since validate(): the weights are new
+      g = self:graph()
+      assert(g:validate())
+    end
     local path, length = g:critical_path()
     self.analysis = { phases = g:phases(), path = path, length = length }
   end

@@ -192,10 +192,18 @@ function Records:scratchpad_start(task, when, batch)
 end
 
 --- Appends a note from an agent (or `coral note`) to a scratchpad.
+local function line_entry(text, who)
+  return string.format("- [%s]%s %s\n", fsutil.timestamp(nil, "%Y-%m-%d %H:%M:%S"),
+                       who and (" " .. who .. ":") or "", text)
+end
+
 function M.note(path, text, who)
-  local entry = string.format("\n- [%s]%s %s\n", fsutil.timestamp(nil, "%Y-%m-%d %H:%M:%S"),
-                              who and (" " .. who .. ":") or "", text)
-  return coord.append(path, entry, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
+  return coord.append(path, "\n" .. line_entry(text, who), { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
+end
+
+--- Appends a progress line from an agent (or `coral log`) to an activity tracker.
+function M.log(path, text, who)
+  return coord.append(path, line_entry(text, who), { header = M.ACTIVITY_HEADER, mode = SHARED_FILE })
 end
 
 local function minutes(seconds)
