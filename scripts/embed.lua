@@ -1,7 +1,7 @@
 -- Writes a C file that holds the project's Lua modules, recipes and agent roles, so
 -- build/coral runs alone.
 -- usage: lua5.4 scripts/embed.lua OUT.c FILE...
--- Each file is stored under its path in the tree (lua/coral/runner.lua, recipes/api.lua);
+-- Each file is stored under its path in the tree (lua/coral/run/init.lua, recipes/api.lua);
 -- src/core.c maps module names onto those paths.
 local out_path = assert(arg[1], "usage: embed.lua OUT.c FILE...")
 

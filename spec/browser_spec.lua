@@ -112,7 +112,7 @@ return coral.plan({
 ]])
     local r = H.run({ dir .. "/plan.lua", "Browser spec", "--dir", dir, "--quiet", "--retries", "1" })
     assert.are.equal(1, r.code, r.stderr)
-    local run_id = require("coral.status").run_ids(dir)[1]
+    local run_id = require("coral.view.status").run_ids(dir)[1]
     local report = dir .. "/.coral/runs/" .. run_id .. "/report.html"
     assert.truthy(uv.fs_stat(report))
     local attempts = 0

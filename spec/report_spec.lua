@@ -4,7 +4,7 @@ local H = require("spec.helper").guard(_ENV)
 local uv = require "luv"
 local cjson = require "cjson"
 
-local timeline = require "coral.timeline"
+local timeline = require "coral.view.timeline"
 
 -- sim tasks (one fails its first attempt and is retried, one fails for good) and a cmd task
 -- that times out; `after` is skipped, `deploy` waits for two branches.
@@ -32,7 +32,7 @@ local function run_recipe(dir, extra)
 end
 
 local function only_run_dir(dir)
-  local ids = require("coral.status").run_ids(dir)
+  local ids = require("coral.view.status").run_ids(dir)
   assert.are.equal(1, #ids)
   return dir .. "/.coral/runs/" .. ids[1]
 end
@@ -286,10 +286,10 @@ return coral.plan({
     while uv.hrtime() < deadline and not hang do
       uv.run("nowait")
       uv.sleep(50)
-      local ids = require("coral.status").run_ids(dir)
+      local ids = require("coral.view.status").run_ids(dir)
       if ids[1] then
         run_dir = dir .. "/.coral/runs/" .. ids[1]
-        for _, e in ipairs(require("coral.status").journal(run_dir)) do
+        for _, e in ipairs(require("coral.view.status").journal(run_dir)) do
           if e.event == "start" and e.task == "hang" then hang = e end
         end
       end
@@ -300,7 +300,7 @@ return coral.plan({
     assert.truthy(own:find('<meta http-equiv="refresh" content="2">', 1, true))
     local live = timeline.load(run_dir)
     assert.are.equal("running", live.status)
-    local report = require("coral.report")
+    local report = require("coral.view.report")
     local path = assert(report.write(run_dir, dir .. "/live.html"))
     local html = H.read_file(path)
     assert.truthy(html:find('<meta http-equiv="refresh" content="2">', 1, true))

@@ -14,7 +14,7 @@ local M = {}
 M.version = host.version
 
 local plan = require "coral.plan"
-local runner = require "coral.runner"
+local runner = require "coral.run"
 
 M.task = plan.task
 M.plan = plan.plan

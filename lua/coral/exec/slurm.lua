@@ -119,7 +119,7 @@ M.Slurm = Slurm
 -- poll (seconds between squeue calls, 0.5), coral_bin (the coral binary's path on the nodes,
 -- if it is not the same as here), sbatch/squeue/scancel (the commands).
 function M.new(opts)
-  check.options("coral.executor_slurm", opts, EXECUTOR_OPTIONS, 2)
+  check.options("coral.exec.slurm", opts, EXECUTOR_OPTIONS, 2)
   opts = opts or {}
   local self = setmetatable({
     defaults = {}, kill_grace = opts.kill_grace or 5, poll_interval = opts.poll or 0.5,

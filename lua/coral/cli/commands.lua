@@ -99,7 +99,7 @@ local function runner_options(opts)
   end
   if opts.no_retry then r.retry_failed = false end
   r.executor = opts.executor
-  if opts.executor == "slurm" then r.executor = require("coral.executor_slurm").from_cli(opts) end
+  if opts.executor == "slurm" then r.executor = require("coral.exec.slurm").from_cli(opts) end
   if opts.json then r.output = "json" elseif opts.quiet then r.output = "quiet" end
   return r
 end
@@ -130,12 +130,12 @@ function M.run_plan(plan, opts, invocation)
   if not ok then return recipe_error(tostring(runner):gsub("^[^:]*:%d+: ", "")) end
   -- The live report is for plans a person watches; a big plan's report costs more to redraw
   -- than its tasks (5000 tasks: 0.45 s and 40 MB a time): `coral report` writes it after.
-  local report = require "coral.report"
+  local report = require "coral.view.report"
   local live_report = not opts.no_report and #plan.tasks <= report.LIVE_MAX_TASKS and report.attach(runner, plan)
   local resume = opts.resume
   if resume == true then
     -- --resume: the newest run of the project
-    local ids = require("coral.status").run_ids(opts.project_dir or ".")
+    local ids = require("coral.view.status").run_ids(opts.project_dir or ".")
     resume = ids[#ids]
     if not resume then return recipe_error("--resume: no run to resume in " .. (opts.project_dir or ".")) end
   end
@@ -157,7 +157,7 @@ function M.run_plan(plan, opts, invocation)
   if opts.json then
     io.stdout:write(require("cjson").encode { event = "summary", summary = summary }, "\n")
   else
-    io.stdout:write(require("coral.progress").summary_text(summary))
+    io.stdout:write(require("coral.view.progress").summary_text(summary))
   end
   if summary.interrupted then return EXIT_INTERRUPTED end
   return (summary.failed + summary.skipped == 0) and EXIT_OK or EXIT_FAILED
@@ -227,7 +227,7 @@ exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or r
 
 -- Finds a run and how it was started, for resume and why.
 local function load_run(dir, run_id)
-  local status = require "coral.status"
+  local status = require "coral.view.status"
   local run, err = status.load(dir, run_id)
   if not run then return nil, err end
   local records = require "coral.records"
@@ -286,7 +286,7 @@ cli.add_command("why", {
       if ok and plan.by_id[task] then deps = plan.by_id[task].depends_on
       elseif ok then io.stderr:write("coral: no task '", task, "' in run ", run.id, "\n"); return EXIT_USAGE end
     end
-    io.stdout:write(require("coral.status").why(run, task, deps), "\n")
+    io.stdout:write(require("coral.view.status").why(run, task, deps), "\n")
     return EXIT_OK
   end,
 })
@@ -343,16 +343,16 @@ cli.add_command("status", {
     local opts, positional = parse(args, { ["--dir"] = { "dir", "string" }, ["--json"] = { "json", "flag" },
                                            ["--gantt"] = { "gantt", "flag" } })
     if not opts then return positional end
-    local status = require "coral.status"
+    local status = require "coral.view.status"
     local run, err = status.load(opts.dir or ".", positional[1])
     if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
-    if opts.gantt then io.stdout:write(require("coral.timeline").gantt(run.dir)); return EXIT_OK end
+    if opts.gantt then io.stdout:write(require("coral.view.timeline").gantt(run.dir)); return EXIT_OK end
     io.stdout:write(opts.json and require("cjson").encode(run) .. "\n" or status.text(run))
     return EXIT_OK
   end,
 })
 
 require("coral.agents").add_commands(cli, M)
-require("coral.report").add_commands(cli, M)
+require("coral.view.report").add_commands(cli, M)
 
 return M

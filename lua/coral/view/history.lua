@@ -4,8 +4,8 @@
 local cjson = require "cjson"
 local fsutil = require "coral.fsutil"
 local records = require "coral.records"
-local status_mod = require "coral.status"
-local timeline = require "coral.timeline"
+local status_mod = require "coral.view.status"
+local timeline = require "coral.view.timeline"
 
 local M = {}
 

@@ -4,7 +4,7 @@
 -- Graphviz is not needed), and per task its figures and links to its files. While a run is
 -- going, `attach` rewrites the report every few seconds and the page reloads itself.
 local fsutil = require "coral.fsutil"
-local timeline = require "coral.timeline"
+local timeline = require "coral.view.timeline"
 local uv = require "luv"
 
 local M = {}
@@ -640,7 +640,7 @@ The report is one self-contained HTML file; its links to task files are relative
       return 0
     end,
   })
-  require("coral.history").add_command(cli, commands)
+  require("coral.view.history").add_command(cli, commands)
 end
 
 -- }}}

@@ -5,7 +5,7 @@
 local cjson = require "cjson.safe"
 local fsutil = require "coral.fsutil"
 local records = require "coral.records"
-local status_mod = require "coral.status"
+local status_mod = require "coral.view.status"
 local uv = require "luv"
 
 local M = {}
@@ -313,7 +313,7 @@ local OUTCOME_COLOR = {
 M.OUTCOMES = { "success", "failed", "timeout", "idle-timeout", "rate-limited", "cancelled", "interrupted", "running" }
 
 local function fmt_seconds(s)
-  return require("coral.progress").fmt_duration(s)
+  return require("coral.view.progress").fmt_duration(s)
 end
 M.fmt_seconds = fmt_seconds
 

@@ -46,7 +46,7 @@ end
 function M.get(name, opts)
   if type(name) == "table" then return name end
   if name == nil or name == "local" then return M.local_executor(opts) end
-  local ok, mod = pcall(require, "coral.executor_" .. name)
+  local ok, mod = pcall(require, "coral.exec." .. name)
   if not ok then return nil, "unknown executor '" .. tostring(name) .. "'" end
   return mod.new(opts)
 end

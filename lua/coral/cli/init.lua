@@ -109,7 +109,7 @@ function M.script_result(value, script, ...)
           or type(value) == "function") then
     return 0
   end
-  local commands_mod = require "coral.commands"
+  local commands_mod = require "coral.cli.commands"
   local opts, positional = commands_mod.parse({ ... }, commands_mod.RUN_OPTIONS)
   if not opts then return positional end
   local ok, plan = xpcall(recipes.to_plan, plan_mod.traceback, value, script, positional[1] or "(no description)", opts)
@@ -124,5 +124,5 @@ M.usage_error = usage_error
 
 -- The subcommands register themselves (and require this module while it loads).
 package.loaded["coral.cli"] = M
-require "coral.commands"
+require "coral.cli.commands"
 return M

@@ -5,7 +5,7 @@ local cjson = require "cjson"
 local coord = require "coral.coord"
 local fsutil = require "coral.fsutil"
 local uv = require "luv"
-local yaml = require "coral.yaml"
+local yaml = require "coral.records.yaml"
 
 local M = {}
 

@@ -2,7 +2,7 @@
 -- rebuilds the state from the journal (a run still going, or one that was killed).
 local cjson = require "cjson.safe"
 local fsutil = require "coral.fsutil"
-local progress = require "coral.progress"
+local progress = require "coral.view.progress"
 local records = require "coral.records"
 local uv = require "luv"
 

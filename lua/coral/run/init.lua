@@ -4,11 +4,11 @@
 -- tracker, scratchpad, project state) before coral acts on it.
 local check = require "coral.check"
 local drivers = require "coral.drivers"
-local executor_mod = require "coral.executor"
+local executor_mod = require "coral.exec"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
 local plan_mod = require "coral.plan"
-local progress = require "coral.progress"
+local progress = require "coral.view.progress"
 local prompt = require "coral.prompt"
 local records = require "coral.records"
 local uv = require "luv"
@@ -47,13 +47,13 @@ Runner.__index = Runner
 -- project_dir ("."), driver ("auto"), kill_grace (5 s), backoff {base, factor, max, jitter},
 -- output ("auto" | "live" | "lines" | "json" | "quiet"), on_event (fn(event)), executor.
 function M.new(opts)
-  check.options("coral.runner", opts, RUNNER_OPTIONS, 2)
+  check.options("coral.run", opts, RUNNER_OPTIONS, 2)
   local self = setmetatable({}, Runner)
   for k, v in pairs(DEFAULTS) do self[k] = v end
   for k, v in pairs(opts or {}) do self[k] = v end
-  check.one_of("coral.runner", "mode", self.mode, MODE_NAMES, 2)
-  check.one_of("coral.runner", "on_failure", self.on_failure, POLICIES, 2)
-  check.one_of("coral.runner", "output", self.output, { "auto", "live", "lines", "json", "quiet" }, 2)
+  check.one_of("coral.run", "mode", self.mode, MODE_NAMES, 2)
+  check.one_of("coral.run", "on_failure", self.on_failure, POLICIES, 2)
+  check.one_of("coral.run", "output", self.output, { "auto", "live", "lines", "json", "quiet" }, 2)
   if self.max_workers < 1 then error("coral.runner: max_workers must be at least 1", 2) end
   local _, err = drivers.get(self.driver, self.project_dir)
   if err then error("coral.runner: " .. err, 2) end
@@ -68,7 +68,7 @@ end
 -- {{{ history and estimates
 
 -- The same median `coral history` shows for each agent.
-local median = require("coral.timeline").median
+local median = require("coral.view.timeline").median
 
 --- Estimates from the durations recorded by earlier runs in the project: the median of the same
 -- agent and task text, else of the same agent.
@@ -768,7 +768,7 @@ end
 -- were running or waiting to retry start again, failed tasks stay failed unless
 -- `retry_failed`, skipped tasks are decided again.
 function Run:restore(retry_failed)
-  local status_mod = require "coral.status"
+  local status_mod = require "coral.view.status"
   local events = status_mod.journal(self.records.dir)
   local last = {}
   self.prior_wall = 0
