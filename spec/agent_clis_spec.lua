@@ -97,7 +97,7 @@ return coral.plan {
                     { env = env, cwd = dir, timeout = 180 })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
     local s, run_dir = summary_of(dir)
-    assert.are.equal(3, s.successful)
+    assert.are.equal(3, s.succeeded)
     assert.matches("^ALPHA%-RESULT", H.read_file(run_dir .. "/tasks/one/output.md"))
     assert.matches("^BETA%-RESULT: built on ALPHA", H.read_file(run_dir .. "/tasks/two/output.md"))
     assert.matches("^GAMMA%-RESULT: reviewed BETA", H.read_file(run_dir .. "/tasks/three/output.md"))
@@ -130,7 +130,7 @@ return coral.plan {
     local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--max-workers", "3" }, { env = env, cwd = dir, timeout = 180 })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     local s = summary_of(dir)
-    assert.are.equal(0, s.successful)
+    assert.are.equal(0, s.succeeded)
     assert.are.equal("failed", s.results.c500.status)
     assert.matches("claude: API Error: 500", s.results.c500.error)
     assert.are.equal(2, s.results.c500.attempts)       -- a server error is retried
@@ -162,7 +162,7 @@ return coral.plan {
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
     local s, run_dir = summary_of(dir)
     for _, id in ipairs { "c", "x" } do
-      assert.are.equal("completed", s.results[id].status)
+      assert.are.equal("succeeded", s.results[id].status)
       assert.are.equal(2, s.results[id].attempts)
       assert.are.equal(1, s.results[id].rate_limited)
     end

@@ -112,7 +112,7 @@ return coral.plan({
 ]])
     local r = H.run({ dir .. "/plan.lua", "Browser spec", "--dir", dir, "--quiet", "--retries", "1" })
     assert.are.equal(1, r.code, r.stderr)
-    local run_id = require("coral.view.status").run_ids(dir)[1]
+    local run_id = require("coral.records").run_ids(dir)[1]
     local report = dir .. "/.coral/runs/" .. run_id .. "/report.html"
     assert.truthy(uv.fs_stat(report))
     local attempts = 0
@@ -135,7 +135,7 @@ return coral.plan({
     local drawn = select(2, dom.stdout:gsub('<rect class="bar ', ""))
     assert.are.equal(attempts, drawn)
     assert.truthy(dom.stdout:find('<rect class="bar outcome%-failed critical" data%-task="api" data%-attempt="1"'))
-    assert.truthy(dom.stdout:find('<rect class="bar outcome%-success critical retry" data%-task="api" data%-attempt="2"'))
+    assert.truthy(dom.stdout:find('<rect class="bar outcome%-succeeded critical retry" data%-task="api" data%-attempt="2"'))
     assert.truthy(dom.stdout:find('<g class="node critical" data-task="deploy"', 1, true))
 
     -- The screenshot, kept.

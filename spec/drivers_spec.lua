@@ -187,7 +187,7 @@ return {
       if e.event == "summary" then summary = e.summary end
     end
     local a = summary.results.a
-    assert.are.equal("completed", a.status)
+    assert.are.equal("succeeded", a.status)
     assert.are.equal(2, a.attempts)
     assert.are.equal(1, a.rate_limited)
     assert.are.same({ input_tokens = 3, output_tokens = 1 }, a.usage)

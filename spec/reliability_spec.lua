@@ -11,7 +11,7 @@ local function journal_count(dir, event)
   if not run then return 0 end
   for line in (H.read_file(dir .. "/.coral/runs/" .. run .. "/journal.jsonl") or ""):gmatch("[^\n]+") do
     local e = cjson.decode(line)
-    if e.event == event and (event ~= "end" or e.outcome == "success") then n = n + 1 end
+    if e.event == event and (event ~= "end" or e.outcome == "succeeded") then n = n + 1 end
   end
   return n, dir .. "/.coral/runs/" .. run
 end
@@ -41,7 +41,7 @@ describe("reliability", function()
     local done_before = {}
     for line in H.read_file(run_dir .. "/journal.jsonl"):gmatch("[^\n]+") do
       local e = cjson.decode(line)
-      if e.event == "end" and e.outcome == "success" then done_before[e.task] = true end
+      if e.event == "end" and e.outcome == "succeeded" then done_before[e.task] = true end
     end
     local why = H.run { "why", "t1", "--dir", dir }
     assert.matches("t1 will not run again: it finished successfully", why.stdout)
@@ -53,7 +53,7 @@ describe("reliability", function()
     for id in pairs(done_before) do assert.are.equal(1, lines[id], id .. " ran twice") end
     assert.is_true(finished >= 8)
     local summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
-    assert.are.equal(30, summary.successful)
+    assert.are.equal(30, summary.succeeded)
   end)
 
   it("stops on Ctrl-C: exit 130, no process left, summary written, and resume completes", function()
@@ -156,7 +156,7 @@ return coral.plan {
     uv.fs_unlink(run_dir .. "/summary.json")
     local r = H.run({ "resume", "--dir", dir, "--quiet" })
     assert.are.equal(0, r.code, r.stderr)
-    assert.matches("Successful%s+2", r.stdout)
+    assert.matches("Succeeded%s+2", r.stdout)
   end)
 
   it("keeps a project state broken by hand aside and says where it broke", function()
@@ -249,7 +249,7 @@ describe("an agent that floods its output", function()
     local dir = H.tmpdir()
     local s = coral.runner({ project_dir = dir, output = "quiet", output_cap = 100000, retries = 0 })
       :execute_plan(coral.plan { coral.task("flood", "floods", { id = "flood", cmd = "head -c 3000000 /dev/zero" }) })
-    assert.are.equal(1, s.successful)
+    assert.are.equal(1, s.succeeded)
     local out = H.read_file(s.results.flood.output_file)
     assert.are.equal(100000, out:find("\n[coral: stdout cut at 100000 bytes; 2900000 more bytes were dropped]\n", 1, true) - 1)
   end)

@@ -32,7 +32,7 @@ local function run_recipe(dir, extra)
 end
 
 local function only_run_dir(dir)
-  local ids = require("coral.view.status").run_ids(dir)
+  local ids = require("coral.records").run_ids(dir)
   assert.are.equal(1, #ids)
   return dir .. "/.coral/runs/" .. ids[1]
 end
@@ -169,7 +169,7 @@ describe("the run report", function()
       assert.truthy(b.classes:find("outcome-" .. row.outcome, 1, true))
     end
     assert.are.equal("failed", by_key["api#1"].outcome)
-    assert.are.equal("success", by_key["api#2"].outcome)
+    assert.are.equal("succeeded", by_key["api#2"].outcome)
     assert.truthy(by_key["api#2"].classes:find("retry", 1, true))
     assert.are.equal("failed", by_key["broken#1"].outcome)
     assert.are.equal("timeout", by_key["slow#1"].outcome)
@@ -230,7 +230,7 @@ describe("the run report", function()
     assert.truthy(row("api"):find("^%* api"), "api is on the critical path")
     assert.truthy(row("api"):find("▓"), "api's failed attempt")
     assert.truthy(row("api"):find("█"), "api's successful retry")
-    assert.truthy(row("api"):find("completed ×2", 1, true))
+    assert.truthy(row("api"):find("succeeded ×2", 1, true))
     assert.truthy(row("slow"):find("▒"), "the timeout")
     assert.truthy(row("ui"):find("^  ui"))
     assert.truthy(row("after"):find("skipped", 1, true))
@@ -256,11 +256,11 @@ describe("the run report", function()
     local agents = {}
     for _, a in ipairs(hist.agents) do agents[a.agent] = a end
     assert.are.equal(2, agents["backend-developer"].runs)
-    assert.near(timeline.median(durations), agents["backend-developer"].median, 1e-9)
+    assert.near(require("coral.run.project_state").median(durations), agents["backend-developer"].median, 1e-9)
     assert.are.equal(0, agents["devops-deployment"].failed)
     assert.are.equal(4, agents["qa-testing"].failed)   -- broken and slow, twice
     local text = H.run({ "history", "--dir", dir })
-    assert.truthy(text.stdout:find("\nagent %(completed tasks%)"))
+    assert.truthy(text.stdout:find("\nagent %(succeeded tasks%)"))
     assert.truthy(text.stdout:find("\nbackend%-developer +2 "))
   end)
 
@@ -286,10 +286,10 @@ return coral.plan({
     while uv.hrtime() < deadline and not hang do
       uv.run("nowait")
       uv.sleep(50)
-      local ids = require("coral.view.status").run_ids(dir)
+      local ids = require("coral.records").run_ids(dir)
       if ids[1] then
         run_dir = dir .. "/.coral/runs/" .. ids[1]
-        for _, e in ipairs(require("coral.view.status").journal(run_dir)) do
+        for _, e in ipairs(require("coral.records.journal").read(run_dir)) do
           if e.event == "start" and e.task == "hang" then hang = e end
         end
       end
@@ -323,9 +323,9 @@ return coral.plan({
     assert.are.equal(2, #drawn)
     local outcome = {}
     for _, b in ipairs(drawn) do outcome[b.task] = b.outcome end
-    assert.are.equal("success", outcome.quick)
+    assert.are.equal("succeeded", outcome.quick)
     assert.are.equal("interrupted", outcome.hang)
-    assert.truthy(html:find('<g class="node" data-task="never" data-status="not run"', 1, true))
+    assert.truthy(html:find('<g class="node" data-task="never" data-status="pending"', 1, true))
     local g = H.run({ "status", "--gantt", "--dir", dir })
     assert.truthy(g.stdout:find("killed", 1, true))
     assert.truthy(g.stdout:find("hang +│[^\n]*▚"))
@@ -356,14 +356,14 @@ describe("the timeline model", function()
       { event = "run", t = 100, run_id = "r1", tasks = 4, mode = "dependency", max_workers = 2 },
       { event = "start", t = 100, task = "a", agent = "x", attempt = 1 },
       { event = "start", t = 100, task = "b", agent = "x", attempt = 1 },
-      { event = "end", t = 101, task = "a", agent = "x", attempt = 1, outcome = "success", exit = 0, duration = 1 },
+      { event = "end", t = 101, task = "a", agent = "x", attempt = 1, outcome = "succeeded", exit = 0, duration = 1 },
       { event = "start", t = 101, task = "c", agent = "x", attempt = 1 },
       { event = "end", t = 102, task = "c", agent = "x", attempt = 1, outcome = "failed", exit = 1, duration = 1 },
       { event = "retry", t = 102, task = "c", attempt = 2, delay = 0.5 },
-      { event = "end", t = 103, task = "b", agent = "x", attempt = 1, outcome = "success", exit = 0, duration = 3 },
+      { event = "end", t = 103, task = "b", agent = "x", attempt = 1, outcome = "succeeded", exit = 0, duration = 3 },
       { event = "start", t = 103, task = "d", agent = "x", attempt = 1 },
       { event = "start", t = 103, task = "c", agent = "x", attempt = 2 },
-      { event = "end", t = 104, task = "c", agent = "x", attempt = 2, outcome = "success", exit = 0, duration = 1 },
+      { event = "end", t = 104, task = "c", agent = "x", attempt = 2, outcome = "succeeded", exit = 0, duration = 1 },
       { event = "end", t = 106, task = "d", agent = "x", attempt = 1, outcome = "timeout", exit = 143, duration = 3 },
       { event = "done", t = 106, status = "failed" },
     })

@@ -27,7 +27,7 @@ end
 ]])
     local r = H.run({ dir .. "/r.lua", "hello project", "--dir", dir, "--quiet" })
     assert.are.equal(0, r.code, r.stderr)
-    assert.matches("Successful%s+2", r.stdout)
+    assert.matches("Succeeded%s+2", r.stdout)
     assert.truthy(H.read_file(dir .. "/activity_tracker.md"))
   end)
 
@@ -70,7 +70,7 @@ end
     assert.matches("option '%-%-max%-workers' needs a whole number, got 'lots'", r.stderr)
     r = H.run { "run", "full_stack", "x", "--mode", "warp", "--dir", H.tmpdir() }
     assert.are.equal(2, r.code)
-    assert.matches("mode must be one of dependency, parallel, sequential, pipeline, phased, got 'warp'", r.stderr)
+    assert.matches("mode must be one of dependency, phased, sequential, parallel, pipeline, got 'warp'", r.stderr)
   end)
 
   it("lists the recipes", function()
@@ -85,7 +85,7 @@ end
     assert.are.equal(0, H.run({ dir .. "/r.lua", "d", "--dir", dir, "--quiet" }).code)
     local r = H.run { "status", "--dir", dir }
     assert.are.equal(0, r.code, r.stderr)
-    assert.matches("completed%s+solo", r.stdout)
+    assert.matches("succeeded%s+solo", r.stdout)
   end)
 
   it("appends notes and log lines from the command line", function()

@@ -56,7 +56,7 @@ describe("the runner", function()
       if e.event == "start" then running = running + 1; peak = math.max(peak, running)
       elseif e.event == "end" then running = running - 1 end
     end })
-    assert.are.equal(8, summary.successful)
+    assert.are.equal(8, summary.succeeded)
     assert.are.equal(3, peak)
     assert.are.equal(3, summary.max_parallel)
   end)
@@ -85,7 +85,7 @@ describe("the runner", function()
   it("ignores dependencies in parallel mode", function()
     local plan = coral.plan { sleeper("x", 0.3), sleeper("y", 0.05, { depends_on = { "x" } }) }
     local summary, _, ev = run(plan, { mode = "parallel" })
-    assert.are.equal(2, summary.successful)
+    assert.are.equal(2, summary.succeeded)
     assert.is_true(first(ev, "start", "y").mono < first(ev, "end", "x").mono)
   end)
 
@@ -112,10 +112,10 @@ describe("the runner", function()
     local counter = dir .. "/count"
     local script = string.format("n=$(cat %s 2>/dev/null || echo 0); n=$((n+1)); echo $n > %s; [ $n -ge 3 ]", counter, counter)
     local summary, _, ev = run(coral.plan { t("worker", "flaky", { id = "flaky", cmd = script }) }, { retries = 2 })
-    assert.are.equal(1, summary.successful)
+    assert.are.equal(1, summary.succeeded)
     assert.are.equal(3, summary.results.flaky.attempts)
     local rows = joblog_rows(summary)
-    assert.are.same({ "failed", "failed", "success" }, { rows[1].outcome, rows[2].outcome, rows[3].outcome })
+    assert.are.same({ "failed", "failed", "succeeded" }, { rows[1].outcome, rows[2].outcome, rows[3].outcome })
     local delays = {}
     for _, e in ipairs(ev) do if e.event == "retry" then delays[#delays + 1] = e.delay end end
     assert.are.equal(2, #delays)
@@ -145,7 +145,7 @@ describe("the runner", function()
       assert.are.equal("failed", s.results.bad.status)
       assert.are.equal("skipped", s.results.after.status)
       assert.are.equal("skipped", s.results.after2.status)
-      assert.are.equal("completed", s.results.other.status)
+      assert.are.equal("succeeded", s.results.other.status)
       assert.matches("dependency 'bad' failed", s.results.after.error)
     end)
 
@@ -159,8 +159,8 @@ describe("the runner", function()
 
     it("continue: runs the dependents anyway", function()
       local s = run(plan(), { on_failure = "continue", retries = 0 })
-      assert.are.equal("completed", s.results.after.status)
-      assert.are.equal("completed", s.results.after2.status)
+      assert.are.equal("succeeded", s.results.after.status)
+      assert.are.equal("succeeded", s.results.after2.status)
     end)
   end)
 
@@ -172,7 +172,7 @@ describe("the runner", function()
         cmd = string.format("read line; date +%%s.%%N > %s/first; echo \"got $line\"; cat", dir) }),
     }
     local s, _, ev = run(plan, { mode = "pipeline" })
-    assert.are.equal(2, s.successful)
+    assert.are.equal(2, s.succeeded)
     local got_first = tonumber(H.read_file(dir .. "/first"))
     local up_end = first(ev, "end", "up").t
     assert.is_true(got_first < up_end - 0.5, "the dependent read its first line while the upstream ran")
@@ -187,7 +187,7 @@ describe("the runner", function()
         cmd = 'i=0; while [ $i -lt 200 ]; do i=$((i+1)); coral note "note $CORAL_TASK_ID $i" || exit 1; done' })
     end
     local s, dir = run(coral.plan(tasks), { max_workers = 8, timeout = 120 })
-    assert.are.equal(8, s.successful)
+    assert.are.equal(8, s.succeeded)
     local pad = H.read_file(dir .. "/scratchpad.md")
     local seen = {}
     local n = 0
@@ -211,11 +211,11 @@ describe("the runner", function()
     assert.are.equal(4, #rows)               -- a1, a2 twice, a3
     assert.is_true(math.abs(sum - s.sequential_estimate_seconds) < 0.01)
     assert.are.near(s.sequential_estimate_seconds - s.total_time_seconds, s.time_saved_seconds, 1e-9)
-    assert.are.equal(3, s.total_agents)
-    assert.are.equal(2, s.successful)
+    assert.are.equal(3, s.tasks)
+    assert.are.equal(2, s.succeeded)
     assert.are.equal(1, s.failed)
     local stored = cjson.decode(H.read_file(s.run_dir .. "/summary.json"))
-    assert.are.equal(s.successful, stored.successful)
+    assert.are.equal(s.succeeded, stored.succeeded)
     assert.are.equal("one\n", H.read_file(s.results.a1.output_file))
     -- the journal: one JSON object per line, starts and ends of every attempt
     local starts, ends = 0, 0
@@ -229,12 +229,12 @@ describe("the runner", function()
     -- activity entries in the documented format
     local activity = H.read_file(dir .. "/activity_tracker.md")
     assert.matches("### %[%d+%-%d+%-%d+ %d+:%d+%] a1 %(PARALLEL%)\n%*%*Task%*%*: first\n%*%*Group%*%*: Phase 1\n" ..
-                   "%*%*Dependencies%*%*: none\n%*%*Status%*%*: ✅ Completed\n%*%*Duration%*%*: ", activity)
+                   "%*%*Dependencies%*%*: none\n%*%*Status%*%*: ✅ Succeeded\n%*%*Duration%*%*: ", activity)
     assert.matches("%*%*Status%*%*: ❌ Failed: exit code 1", activity)
     assert.matches("%*%*Dependencies%*%*: a1\n", activity)
     -- the project state is valid YAML with each agent's history
     local state = require("lyaml").load(H.read_file(dir .. "/.coral/project_state.yaml"))
-    assert.are.equal("completed", state.agents.a1.history[1].status)
+    assert.are.equal("succeeded", state.agents.a1.history[1].status)
     assert.are.equal("failed", state.agents.a2.history[1].status)
     -- private records, readable coordination files
     assert.are.equal(tonumber("700", 8), uv.fs_stat(s.run_dir).mode & tonumber("777", 8))
@@ -277,7 +277,7 @@ describe("a run stopped by an error", function()
     assert.matches("driver exploded", tostring(err))
     -- the lock is free again: a new run in the project starts
     local s = coral.runner({ project_dir = dir, output = "quiet" }):execute_plan(coral.plan { t("y", "ok", { cmd = "true" }) })
-    assert.are.equal(1, s.successful)
+    assert.are.equal(1, s.succeeded)
     -- and the helper checks that the sleep, the signal handles and the timers are gone
   end)
 end)
@@ -328,7 +328,7 @@ describe("pipeline mode", function()
       t("after", "after down", { id = "after", depends_on = { "down" }, cmd = "cat" }),
     }
     local s = coral.runner({ project_dir = dir, output = "quiet", mode = "pipeline" }):execute_plan(plan)
-    assert.are.equal(3, s.successful)
+    assert.are.equal(3, s.succeeded)
     assert.are.equal("first\n", H.read_file(s.results.down.output_file))
     assert.are.equal("first\n", H.read_file(s.results.after.output_file))
   end)

@@ -85,7 +85,7 @@ describe("slurm executor", function()
       assert.are.equal(0, r.code, r.stdout .. r.stderr)
       local rd = run_dir(dir)
       local summary = cjson.decode(H.read_file(rd .. "/summary.json"))
-      local rec = { successful = summary.successful, failed = summary.failed, skipped = summary.skipped,
+      local rec = { succeeded = summary.succeeded, failed = summary.failed, skipped = summary.skipped,
                     tasks = {}, ran = {}, order = {} }
       for id, res in pairs(summary.results) do
         rec.tasks[id] = { status = res.status, attempts = res.attempts, exit_code = res.exit_code,
@@ -109,7 +109,7 @@ describe("slurm executor", function()
     end
     table.sort(records["local"].order); table.sort(records.slurm.order)
     assert.are.same(records["local"], records.slurm)
-    assert.are.equal(10, records.slurm.successful)
+    assert.are.equal(10, records.slurm.succeeded)
   end)
 
   it("skips the dependents of a failing task and reports its exit code from Slurm", function()
@@ -131,7 +131,7 @@ return coral.plan {
     assert.are.equal(7, summary.results.bad.exit_code)
     assert.are.equal("exit code 7: broken", summary.results.bad.error)
     assert.are.equal("skipped", summary.results.after.status)
-    assert.are.equal("completed", summary.results.other.status)
+    assert.are.equal("succeeded", summary.results.other.status)
     assert.are.equal(0, count(journal(dir), function(e) return e.event == "submit" and e.task == "after" end))
   end)
 
@@ -233,7 +233,7 @@ return coral.plan {
     for id in H.read_file(dir .. "/ran"):gmatch("%S+") do ran[id] = (ran[id] or 0) + 1 end
     assert.are.same({ quick = 1, ends_while_dead = 1, still_running = 1, after = 1 }, ran)
     local summary = cjson.decode(H.read_file(run_dir(dir) .. "/summary.json"))
-    assert.are.equal(4, summary.successful)
+    assert.are.equal(4, summary.succeeded)
     assert.are.equal(1, summary.results.still_running.attempts)
     assert.matches("done%-still_running", H.read_file(summary.results.still_running.output_file))
   end)

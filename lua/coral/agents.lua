@@ -204,56 +204,33 @@ local function first_sentence(s)
   return s
 end
 
--- {{{ the `coral agents` command
-
---- Registers `coral agents` with the command line; called by coral.commands while it loads,
--- with itself (its parse and exit codes).
-function M.add_commands(cli, commands)
-  cli.add_command("agents", {
-    usage = "agents [show ID] [--dir PROJECT]",
-    summary = "list the agent roles, or print one",
-    help = [[
-Roles come from coral (built in), ~/.claude/agents/*.md, and the project's .claude/agents/*.md
-and .coral/agents/*.md, later ones overriding earlier ones with the same id. A task's agent
-name picks its role; its prompt starts with the role's text.]],
-    run = function(args)
-      local opts, positional = commands.parse(args, { ["--dir"] = { "dir", "string" } })
-      if not opts then return positional end
-      local dir = opts.dir or "."
-      if positional[1] == "show" then
-        if not positional[2] then
-          io.stderr:write("coral: agents show needs a role id (see 'coral agents')\n")
-          return commands.EXIT_USAGE
-        end
-        local role, err = M.get(positional[2], dir)
-        if not role then io.stderr:write("coral: ", err, "\n"); return commands.EXIT_USAGE end
-        local out = { "id: " .. role.id }
-        if role.name then out[#out + 1] = "name: " .. role.name end
-        out[#out + 1] = "description: " .. role.description
-        if role.driver then out[#out + 1] = "driver: " .. role.driver end
-        if role.model then out[#out + 1] = "model: " .. role.model end
-        if role.tools then out[#out + 1] = "tools: " .. table.concat(role.tools, ", ") end
-        out[#out + 1] = "source: " .. role.source
-        io.stdout:write(table.concat(out, "\n"), "\n\n", role.prompt, "\n")
-        return commands.EXIT_OK
-      elseif positional[1] then
-        io.stderr:write("coral: unknown agents subcommand '", positional[1], "' (try 'coral agents --help')\n")
-        return commands.EXIT_USAGE
-      end
-      local roles = M.load(dir)
-      local ids = { table.unpack(roles.order) }
-      table.sort(ids)
-      for _, id in ipairs(ids) do
-        local r = roles[id]
-        local tag = r.kind == "built-in" and "" or (" [" .. r.kind .. "]")
-        io.stdout:write(string.format("%-26s %s%s\n", id, first_sentence(r.description), tag))
-      end
-      for _, err in ipairs(roles.errors) do io.stderr:write("coral: warning: ", err, "\n") end
-      return commands.EXIT_OK
-    end,
-  })
+--- `coral agents show ID`: a role's header and prompt, or nil and an error.
+function M.show(id, project_dir)
+  local role, err = M.get(id, project_dir)
+  if not role then return nil, err end
+  local out = { "id: " .. role.id }
+  if role.name then out[#out + 1] = "name: " .. role.name end
+  out[#out + 1] = "description: " .. role.description
+  if role.driver then out[#out + 1] = "driver: " .. role.driver end
+  if role.model then out[#out + 1] = "model: " .. role.model end
+  if role.tools then out[#out + 1] = "tools: " .. table.concat(role.tools, ", ") end
+  out[#out + 1] = "source: " .. role.source
+  return table.concat(out, "\n") .. "\n\n" .. role.prompt .. "\n"
 end
 
--- }}}
+--- `coral agents`: a line per role, sorted by id (warnings about broken role files on stderr).
+function M.list_text(project_dir)
+  local roles = M.load(project_dir)
+  local ids = { table.unpack(roles.order) }
+  table.sort(ids)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local r = roles[id]
+    local tag = r.kind == "built-in" and "" or (" [" .. r.kind .. "]")
+    out[#out + 1] = string.format("%-26s %s%s\n", id, first_sentence(r.description), tag)
+  end
+  for _, err in ipairs(roles.errors) do io.stderr:write("coral: warning: ", err, "\n") end
+  return table.concat(out)
+end
 
 return M

@@ -1,5 +1,40 @@
---- Strict checking of option tables, so a typo in a recipe fails loudly at the recipe's line.
+--- Strict checking of option tables, so a typo in a recipe fails loudly at the recipe's line;
+-- and the error of a user's mistake, which carries where the mistake is as data.
 local M = {}
+
+--- A mistake of the user's (a bad recipe, plan, option or argument, a busy project): its
+-- message, and where it is (a recipe's "file:line", or nil) as data. tostring gives
+-- "where: message"; the command line prints that once, without a traceback.
+local UserError = {}
+UserError.__index = UserError
+function UserError.__tostring(e)
+  return e.where and (e.where .. ": " .. e.message) or e.message
+end
+M.UserError = UserError
+
+--- Raises a user error: `message` found at `where` ("file:line", or nil).
+function M.user_error(message, where)
+  error(setmetatable({ message = message, where = where }, UserError), 0)
+end
+
+--- True when `e` is a user error.
+function M.is_user_error(e)
+  return getmetatable(e) == UserError
+end
+
+--- Raises a user error blaming the code `level` levels up, as error(message, level) would:
+-- 1 is the function that called fail, 2 its caller (a recipe line), and so on.
+function M.fail(message, level)
+  local info = debug.getinfo((level or 1) + 1, "Sl")
+  local where = info and info.currentline >= 0 and (info.short_src .. ":" .. info.currentline) or nil
+  M.user_error(message, where)
+end
+
+--- A message handler for xpcall: a user error as it is, any other error with a traceback.
+function M.traceback(err)
+  if M.is_user_error(err) then return err end
+  return debug.traceback(tostring(err), 2)
+end
 
 --- Where the code `level` frames above the caller of this function's caller is: "file:line".
 function M.where(level)
@@ -29,9 +64,15 @@ end
 ---@param spec table<string, string>
 ---@param level integer
 function M.options(what, opts, spec, level)
-  if opts == nil then return end
+  local err = M.option_error(what, opts, spec)
+  if err then M.fail(err, level + 1) end
+end
+
+--- What is wrong with `opts` against `spec` (as options() checks it), or nil.
+function M.option_error(what, opts, spec)
+  if opts == nil then return nil end
   if type(opts) ~= "table" then
-    error(string.format("%s: options must be a table, got %s", what, type(opts)), level + 1)
+    return string.format("%s: options must be a table, got %s", what, type(opts))
   end
   for k, v in pairs(opts) do
     local want = spec[k]
@@ -39,21 +80,26 @@ function M.options(what, opts, spec, level)
       local known = {}
       for name in pairs(spec) do known[#known + 1] = name end
       table.sort(known)
-      error(string.format("%s: unknown option '%s' (known: %s)", what, tostring(k),
-                          table.concat(known, ", ")), level + 1)
+      return string.format("%s: unknown option '%s' (known: %s)", what, tostring(k), table.concat(known, ", "))
     end
     if not type_ok(v, want) then
-      error(string.format("%s: option '%s' must be %s, got %s", what, k,
-                          want:gsub("|", " or "), math.type(v) or type(v)), level + 1)
+      return string.format("%s: option '%s' must be %s, got %s", what, k, want:gsub("|", " or "),
+                           math.type(v) or type(v))
     end
   end
+  return nil
+end
+
+--- What is wrong with `value` if it is not one of the words in `allowed`, or nil.
+function M.choice_error(what, name, value, allowed)
+  for _, a in ipairs(allowed) do if a == value then return nil end end
+  return string.format("%s: %s must be one of %s, got '%s'", what, name, table.concat(allowed, ", "), tostring(value))
 end
 
 --- Raises unless `value` is one of the words in `allowed`.
 function M.one_of(what, name, value, allowed, level)
-  for _, a in ipairs(allowed) do if a == value then return end end
-  error(string.format("%s: %s must be one of %s, got '%s'", what, name,
-                      table.concat(allowed, ", "), tostring(value)), level + 1)
+  local err = M.choice_error(what, name, value, allowed)
+  if err then M.fail(err, level + 1) end
 end
 
 return M

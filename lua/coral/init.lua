@@ -14,18 +14,18 @@ local M = {}
 M.version = host.version
 
 local plan = require "coral.plan"
-local runner = require "coral.run"
+local run = require "coral.run"
 
 M.task = plan.task
 M.plan = plan.plan
-M.runner = runner.new
-M.modes = runner.modes
+M.runner = run.new
+M.modes = run.modes
 
 --- Declares a recipe: { summary = "what it is for", plan = function(description, opts) -> plan }.
 function M.recipe(spec)
   require("coral.check").options("coral.recipe", spec,
     { name = "string", summary = "string", plan = "function", types = "table" }, 2)
-  if type(spec.plan) ~= "function" then error("coral.recipe: plan must be a function", 2) end
+  if type(spec.plan) ~= "function" then require("coral.check").fail("coral.recipe: plan must be a function", 2) end
   return setmetatable(spec, require("coral.recipes").Recipe)
 end
 
@@ -37,7 +37,7 @@ function M.orchestrator(opts)
     local ropts = {}
     for k, v in pairs(o.opts) do ropts[k] = v end
     ropts.mode = spec.mode or ropts.mode
-    local r = runner.new(ropts)
+    local r = run.new(ropts)
     local p = r:create_parallel_plan(spec.project_type, spec.project_description)
     return r:execute_plan(p, { description = spec.project_description })
   end

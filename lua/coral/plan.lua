@@ -23,6 +23,25 @@ local TASK_OPTIONS = {
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
 M.DEFAULT_ESTIMATE = 60
 
+-- A task from its spec table, or nil and what is wrong with it.
+local function new_task(spec)
+  local err = check.option_error("coral.task", spec, TASK_OPTIONS)
+  if err then return nil, err end
+  if spec.agent == nil and spec.id == nil then return nil, "coral.task: a task needs an agent or an id" end
+  local t = setmetatable({}, Task)
+  for k, v in pairs(spec) do t[k] = v end
+  t.agent = t.agent or t.id
+  t.task = t.task or ""
+  for i, d in ipairs(t.depends_on or {}) do
+    if type(d) ~= "string" then
+      return nil, string.format("coral.task: depends_on[%d] must be a task id string, got %s", i, type(d))
+    end
+  end
+  if t.retries and t.retries < 0 then return nil, "coral.task: retries must be >= 0" end
+  if t.timeout and t.timeout < 0 then return nil, "coral.task: timeout must be >= 0" end
+  return t
+end
+
 --- Declares a task: task(agent, text [, opts]) or task{agent=, task=, ...}.
 -- opts: id, depends_on, timeout, idle_timeout, retries, priority, estimate, cmd (argv list,
 -- or a string run by /bin/sh -c), driver, model, context, cwd, env, slurm.
@@ -32,34 +51,17 @@ function M.task(agent, text, opts)
   if type(agent) == "table" and text == nil and opts == nil then
     spec = agent
   else
-    if type(agent) ~= "string" then
-      error("coral.task: agent must be a string, got " .. type(agent), 2)
-    end
+    if type(agent) ~= "string" then check.fail("coral.task: agent must be a string, got " .. type(agent), 2) end
     if text ~= nil and type(text) ~= "string" then
-      error("coral.task: task text must be a string, got " .. type(text), 2)
+      check.fail("coral.task: task text must be a string, got " .. type(text), 2)
     end
     check.options("coral.task", opts, TASK_OPTIONS, 2)
     spec = {}
     for k, v in pairs(opts or {}) do spec[k] = v end
     spec.agent, spec.task = agent, text
   end
-  check.options("coral.task", spec, TASK_OPTIONS, 2)
-  if spec.agent == nil and spec.id == nil then
-    error("coral.task: a task needs an agent or an id", 2)
-  end
-  local t = setmetatable({}, Task)
-  for k, v in pairs(spec) do t[k] = v end
-  t.agent = t.agent or t.id
-  t.task = t.task or ""
-  if t.depends_on then
-    for i, d in ipairs(t.depends_on) do
-      if type(d) ~= "string" then
-        error(string.format("coral.task: depends_on[%d] must be a task id string, got %s", i, type(d)), 2)
-      end
-    end
-  end
-  if t.retries and t.retries < 0 then error("coral.task: retries must be >= 0", 2) end
-  if t.timeout and t.timeout < 0 then error("coral.task: timeout must be >= 0", 2) end
+  local t, err = new_task(spec)
+  if not t then check.fail(err, 2) end
   t.where = check.where(1)
   return t
 end
@@ -71,8 +73,8 @@ end
 -- Turns a raw table {agent=..., task=...} found in a plan into a Task, blaming `where`.
 local function as_task(v, where)
   if is_task(v) then return v end
-  local ok, t = pcall(M.task, v)
-  if not ok then error(where .. ": " .. tostring(t):gsub("^[^:]*:%d+: ", ""), 0) end
+  local t, err = new_task(v)
+  if not t then check.user_error(err, where) end
   t.where = where
   return t
 end
@@ -84,24 +86,12 @@ local function copy_task(t)
   return c
 end
 
---- The error a bad plan raises: its text is "file:line: message", blaming the recipe line
--- that declared the culprit; no traceback is added to it (the line is the useful part).
-M.PlanError = { __tostring = function(e) return e.message end }
-
 local function plan_error(where, message)
-  error(setmetatable({ message = (where or "plan") .. ": " .. message }, M.PlanError), 0)
+  check.user_error(message, where or "plan")
 end
 
---- Raises a mistake of the user's (bad input, a busy project) as a message without traceback.
-function M.user_error(message)
-  error(setmetatable({ message = message }, M.PlanError), 0)
-end
-
---- A message handler for xpcall: plan errors as they are, other errors with a traceback.
-function M.traceback(err)
-  if getmetatable(err) == M.PlanError then return err end
-  return debug.traceback(tostring(err), 2)
-end
+--- Raises a mistake of the user's (bad input, a busy project): coral.check's user error.
+M.user_error = check.user_error
 
 --- Builds a plan from a list of phases or a flat list of tasks. In a list of phases, a task
 -- without depends_on depends on every task of the phase before it.
@@ -111,7 +101,7 @@ function M.plan(spec, opts)
   if getmetatable(spec) == Plan then return spec end
   local where = check.where(1)
   if type(spec) ~= "table" then
-    error("coral.plan: expected a list of phases or of tasks, got " .. type(spec), 2)
+    check.fail("coral.plan: expected a list of phases or of tasks, got " .. type(spec), 2)
   end
   check.options("coral.plan", opts, { name = "string", description = "string" }, 2)
   local self = setmetatable({ tasks = {}, by_id = {}, declared_phases = {}, where = where }, Plan)
@@ -390,12 +380,13 @@ end
 function Plan:to_json()
   local cjson = require "cjson"
   local tasks = {}
+  local phase_of = self:phase_of()
   for _, t in ipairs(self.tasks) do
     tasks[#tasks + 1] = {
       id = t.id, agent = t.agent, task = t.task,
       depends_on = t.depends_on,
       estimate = self:estimate(t), priority = t.priority or 0,
-      phase = self:phase_of()[t.id],
+      phase = phase_of[t.id],
     }
   end
   local path, length = self:critical_path()

@@ -2,6 +2,7 @@
 -- project (.coral/recipes/NAME.lua) or, in --dev mode, the source tree. A recipe file returns
 -- coral.recipe{summary=, plan=function(description, opts)}, a function(description) -> plan,
 -- or a plan.
+local check = require "coral.check"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
 local uv = require "luv"
@@ -99,16 +100,16 @@ end
 function M.plan(name, description, level, opts)
   local chunk, where = load_chunk(name, opts and opts.project_dir)
   if not chunk then
-    if where then error(where, 0) end
-    if name:find("/") or name:match("%.lua$") then error("cannot open recipe " .. name, 0) end
+    if where then check.user_error(where) end
+    if name:find("/") or name:match("%.lua$") then check.user_error("cannot open recipe " .. name) end
     io.stderr:write(string.format("coral: warning: unknown project type '%s'; using the default plan " ..
       "(architect, full-stack engineer, QA). Known types: %s\n", name, table.concat(M.names(), ", ")))
     return default_plan(description)
   end
   local plan_mod = require "coral.plan"
-  local ok, value = xpcall(chunk, plan_mod.traceback, description, opts)
+  local ok, value = xpcall(chunk, check.traceback, description, opts)
   if not ok then error(value, 0) end
-  ok, value = xpcall(M.to_plan, plan_mod.traceback, value, name, description, opts)
+  ok, value = xpcall(M.to_plan, check.traceback, value, name, description, opts)
   if not ok then error(value, 0) end
   return value
 end
@@ -124,7 +125,7 @@ function M.to_plan(value, name, description, opts)
   end
   if getmetatable(p) ~= plan_mod.Plan then
     if type(p) == "table" then p = plan_mod.plan(p)
-    else error(string.format("recipe %s must return coral.recipe{...}, a function or a plan (got %s)", name, type(p)), 0) end
+    else check.user_error(string.format("recipe %s must return coral.recipe{...}, a function or a plan (got %s)", name, type(p))) end
   end
   p.name = p.name or (name:match("([%w_%-]+)%.lua$") or name)
   p.description = p.description or description

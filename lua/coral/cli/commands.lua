@@ -1,106 +1,96 @@
---- The subcommands: run, recipes, note, log, status. Each returns an exit code:
--- 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,
--- 130 interrupted.
-local cli = require "coral.cli"
+--- The subcommands, each declared once: its arguments, its options (parsing, --help and, for
+-- `coral run`, the runner options all come from the declaration; a spec checks the docs list
+-- them) and what it does. run(opts, args) returns an exit code:
+-- 0 all tasks succeeded, 1 a task failed or was skipped (or an operation failed), 2 usage or
+-- recipe error, 130 interrupted.
+local cjson = require "cjson"
+local check = require "coral.check"
+local fsutil = require "coral.fsutil"
+local records = require "coral.records"
+local run_options = require "coral.run.options"
+local uv = require "luv"
 
 local M = {}
 
 local EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE, M.EXIT_INTERRUPTED = EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED
 
--- Options of `coral run` and of recipe files: name -> { key, kind }.
-M.RUN_OPTIONS = {
-  ["--max-workers"] = { "max_workers", "integer" },
-  ["--mode"] = { "mode", "string" },
-  ["--timeout"] = { "timeout", "number" },
-  ["--idle-timeout"] = { "idle_timeout", "number" },
-  ["--retries"] = { "retries", "integer" },
-  ["--on-failure"] = { "on_failure", "string" },
-  ["--agent"] = { "driver", "string" },
-  ["--model"] = { "model", "string" },
-  ["--permission-mode"] = { "permission_mode", "string" },
-  ["--dir"] = { "project_dir", "string" },
-  ["--sim-scale"] = { "sim_scale", "number" },
-  ["--format"] = { "format", "string" },
-  ["--show-plan"] = { "show_plan", "flag" },
-  ["--json"] = { "json", "flag" },
-  ["--quiet"] = { "quiet", "flag" },
-  ["--no-retry"] = { "no_retry", "flag" },
-  ["--resume"] = { "resume", "flag" },
-  ["--retry-failed"] = { "retry_failed", "flag" },
-  ["--no-report"] = { "no_report", "flag" },
-  ["--executor"] = { "executor", "string" },
-  ["--slurm-partition"] = { "slurm_partition", "string" },
-  ["--slurm-cpus"] = { "slurm_cpus", "integer" },
-  ["--slurm-mem"] = { "slurm_mem", "string" },
-  ["--slurm-time"] = { "slurm_time", "string" },
-  ["--slurm-account"] = { "slurm_account", "string" },
-  ["--slurm-qos"] = { "slurm_qos", "string" },
-  ["--slurm-args"] = { "slurm_args", "string" },
-  ["--slurm-coral-bin"] = { "slurm_coral_bin", "string" },
-}
+-- An option: { flag = "--dir", key = "dir", kind = "string"|"integer"|"number"|"flag",
+-- value = "PROJECT" (its placeholder in --help), help = "...", short = "-o" }.
+local RETRY_FAILED = { flag = "--retry-failed", key = "retry_failed", kind = "flag",
+                       help = "with --resume: run the failed tasks again too" }
+local DIR = { flag = "--dir", key = "dir", kind = "string", value = "PROJECT", help = "project directory (.)" }
+local JSON = { flag = "--json", key = "json", kind = "flag", help = "JSON instead of text" }
 
-local function usage_error(message)
-  io.stderr:write("coral: ", message, " (try 'coral --help')\n")
-  return nil, EXIT_USAGE
+-- {{{ `coral run`: its options are the runner's (run/options.lua) and these
+
+local function kind_of(type_)
+  if type_ == "integer" or type_ == "number" then return type_ end
+  return "string"
 end
 
---- Parses `args` against `spec`; returns options, positionals or nil, exit code.
-local function parse(args, spec)
-  local opts, positional = {}, {}
-  local i = 1
-  while i <= #args do
-    local a = args[i]
-    if a == "--" then
-      for j = i + 1, #args do positional[#positional + 1] = args[j] end
-      break
-    elseif a:sub(1, 2) == "--" then
-      local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
-      name = name or a
-      local o = spec[name]
-      if not o then return usage_error("unknown option '" .. name .. "'") end
-      local key, kind = o[1], o[2]
-      if kind == "flag" then
-        if inline then return usage_error("option '" .. name .. "' takes no value") end
-        opts[key] = true
-      else
-        local v = inline
-        if v == nil then
-          i = i + 1
-          v = args[i]
-          if v == nil then return usage_error("option '" .. name .. "' needs a value") end
-        end
-        if kind == "integer" then
-          v = math.tointeger(tonumber(v))
-          if not v then return usage_error("option '" .. name .. "' needs a whole number, got '" .. args[i] .. "'") end
-        elseif kind == "number" then
-          local n = tonumber(v)
-          if not n then return usage_error("option '" .. name .. "' needs a number, got '" .. v .. "'") end
-          v = n
-        end
-        opts[key] = v
-      end
-    elseif a:sub(1, 1) == "-" and #a > 1 then
-      return usage_error("unknown option '" .. a .. "'")
-    else
-      positional[#positional + 1] = a
-    end
-    i = i + 1
+local function default_text(o)
+  local d = o.default
+  if d == nil or type(d) == "table" then return "" end
+  if o.key == "output_cap" then return " (64 MiB)" end
+  return " (" .. tostring(d) .. ")"
+end
+
+-- The runner options that have a command-line flag, then the run command's own.
+local RUN_OPTIONS = {}
+for _, o in ipairs(run_options.LIST) do
+  if o.flag then
+    local help = o.help
+    if o.key == "mode" then help = help:format(table.concat(require("coral.run.modes").NAMES, ", ")) end
+    RUN_OPTIONS[#RUN_OPTIONS + 1] = { flag = o.flag, key = o.key, kind = kind_of(o.type), value = o.value,
+                                      help = help .. default_text(o), runner = true }
   end
-  return opts, positional
 end
-M.parse = parse
+for _, o in ipairs {
+  { flag = "--no-retry", key = "no_retry", kind = "flag", help = "no retries (rate-limit retries stay)",
+    apply = function(r) r.retry_failed = false end },
+  { flag = "--json", key = "json", kind = "flag", help = "JSON lines, one per event, then the summary",
+    apply = function(r) r.output = "json" end },
+  { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary",
+    apply = function(r) if r.output ~= "json" then r.output = "quiet" end end },
+  { flag = "--show-plan", key = "show_plan", kind = "flag", help = "print the plan and run nothing" },
+  { flag = "--format", key = "format", kind = "string", value = "F",
+    help = "the --show-plan format: text (default), dot, mermaid, json" },
+  { flag = "--resume", key = "resume", kind = "flag",
+    help = "continue the project's last run: finished tasks are not run again" },
+  RETRY_FAILED,
+  { flag = "--no-report", key = "no_report", kind = "flag",
+    help = "do not keep <run dir>/report.html up to date during the run (plans of more than 1000 tasks have none)" },
+  { flag = "--slurm-partition", key = "slurm_partition", kind = "string", value = "P", help = "sbatch --partition of every task" },
+  { flag = "--slurm-cpus", key = "slurm_cpus", kind = "integer", value = "N", help = "sbatch --cpus-per-task" },
+  { flag = "--slurm-mem", key = "slurm_mem", kind = "string", value = "M", help = "sbatch --mem" },
+  { flag = "--slurm-time", key = "slurm_time", kind = "string", value = "T", help = "sbatch --time" },
+  { flag = "--slurm-account", key = "slurm_account", kind = "string", value = "A", help = "sbatch --account" },
+  { flag = "--slurm-qos", key = "slurm_qos", kind = "string", value = "Q", help = "sbatch --qos" },
+  { flag = "--slurm-args", key = "slurm_args", kind = "string", value = "ARGS", help = "more sbatch arguments" },
+  { flag = "--slurm-coral-bin", key = "slurm_coral_bin", kind = "string", value = "PATH",
+    help = "the coral binary on the nodes (a task's slurm table wins over these defaults)" },
+} do RUN_OPTIONS[#RUN_OPTIONS + 1] = o end
+M.RUN_OPTIONS = RUN_OPTIONS
 
-local function runner_options(opts)
+--- The runner options of parsed `coral run` options; nil and a message for a bad value.
+function M.runner_options(opts)
   local r = {}
-  for _, k in ipairs { "max_workers", "mode", "timeout", "idle_timeout", "retries", "on_failure",
-                       "driver", "model", "project_dir", "sim_scale", "permission_mode" } do
-    r[k] = opts[k]
+  for _, o in ipairs(RUN_OPTIONS) do
+    local v = opts[o.key]
+    if v ~= nil then
+      if o.runner then r[o.key] = v elseif o.apply then o.apply(r, v) end
+    end
   end
-  if opts.no_retry then r.retry_failed = false end
-  r.executor = opts.executor
   if opts.executor == "slurm" then r.executor = require("coral.exec.slurm").from_cli(opts) end
-  if opts.json then r.output = "json" elseif opts.quiet then r.output = "quiet" end
+  for _, o in ipairs(run_options.LIST) do
+    local err = o.flag and o.choices and r[o.key] ~= nil
+      and check.choice_error("option '" .. o.flag .. "'", o.key, r[o.key], o.choices)
+    if err then return nil, err end
+  end
+  local mode_ok, mode_err = require("coral.run.modes").get(r.mode or "dependency")
+  if not mode_ok then return nil, "option '--mode': " .. mode_err end
+  if r.max_workers and r.max_workers < 1 then return nil, "option '--max-workers' must be at least 1" end
   return r
 end
 
@@ -115,19 +105,26 @@ local function show_plan(plan, format)
   return EXIT_OK
 end
 
--- Turns an error raised while loading a recipe or building its plan into a message and exit 2.
-local function recipe_error(err)
-  err = tostring(err)
-  io.stderr:write("coral: ", err:gsub("^coral: ", ""), "\n")
-  return EXIT_USAGE
+-- The one place the command line reports an error: a user's mistake as its message (exit 2),
+-- anything else as its first line (the traceback with CORAL_DEBUG=1) and `code`.
+local function report_error(err, code, prefix)
+  if check.is_user_error(err) then
+    io.stderr:write("coral: ", tostring(err), "\n")
+    return EXIT_USAGE
+  end
+  local message = tostring(err)
+  if os.getenv("CORAL_DEBUG") ~= "1" then message = message:match("^[^\n]*") end
+  io.stderr:write("coral: ", prefix or "", message, "\n")
+  return code
 end
+M.report_error = report_error
 
 --- Runs a plan with the command-line options; prints the summary; returns the exit code.
 function M.run_plan(plan, opts, invocation)
   if opts.show_plan then return show_plan(plan, opts.format) end
-  local coral = require "coral"
-  local ok, runner = pcall(coral.runner, runner_options(opts))
-  if not ok then return recipe_error(tostring(runner):gsub("^[^:]*:%d+: ", "")) end
+  local ropts, oerr = M.runner_options(opts)
+  if not ropts then io.stderr:write("coral: ", oerr, "\n"); return EXIT_USAGE end
+  local runner = require("coral.run").new(ropts)
   -- The live report is for plans a person watches; a big plan's report costs more to redraw
   -- than its tasks (5000 tasks: 0.45 s and 40 MB a time): `coral report` writes it after.
   local report = require "coral.view.report"
@@ -135,27 +132,22 @@ function M.run_plan(plan, opts, invocation)
   local resume = opts.resume
   if resume == true then
     -- --resume: the newest run of the project
-    local ids = require("coral.view.status").run_ids(opts.project_dir or ".")
+    local ids = records.run_ids(opts.project_dir or ".")
     resume = ids[#ids]
-    if not resume then return recipe_error("--resume: no run to resume in " .. (opts.project_dir or ".")) end
+    if not resume then
+      io.stderr:write("coral: --resume: no run to resume in ", opts.project_dir or ".", "\n")
+      return EXIT_USAGE
+    end
   end
-  local summary
-  ok, summary = xpcall(runner.execute_plan, require("coral.plan").traceback, runner, plan,
-                       { description = plan.description, invocation = invocation,
-                         resume = resume, retry_failed = opts.retry_failed })
+  local ok, summary = xpcall(runner.execute_plan, check.traceback, runner, plan,
+                             { description = plan.description, invocation = invocation,
+                               resume = resume, retry_failed = opts.retry_failed })
   if live_report then live_report:close() end
-  if not ok then
-    -- A bad plan or a busy project is the user's to fix (2); anything else stopped the run
-    -- itself, e.g. a full disk under its records (1). What was recorded stays valid.
-    if getmetatable(summary) == require("coral.plan").PlanError then return recipe_error(summary) end
-    -- The first line says what failed; the traceback is for coral's developers (CORAL_DEBUG=1).
-    local message = tostring(summary):gsub("^coral: ", "")
-    if os.getenv("CORAL_DEBUG") ~= "1" then message = message:match("^[^\n]*") end
-    io.stderr:write("coral: the run stopped: ", message, "\n")
-    return EXIT_FAILED
-  end
+  -- A bad plan or a busy project is the user's to fix (2); anything else stopped the run
+  -- itself, e.g. a full disk under its records (1). What was recorded stays valid.
+  if not ok then return report_error(summary, EXIT_FAILED, "the run stopped: ") end
   if opts.json then
-    io.stdout:write(require("cjson").encode { event = "summary", summary = summary }, "\n")
+    io.stdout:write(cjson.encode { event = "summary", summary = summary }, "\n")
   else
     io.stdout:write(require("coral.view.progress").summary_text(summary))
   end
@@ -163,196 +155,333 @@ function M.run_plan(plan, opts, invocation)
   return (summary.failed + summary.skipped == 0) and EXIT_OK or EXIT_FAILED
 end
 
---- Loads a recipe (library name or file) and runs it with the arguments that follow it.
-function M.run_recipe(name, args)
-  local opts, positional = parse(args, M.RUN_OPTIONS)
-  if not opts then return positional end
-  if #positional > 1 then return select(2, usage_error("unexpected argument '" .. positional[2] .. "'")) end
-  local description = positional[1] or "(no description)"
-  local ok, plan = pcall(require("coral.recipes").plan, name, description, 1,
-                         { project_dir = opts.project_dir })
-  if not ok then return recipe_error(plan) end
-  return M.run_plan(plan, opts, M.invocation(name, args))
-end
-
 --- What `coral resume` needs to rebuild a run: the recipe (a path made absolute) and the
 -- arguments, without --resume / --retry-failed.
 function M.invocation(name, args)
-  local fsutil = require "coral.fsutil"
   if name:find("/") or name:match("%.lua$") then name = fsutil.absolute(name) end
   local kept = {}
   for _, a in ipairs(args) do
     if a ~= "--resume" and a ~= "--retry-failed" then kept[#kept + 1] = a end
   end
-  return { recipe = name, args = kept, cwd = require("luv").cwd() }
+  return { recipe = name, args = kept, cwd = uv.cwd() }
 end
 
-cli.add_command("run", {
-  usage = "run TYPE \"DESCRIPTION\" [options]",
-  summary = "run a plan from the recipe library (or a recipe file) for a project",
-  help = [[
-options:
-  --max-workers N      tasks at once (4)
-  --mode M             dependency (default), phased, sequential, parallel, pipeline
-  --timeout S          per-task timeout in seconds (300; 0 = none)
-  --idle-timeout S     kill a task that prints nothing for S seconds
-  --retries N          extra attempts for a failed task (2), with backoff
-  --no-retry           no retries
-  --on-failure P       skip (default: skip dependents), stop, continue
-  --agent DRIVER       auto (default), claude, codex, gemini, aider, sim, prompt, cmd
-  --model NAME         model passed to the agent CLI
-  --permission-mode M  claude: its --permission-mode (acceptEdits); codex: bypassPermissions
-                       drops its sandbox (else workspace-write)
-  --dir PROJECT        project directory (.)
-  --sim-scale X        the sim driver sleeps estimate x X seconds (0.02)
-  --show-plan          print the plan and run nothing (--format text|dot|mermaid|json)
-  --resume             continue the project's last run: finished tasks are not run again
-  --retry-failed       with --resume: run the failed tasks again too
-  --no-report          do not keep <run dir>/report.html up to date during the run
-                       (plans of more than 1000 tasks have none: run coral report after)
-  --executor E         local (default) or slurm: each task a Slurm batch job (docs/slurm.md)
-  --slurm-partition P, --slurm-cpus N, --slurm-mem M, --slurm-time T, --slurm-account A,
-  --slurm-qos Q, --slurm-args "ARGS", --slurm-coral-bin PATH
-                       defaults of every task's sbatch options (a task's slurm table wins)
-  --json               JSON lines, one per event, then the summary
-  --quiet              only the summary
-exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,
-130 interrupted]],
-  run = function(args)
-    local name = args[1]
-    if not name or name:sub(1, 1) == "-" then return select(2, usage_error("run needs a project type (see 'coral recipes')")) end
-    return M.run_recipe(name, { table.unpack(args, 2) })
-  end,
-})
+--- Loads a recipe (library name or file) and runs it with the parsed options.
+local function run_recipe(name, description, opts, args)
+  local ok, plan = pcall(require("coral.recipes").plan, name, description or "(no description)", 1,
+                         { project_dir = opts.project_dir })
+  if not ok then return report_error(plan, EXIT_USAGE) end
+  return M.run_plan(plan, opts, M.invocation(name, args))
+end
+M.run_recipe = run_recipe
 
--- Finds a run and how it was started, for resume and why.
-local function load_run(dir, run_id)
-  local status = require "coral.view.status"
-  local run, err = status.load(dir, run_id)
-  if not run then return nil, err end
-  local records = require "coral.records"
-  local rec = setmetatable({ dir = run.dir }, records.Records)
-  run.invocation = rec:read_invocation()
-  return run
+-- }}}
+-- {{{ the commands
+
+local function fail(err, code)
+  io.stderr:write("coral: ", err, "\n")
+  return code or EXIT_USAGE
 end
 
-cli.add_command("resume", {
-  usage = "resume [RUN] [--dir PROJECT] [--retry-failed]",
-  summary = "continue the last or a given run: finished tasks are not run again",
-  run = function(args)
-    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" },
-      ["--retry-failed"] = { "retry_failed", "flag" }, ["--quiet"] = { "quiet", "flag" },
-      ["--json"] = { "json", "flag" } })
-    if not opts then return positional end
-    local dir = opts.dir or "."
-    local run, err = load_run(dir, positional[1])
-    if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
-    local inv = run.invocation
-    if not inv then
-      io.stderr:write("coral: run ", run.id, " was started from Lua, not from the command line; ",
-        "resume it with runner:execute_plan(plan, { resume = \"", run.id, "\" })\n")
-      return EXIT_USAGE
-    end
-    local rargs = { table.unpack(inv.args) }
-    rargs[#rargs + 1] = "--dir"
-    rargs[#rargs + 1] = require("coral.fsutil").absolute(dir)
-    if opts.retry_failed then rargs[#rargs + 1] = "--retry-failed" end
-    if opts.quiet then rargs[#rargs + 1] = "--quiet" end
-    if opts.json then rargs[#rargs + 1] = "--json" end
-    local ropts, positional2 = parse(rargs, M.RUN_OPTIONS)
-    if not ropts then return positional2 end
-    ropts.resume = run.id
-    local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional2[1] or "(no description)", 1,
-                           { project_dir = ropts.project_dir })
-    if not ok then return recipe_error(plan) end
-    return M.run_plan(plan, ropts, inv)
-  end,
-})
+-- A run of a project and how it was started.
+local function load_run(dir, id)
+  local run_dir, err = records.find_run(dir, id)
+  if not run_dir then return nil, err end
+  return require("coral.view.timeline").load(run_dir)
+end
 
-cli.add_command("why", {
-  usage = "why TASK [RUN] [--dir PROJECT]",
-  summary = "why a task will or will not run on resume",
-  run = function(args)
-    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" } })
-    if not opts then return positional end
-    local task = positional[1]
-    if not task then return select(2, usage_error("why needs a task id")) end
-    local run, err = load_run(opts.dir or ".", positional[2])
-    if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
-    local deps
-    if run.invocation then
-      local rargs = run.invocation.args
-      local ok, plan = pcall(require("coral.recipes").plan, run.invocation.recipe, rargs[1] or "", 1, {})
-      if ok and plan.by_id[task] then deps = plan.by_id[task].depends_on
-      elseif ok then io.stderr:write("coral: no task '", task, "' in run ", run.id, "\n"); return EXIT_USAGE end
-    end
-    io.stdout:write(require("coral.view.status").why(run, task, deps), "\n")
-    return EXIT_OK
-  end,
-})
-
-cli.add_command("recipes", {
-  usage = "recipes",
-  summary = "list the recipe library",
-  run = function()
-    local recipes = require "coral.recipes"
-    for _, name in ipairs(recipes.names(".")) do
-      io.stdout:write(string.format("%-16s %s\n", name, recipes.summary(name, ".")))
-    end
-    return EXIT_OK
-  end,
-})
-
-local function coordination_path(env_name, file, args)
-  local opts, positional = parse(args, { ["--dir"] = { "dir", "string" } })
-  if not opts then return nil, positional end
-  if #positional == 0 then return select(2, usage_error("needs the text to write")) end
+local function coordination_path(env_name, file, opts)
   local path = os.getenv(env_name)
   if opts.dir or not path or path == "" then path = (opts.dir or ".") .. "/" .. file end
-  return path, table.concat(positional, " ")
+  return path
 end
 
-cli.add_command("note", {
-  usage = "note TEXT [--dir PROJECT]",
-  summary = "append a note to the project's scratchpad.md, under its lock",
-  run = function(args)
-    local path, text = coordination_path("CORAL_SCRATCHPAD", "scratchpad.md", args)
-    if not path then return text end
-    local ok, err = require("coral.records").note(path, text, os.getenv("CORAL_AGENT"))
-    if not ok then io.stderr:write("coral: ", err, "\n"); return EXIT_FAILED end
-    return EXIT_OK
-  end,
-})
+--- The commands, in the order --help lists them.
+M.LIST = {
+  {
+    name = "run", args = { "TYPE", '"DESCRIPTION"' }, min = 1, missing = "a project type (see 'coral recipes')",
+    summary = "run a plan from the recipe library (or a recipe file) for a project",
+    options = RUN_OPTIONS,
+    notes = "exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,\n" ..
+            "130 interrupted",
+    run = function(opts, args, raw)
+      return run_recipe(args[1], args[2], opts, { table.unpack(raw, 2) })
+    end,
+  },
+  {
+    name = "resume", args = { "[RUN]" },
+    summary = "continue the last or a given run: finished tasks are not run again",
+    options = { DIR, { flag = "--retry-failed", key = "retry_failed", kind = "flag", help = "run the failed tasks again too" },
+                { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary" },
+                { flag = "--json", key = "json", kind = "flag", help = "JSON lines, then the summary" } },
+    run = function(opts, args)
+      local dir = opts.dir or "."
+      local run_dir, err = records.find_run(dir, args[1])
+      if not run_dir then return fail(err) end
+      local run_id = run_dir:match("([^/]+)$")
+      local inv = records.read_invocation(run_dir)
+      if not inv then
+        return fail(string.format("run %s was started from Lua, not from the command line; resume it with " ..
+          "runner:execute_plan(plan, { resume = \"%s\" })", run_id, run_id))
+      end
+      local rargs = { table.unpack(inv.args) }
+      rargs[#rargs + 1] = "--dir"
+      rargs[#rargs + 1] = fsutil.absolute(dir)
+      for _, k in ipairs { "retry_failed", "quiet", "json" } do
+        if opts[k] then rargs[#rargs + 1] = "--" .. k:gsub("_", "-") end
+      end
+      local ropts, positional = M.parse(rargs, RUN_OPTIONS)
+      if not ropts then return fail(positional) end
+      ropts.resume = run_id
+      local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)", 1,
+                             { project_dir = ropts.project_dir })
+      if not ok then return report_error(plan, EXIT_USAGE) end
+      return M.run_plan(plan, ropts, inv)
+    end,
+  },
+  {
+    name = "why", args = { "TASK", "[RUN]" }, min = 1,
+    summary = "why a task will or will not run on resume",
+    options = { DIR },
+    run = function(opts, args)
+      local run, err = load_run(opts.dir or ".", args[2])
+      if not run then return fail(err) end
+      local text, werr = require("coral.view.status").why(run, args[1])
+      if not text then return fail(werr) end
+      io.stdout:write(text, "\n")
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "status", args = { "[RUN]" },
+    summary = "the state of the last or a given run",
+    options = { DIR, JSON, { flag = "--gantt", key = "gantt", kind = "flag", help = "the run as a terminal timeline" } },
+    run = function(opts, args)
+      local run, err = load_run(opts.dir or ".", args[1])
+      if not run then return fail(err) end
+      local status = require "coral.view.status"
+      if opts.gantt then
+        local host = require "coral.host"
+        local color = host.isatty(1) and (os.getenv("NO_COLOR") or "") == ""
+        io.stdout:write(require("coral.view.timeline").text(run, { color = color }))
+      elseif opts.json then
+        io.stdout:write(cjson.encode(status.json(run)), "\n")
+      else
+        io.stdout:write(status.text(run))
+      end
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "report", args = { "[RUN]" },
+    summary = "write the HTML report of the last or a given run (timeline, plan graph, summary)",
+    options = { DIR, { flag = "--output", short = "-o", key = "output", kind = "string", value = "FILE",
+                       help = "where to write it (default: <run dir>/report.html)" } },
+    notes = "RUN is a run id (default: the project's newest run) or a run directory. The report is one\n" ..
+            "self-contained HTML file; its links to task files are relative to it.",
+    run = function(opts, args)
+      local run_dir, err = records.find_run(opts.dir or ".", args[1])
+      if not run_dir then return fail(err) end
+      local path, werr = require("coral.view.report").write(run_dir, opts.output)
+      if not path then return fail(werr, EXIT_FAILED) end
+      io.stdout:write(path, "\n")
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "history", args = {},
+    summary = "past runs of the project, and each agent's median duration (the runner's estimates)",
+    options = { DIR, JSON },
+    run = function(opts)
+      local history = require "coral.view.history"
+      local dir = opts.dir or "."
+      if opts.json then
+        local text = cjson.encode { runs = history.runs(dir), agents = history.agents(dir) }
+        io.stdout:write((text:gsub('"runs":{}', '"runs":[]'):gsub('"agents":{}', '"agents":[]')), "\n")
+      else
+        io.stdout:write(history.text(dir))
+      end
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "recipes", args = {},
+    summary = "list the recipe library",
+    options = {},
+    run = function()
+      local recipes = require "coral.recipes"
+      for _, name in ipairs(recipes.names(".")) do
+        io.stdout:write(string.format("%-16s %s\n", name, recipes.summary(name, ".")))
+      end
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "agents", args = { "[show ID]" },
+    summary = "list the agent roles, or print one",
+    options = { DIR },
+    notes = "Roles come from coral (built in), ~/.claude/agents/*.md, and the project's .claude/agents/*.md\n" ..
+            "and .coral/agents/*.md, later ones overriding earlier ones with the same id. A task's agent\n" ..
+            "name picks its role; its prompt starts with the role's text.",
+    max = 2,
+    run = function(opts, args)
+      local agents = require "coral.agents"
+      local dir = opts.dir or "."
+      if args[1] == "show" then
+        if not args[2] then return fail("agents show needs a role id (see 'coral agents')") end
+        local text, err = agents.show(args[2], dir)
+        if not text then return fail(err) end
+        io.stdout:write(text)
+        return EXIT_OK
+      elseif args[1] then
+        return fail("unknown agents subcommand '" .. args[1] .. "' (try 'coral agents --help')")
+      end
+      io.stdout:write(agents.list_text(dir))
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "note", args = { "TEXT..." }, min = 1, max = math.huge,
+    summary = "append a note to the project's scratchpad.md, under its lock",
+    options = { DIR },
+    run = function(opts, args)
+      local path = coordination_path("CORAL_SCRATCHPAD", "scratchpad.md", opts)
+      local ok, err, code = records.note(path, table.concat(args, " "), os.getenv("CORAL_AGENT"))
+      if not ok then return fail(err, code == "EINTR" and EXIT_INTERRUPTED or EXIT_FAILED) end
+      return EXIT_OK
+    end,
+  },
+  {
+    name = "log", args = { "TEXT..." }, min = 1, max = math.huge,
+    summary = "append a progress line to the project's activity_tracker.md, under its lock",
+    options = { DIR },
+    run = function(opts, args)
+      local path = coordination_path("CORAL_ACTIVITY", "activity_tracker.md", opts)
+      local ok, err, code = records.log(path, table.concat(args, " "), os.getenv("CORAL_AGENT"))
+      if not ok then return fail(err, code == "EINTR" and EXIT_INTERRUPTED or EXIT_FAILED) end
+      return EXIT_OK
+    end,
+  },
+}
 
-cli.add_command("log", {
-  usage = "log TEXT [--dir PROJECT]",
-  summary = "append a progress line to the project's activity_tracker.md, under its lock",
-  run = function(args)
-    local path, text = coordination_path("CORAL_ACTIVITY", "activity_tracker.md", args)
-    if not path then return text end
-    local ok, err = require("coral.records").log(path, text, os.getenv("CORAL_AGENT"))
-    if not ok then io.stderr:write("coral: ", err, "\n"); return EXIT_FAILED end
-    return EXIT_OK
-  end,
-})
+--- name -> command
+M.BY_NAME = {}
+for _, c in ipairs(M.LIST) do M.BY_NAME[c.name] = c end
 
-cli.add_command("status", {
-  usage = "status [RUN] [--dir PROJECT] [--gantt]",
-  summary = "the state of the last or a given run",
-  run = function(args)
-    local opts, positional = parse(args, { ["--dir"] = { "dir", "string" }, ["--json"] = { "json", "flag" },
-                                           ["--gantt"] = { "gantt", "flag" } })
-    if not opts then return positional end
-    local status = require "coral.view.status"
-    local run, err = status.load(opts.dir or ".", positional[1])
-    if not run then io.stderr:write("coral: ", err, "\n"); return EXIT_USAGE end
-    if opts.gantt then io.stdout:write(require("coral.view.timeline").gantt(run.dir)); return EXIT_OK end
-    io.stdout:write(opts.json and require("cjson").encode(run) .. "\n" or status.text(run))
-    return EXIT_OK
-  end,
-})
+-- }}}
+-- {{{ parsing and help
 
-require("coral.agents").add_commands(cli, M)
-require("coral.view.report").add_commands(cli, M)
+--- Parses `args` against a list of option declarations. Returns the options and the
+-- positional arguments, or nil and a message saying what is wrong.
+function M.parse(args, options)
+  local by_flag = {}
+  for _, o in ipairs(options) do
+    by_flag[o.flag] = o
+    if o.short then by_flag[o.short] = o end
+  end
+  local opts, positional = {}, {}
+  local i = 1
+  while i <= #args do
+    local a = args[i]
+    if a == "--" then
+      for j = i + 1, #args do positional[#positional + 1] = args[j] end
+      break
+    elseif a:sub(1, 1) == "-" and #a > 1 then
+      local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
+      name = name or a
+      local o = by_flag[name]
+      if not o then return nil, "unknown option '" .. name .. "'" end
+      if o.kind == "flag" then
+        if inline then return nil, "option '" .. name .. "' takes no value" end
+        opts[o.key] = true
+      else
+        local v = inline
+        if v == nil then
+          i = i + 1
+          v = args[i]
+          if v == nil then return nil, "option '" .. name .. "' needs a value" end
+        end
+        if o.kind == "integer" then
+          local n = math.tointeger(tonumber(v))
+          if not n then return nil, "option '" .. name .. "' needs a whole number, got '" .. v .. "'" end
+          v = n
+        elseif o.kind == "number" then
+          local n = tonumber(v)
+          if not n then return nil, "option '" .. name .. "' needs a number, got '" .. v .. "'" end
+          v = n
+        end
+        opts[o.key] = v
+      end
+    else
+      positional[#positional + 1] = a
+    end
+    i = i + 1
+  end
+  return opts, positional
+end
+
+local function option_label(o)
+  local label = o.flag .. (o.value and (" " .. o.value) or "")
+  if o.short then label = o.short .. (o.value and (" " .. o.value) or "") .. ", " .. label end
+  return label
+end
+
+--- The usage line of a command: its name, arguments and options.
+function M.usage(c)
+  local parts = { c.name }
+  for _, a in ipairs(c.args) do parts[#parts + 1] = a end
+  if #c.options > 3 then
+    parts[#parts + 1] = "[options]"
+  else
+    for _, o in ipairs(c.options) do parts[#parts + 1] = "[" .. option_label(o) .. "]" end
+  end
+  return table.concat(parts, " ")
+end
+
+--- `coral COMMAND --help`.
+function M.help(c)
+  local lines = { "usage: coral " .. M.usage(c), c.summary }
+  if #c.options > 0 then
+    lines[#lines + 1] = "options:"
+    for _, o in ipairs(c.options) do
+      local label = option_label(o)
+      if #label <= 20 then
+        lines[#lines + 1] = string.format("  %-20s %s", label, o.help)
+      else
+        lines[#lines + 1] = "  " .. label
+        lines[#lines + 1] = string.format("  %-20s %s", "", o.help)
+      end
+    end
+  end
+  if c.notes then lines[#lines + 1] = c.notes end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+--- Runs command `c` with its raw arguments; returns its exit code.
+function M.dispatch(c, raw)
+  for _, a in ipairs(raw) do
+    if a == "--" then break end
+    if a == "-h" or a == "--help" then
+      io.stdout:write(M.help(c))
+      return EXIT_OK
+    end
+  end
+  local opts, args = M.parse(raw, c.options)
+  local err
+  if not opts then
+    err = args
+  elseif #args < (c.min or 0) then
+    err = string.format("%s needs %s", c.name, c.missing or c.args[#args + 1])
+  elseif #args > (c.max or #c.args) then
+    err = "unexpected argument '" .. args[(c.max or #c.args) + 1] .. "'"
+  end
+  if err then
+    io.stderr:write("coral: ", err, " (try 'coral ", c.name, " --help')\n")
+    return EXIT_USAGE
+  end
+  return c.run(opts, args, raw)
+end
+
+-- }}}
 
 return M

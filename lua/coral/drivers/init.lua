@@ -28,13 +28,13 @@ local loaded_projects = {}
 --- Registers a driver under its name (replacing one of the same name); returns it.
 function M.register(driver)
   if type(driver) ~= "table" or type(driver.name) ~= "string" then
-    error("coral.drivers.register: a driver is a table with a name", 2)
+    require("coral.check").fail("coral.drivers.register: a driver is a table with a name", 2)
   end
   if type(driver.prepare) ~= "function" then
-    error(string.format("coral.drivers.register: driver '%s' has no prepare function", driver.name), 2)
+    require("coral.check").fail(string.format("coral.drivers.register: driver '%s' has no prepare function", driver.name), 2)
   end
   if driver.finish ~= nil and type(driver.finish) ~= "function" then
-    error(string.format("coral.drivers.register: driver '%s': finish must be a function", driver.name), 2)
+    require("coral.check").fail(string.format("coral.drivers.register: driver '%s': finish must be a function", driver.name), 2)
   end
   registry[driver.name] = driver
   return driver

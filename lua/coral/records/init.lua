@@ -44,6 +44,35 @@ local function must(ok, err)
   return ok
 end
 
+--- Run ids of a project, oldest first.
+function M.run_ids(project_dir)
+  local ids = {}
+  local handle = uv.fs_scandir(M.paths(project_dir).runs)
+  while handle do
+    local name, kind = uv.fs_scandir_next(handle)
+    if not name then break end
+    if kind == "directory" then ids[#ids + 1] = name end
+  end
+  table.sort(ids)
+  return ids
+end
+
+--- The run dir of run `id` of `project_dir` (default: its newest run), or of a run dir given
+-- as a path (it has a journal). Returns the absolute path, or nil and why not.
+function M.find_run(project_dir, id)
+  project_dir = project_dir or "."
+  if id and (id:find("/") or id == "." or id == "..") then
+    local st = uv.fs_stat(id)
+    if st and st.type == "directory" and uv.fs_stat(id .. "/journal.jsonl") then return fsutil.absolute(id) end
+  end
+  local ids = M.run_ids(project_dir)
+  if #ids == 0 then return nil, "no runs in " .. fsutil.absolute(project_dir) .. "/.coral/runs" end
+  id = id or ids[#ids]
+  local dir = M.paths(fsutil.absolute(project_dir)).runs .. "/" .. id
+  if not uv.fs_stat(dir) then return nil, "no run '" .. id .. "' in " .. fsutil.absolute(project_dir) end
+  return dir
+end
+
 --- Opens the records of a new run (creating .coral/runs/<id>/, private) or of an existing one.
 function M.open(project_dir, run_id)
   local self = setmetatable({}, Records)
@@ -59,6 +88,11 @@ function M.open(project_dir, run_id)
   return self
 end
 
+--- The directory of a task's files in run dir `run_dir`.
+function M.task_dir(run_dir, task_id)
+  return run_dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
+end
+
 --- Path of a task's file: kind "prompt" (prompt.md), "out"/"err" (attempt-N.out/.err),
 -- "output" (the final text, output.md).
 function Records:task_path(task_id, kind, attempt)
@@ -66,7 +100,7 @@ function Records:task_path(task_id, kind, attempt)
   self.task_dirs = self.task_dirs or {}
   local dir = self.task_dirs[task_id]
   if not dir then
-    dir = self.dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
+    dir = M.task_dir(self.dir, task_id)
     -- tasks/ exists (open made it): one mkdir, no stat first; a resumed run finds it there
     local ok, err, code = uv.fs_mkdir(dir, PRIVATE_DIR)
     if not ok and code ~= "EEXIST" then error("create directory " .. dir .. ": " .. err, 0) end
@@ -172,9 +206,23 @@ function Records:write_invocation(invocation)
   must(fsutil.write_atomic(self.dir .. "/invocation.json", cjson.encode(invocation) .. "\n", PRIVATE_FILE))
 end
 
-function Records:read_invocation()
-  local text = fsutil.read(self.dir .. "/invocation.json")
+function M.read_invocation(run_dir)
+  local text = fsutil.read(run_dir .. "/invocation.json")
   return text and require("cjson.safe").decode(text) or nil
+end
+
+--- The plan the run executes (tasks, dependencies, estimates, phases, critical path), written
+-- when the run starts so that views draw the plan of the run, not today's recipe.
+function Records:write_plan(plan)
+  must(fsutil.write_atomic(self.dir .. "/plan.json", plan:to_json(), PRIVATE_FILE))
+end
+
+--- The plan a run recorded (decoded plan.json), or nil.
+function M.read_plan(run_dir)
+  local text = fsutil.read(run_dir .. "/plan.json")
+  local plan = text and require("cjson.safe").decode(text)
+  if type(plan) ~= "table" or type(plan.tasks) ~= "table" then return nil end
+  return plan
 end
 
 function Records:write_summary(summary)
@@ -214,7 +262,7 @@ end
 --- The activity entry of a finished attempt (or of a skipped task).
 function Records:activity(entry)
   local status
-  if entry.outcome == "success" then status = "✅ Completed"
+  if entry.outcome == "succeeded" then status = "✅ Succeeded"
   elseif entry.outcome == "skipped" then status = "⏭ Skipped: " .. (entry.reason or "")
   else status = "❌ Failed: " .. (entry.reason or entry.outcome) end
   local lines = {

@@ -4,7 +4,8 @@
 local cjson = require "cjson"
 local fsutil = require "coral.fsutil"
 local records = require "coral.records"
-local status_mod = require "coral.view.status"
+local states = require "coral.records.states"
+local project_state = require "coral.run.project_state"
 local timeline = require "coral.view.timeline"
 
 local M = {}
@@ -14,21 +15,22 @@ local fmt = timeline.fmt_seconds
 --- The runs of `project_dir`, oldest first: { id, plan, started, status, wall, speedup, tasks, ok }.
 function M.runs(project_dir)
   local out = {}
-  for _, id in ipairs(status_mod.run_ids(project_dir)) do
+  for _, id in ipairs(records.run_ids(project_dir)) do
     local dir = records.paths(project_dir).runs .. "/" .. id
     local text = fsutil.read(dir .. "/summary.json")
     local s = text and require("cjson.safe").decode(text)
     local row = { id = id }
     if type(s) == "table" and s.total_time_seconds then
-      row.plan, row.started, row.status = s.plan, s.started, s.status
+      row.plan, row.started, row.status = s.plan, s.started, states.normalize(s.status)
       row.wall, row.speedup = s.total_time_seconds, s.speedup
-      row.tasks, row.ok = s.total_agents, s.successful
+      row.tasks = math.tointeger(s.tasks or s.total_agents)
+      row.ok = math.tointeger(s.succeeded or s.successful)
     else
       -- No summary: a run still going, or one that was killed; measure it from its journal.
       local run = timeline.load(dir)
       row.plan, row.started, row.status = run.plan_name, run.started, run.status
       row.wall, row.speedup = run.figures.wall, run.figures.speedup
-      row.tasks, row.ok = run.figures.tasks, run.figures.completed
+      row.tasks, row.ok = run.figures.tasks, run.figures.succeeded
     end
     out[#out + 1] = row
   end
@@ -36,21 +38,17 @@ function M.runs(project_dir)
 end
 
 --- Per agent, from the project state: { agent, runs, median, min, max, failed } over the
--- completed entries (as the runner's estimates count them), sorted by agent.
+-- succeeded entries (as the runner's estimates count them), sorted by agent.
 function M.agents(project_dir)
   local state = records.read_state(records.paths(project_dir).state) or {}
   local out = {}
   for agent, a in pairs(type(state.agents) == "table" and state.agents or {}) do
-    local durations, failed = {}, 0
+    local durations, failed = project_state.durations(a.history), 0
     for _, h in ipairs(type(a.history) == "table" and a.history or {}) do
-      if h.status == "completed" and type(h.duration) == "number" then
-        durations[#durations + 1] = h.duration
-      elseif h.status == "failed" then
-        failed = failed + 1
-      end
+      if h.status == "failed" then failed = failed + 1 end
     end
     table.sort(durations)
-    out[#out + 1] = { agent = agent, runs = #durations, failed = failed, median = timeline.median(durations),
+    out[#out + 1] = { agent = agent, runs = #durations, failed = failed, median = project_state.median(durations),
                       min = durations[1], max = durations[#durations] }
   end
   table.sort(out, function(x, y) return x.agent < y.agent end)
@@ -75,7 +73,7 @@ function M.text(project_dir)
   end
   if #agents > 0 then
     lines[#lines + 1] = ""
-    lines[#lines + 1] = string.format("%-28s %5s %8s %8s %8s %7s", "agent (completed tasks)", "runs", "median", "min",
+    lines[#lines + 1] = string.format("%-28s %5s %8s %8s %8s %7s", "agent (succeeded tasks)", "runs", "median", "min",
       "max", "failed")
     for _, a in ipairs(agents) do
       lines[#lines + 1] = string.format("%-28s %5d %8s %8s %8s %7d", a.agent, a.runs, fmt(a.median), fmt(a.min),
@@ -84,31 +82,6 @@ function M.text(project_dir)
     lines[#lines + 1] = "the median is the estimate the runner uses for an agent's task without one of its own"
   end
   return table.concat(lines, "\n") .. "\n"
-end
-
---- Registers `history` with the command line.
-function M.add_command(cli, commands)
-  cli.add_command("history", {
-    usage = "history [--dir PROJECT] [--json]",
-    summary = "past runs of the project, and each agent's median duration (the runner's estimates)",
-    run = function(args)
-      local opts, positional = commands.parse(args, { ["--dir"] = { "dir", "string" }, ["--json"] = { "json", "flag" } })
-      if not opts then return positional end
-      if #positional > 0 then
-        io.stderr:write("coral: unexpected argument '", positional[1], "' (try 'coral --help')\n")
-        return 2
-      end
-      local dir = opts.dir or "."
-      if opts.json then
-        local runs, agents = M.runs(dir), M.agents(dir)
-        local text = cjson.encode { runs = runs, agents = agents }
-        io.stdout:write((text:gsub('"runs":{}', '"runs":[]'):gsub('"agents":{}', '"agents":[]')), "\n")
-      else
-        io.stdout:write(M.text(dir))
-      end
-      return 0
-    end,
-  })
 end
 
 return M

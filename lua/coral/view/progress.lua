@@ -36,7 +36,7 @@ function Lines:event(e)
     out:write(string.format("[%s] %-6s %s (attempt %d, job %s)\n", when, e.event, e.task, e.attempt, tostring(e.job_id)))
   elseif e.event == "end" then
     out:write(string.format("[%s] %-6s %s (attempt %d, %s%s)\n", when,
-      e.outcome == "success" and "done" or "FAIL", e.task, e.attempt, fmt_duration(e.duration),
+      e.outcome == "succeeded" and "ok" or "FAIL", e.task, e.attempt, fmt_duration(e.duration),
       e.error and (": " .. e.error) or ""))
   elseif e.event == "retry" then
     out:write(string.format("[%s] retry  %s in %.1fs (attempt %d)\n", when, e.task, e.delay, e.attempt))
@@ -91,7 +91,7 @@ function Live:draw()
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
     local s = st.status
-    if s == "pending" or s == "running" or s == "backoff" then left = left + run.plan:estimate(t)
+    if s == "pending" or s == "running" or s == "retrying" then left = left + run.plan:estimate(t)
     elseif s == "succeeded" and st.finish and st.first_start then
       est_done = est_done + run.plan:estimate(t)
       took = took + (st.finish - st.first_start)
@@ -99,9 +99,9 @@ function Live:draw()
   end
   if est_done > 0 then left = left * took / est_done end
   local lines = {
-    string.format("coral %s  phase %d/%d  %s%s  %d/%d", run.mode, run:current_phase(), #run.phases,
+    string.format("coral %s  phase %d/%d  %s%s  %d/%d", run.mode.name, run:current_phase(), #run.phases,
       string.rep("█", filled), string.rep("░", width - filled), ended, total),
-    string.format("  done %d  failed %d  skipped %d  running %d  elapsed %s  eta ~%s",
+    string.format("  succeeded %d  failed %d  skipped %d  running %d  elapsed %s  eta ~%s",
       counts.succeeded, counts.failed, counts.skipped, counts.running,
       fmt_duration((now - self.started) / 1e9), fmt_duration(left / run.max_workers)),
   }
@@ -120,7 +120,7 @@ function Live:draw()
 end
 
 function Live:event(e)
-  if e.event == "end" and e.outcome ~= "success" or e.event == "skip" or e.event == "stopping" then
+  if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
@@ -152,24 +152,29 @@ function M.new(mode, run)
   return setmetatable({ out = out, run = run, drawn = 0, started = uv.hrtime() }, cls)
 end
 
+-- Counts read back from JSON are floats (3.0): they print as integers.
+local function int(v)
+  return string.format("%d", math.tointeger(v) or 0)
+end
+
 --- The summary as text, as `coral run` prints it.
 function M.summary_text(s)
   local function row(k, v) return string.format("  %-22s %s", k, v) end
   local lines = {
     "",
     string.format("Summary of run %s%s", s.run_id, s.plan and (" (" .. s.plan .. ")") or ""),
-    row("Total Agents", s.total_agents),
-    row("Successful", s.successful),
-    row("Failed", s.failed),
-    row("Skipped", s.skipped),
+    row("Tasks", int(s.tasks)),
+    row("Succeeded", int(s.succeeded)),
+    row("Failed", int(s.failed)),
+    row("Skipped", int(s.skipped)),
     row("Success Rate", string.format("%.1f%%", s.success_rate)),
     row("Total Time", fmt_duration(s.total_time_seconds)),
     row("Sequential Estimate", fmt_duration(s.sequential_estimate_seconds) .. " (measured sum of task times)"),
     row("Time Saved", fmt_duration(math.max(0, s.time_saved_seconds)) ..
       (s.time_saved_seconds < 0 and string.format(" (parallel run was %.1fs slower)", -s.time_saved_seconds) or "")),
     row("Efficiency Gain", string.format("%.1f%% (%.2fx speedup)", s.efficiency_gain_percent, s.speedup)),
-    row("Phases", s.phases),
-    row("Max Parallel", s.max_parallel),
+    row("Phases", int(s.phases)),
+    row("Max Parallel", int(s.max_parallel)),
     row("Critical Path", fmt_duration(s.critical_path_seconds)),
     row("Worker Utilisation", string.format("%.1f%%", s.worker_utilisation_percent)),
     row("Run Dir", s.run_dir),
@@ -177,7 +182,7 @@ function M.summary_text(s)
   if s.interrupted then lines[#lines + 1] = row("Interrupted", "yes (" .. tostring(s.interrupted) .. ")") end
   local failures = {}
   for id, r in pairs(s.results) do
-    if r.status ~= "completed" then failures[#failures + 1] = string.format("  %-9s %s: %s", r.status, id, r.error or "") end
+    if r.status ~= "succeeded" then failures[#failures + 1] = string.format("  %-9s %s: %s", r.status, id, r.error or "") end
   end
   table.sort(failures)
   if #failures > 0 then

@@ -4,6 +4,7 @@
 -- Graphviz is not needed), and per task its figures and links to its files. While a run is
 -- going, `attach` rewrites the report every few seconds and the page reloads itself.
 local fsutil = require "coral.fsutil"
+local records = require "coral.records"
 local timeline = require "coral.view.timeline"
 local uv = require "luv"
 
@@ -58,7 +59,7 @@ end
 -- {{{ the Gantt timeline
 
 local COLORS = {
-  success = "#3a9a4f", failed = "#d64541", timeout = "#e8912d", ["idle-timeout"] = "#e8912d",
+  succeeded = "#3a9a4f", failed = "#d64541", timeout = "#e8912d", ["idle-timeout"] = "#e8912d",
   ["rate-limited"] = "#a06cd5", cancelled = "#9a9a9a", interrupted = "#7d5ba6", running = "#3b82c4",
 }
 M.COLORS = COLORS
@@ -175,7 +176,7 @@ end
 
 local function legend()
   local items = {}
-  for _, o in ipairs { "success", "failed", "timeout", "rate-limited", "cancelled", "interrupted", "running" } do
+  for _, o in ipairs { "succeeded", "failed", "timeout", "rate-limited", "cancelled", "interrupted", "running" } do
     items[#items + 1] = string.format('<span class="key"><svg width="14" height="12"><rect width="14" height="12" rx="2" fill="%s"/></svg> %s</span>',
       COLORS[o], o)
   end
@@ -188,8 +189,8 @@ end
 -- {{{ the plan graph
 
 local STATUS_FILL = {
-  completed = "#dff3e3", failed = "#f9dcdb", interrupted = "#ebe2f5", skipped = "#eeeeee",
-  ["not run"] = "#eeeeee", running = "#dcebf8", retrying = "#fdebd3", pending = "#ffffff",
+  succeeded = "#dff3e3", failed = "#f9dcdb", interrupted = "#ebe2f5", skipped = "#eeeeee",
+  running = "#dcebf8", retrying = "#fdebd3", pending = "#ffffff",
 }
 
 -- Columns: phases in order, and within a phase, a task goes right of its dependencies in the
@@ -340,11 +341,11 @@ td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 #task-table td,#task-table th{border-bottom:1px solid #eef0f2;padding:4px 12px 4px 0}
 #summary-table th{font-weight:normal;color:#52606d}
 .status{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
-.status-completed,.status-success{background:#dff3e3;color:#1e6b32}
+.status-succeeded{background:#dff3e3;color:#1e6b32}
 .status-failed,.status-timeout{background:#f9dcdb;color:#9b2420}
 .status-interrupted,.status-killed{background:#ebe2f5;color:#553c7b}
 .status-running,.status-retrying{background:#dcebf8;color:#1d5d94}
-.status-skipped,.status-not-run,.status-pending{background:#eee;color:#555}
+.status-skipped,.status-pending{background:#eee;color:#555}
 .scroll{overflow-x:auto}
 svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#333}
 #gantt .lane-label{text-anchor:end;fill:#52606d}
@@ -398,7 +399,7 @@ local function summary_table(run)
   local rows = {}
   local function row(k, v) rows[#rows + 1] = string.format("<tr><th>%s</th><td>%s</td></tr>", esc(k), v) end
   row("Status", status_badge(run.status) .. (run.stopping and (" " .. esc(run.stopping)) or ""))
-  row("Tasks", string.format("%d: %d completed, %d failed, %d skipped%s", f.tasks, f.completed, f.failed, f.skipped,
+  row("Tasks", string.format("%d: %d succeeded, %d failed, %d skipped%s", f.tasks, f.succeeded, f.failed, f.skipped,
     (f.running + f.pending > 0) and string.format(", %d running, %d waiting", f.running, f.pending) or ""))
   row("Attempts", tostring(f.attempts) .. (#run.retries > 0 and string.format(" (%d retries)", #run.retries) or ""))
   row("Wall time", esc(fmt(f.wall)) .. (run.live and " so far" or ""))
@@ -425,7 +426,7 @@ local function task_table(run, out_dir)
   local rows = { "<thead><tr><th>Task</th><th>Agent</th><th>Status</th><th>Attempts</th><th>Time</th><th>Exit</th><th>Files</th><th>Error</th></tr></thead><tbody>" }
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    local dir = timeline.task_dir(run.dir, id)
+    local dir = records.task_dir(run.dir, id)
     local links = {}
     local function link(file, label)
       if uv.fs_stat(dir .. "/" .. file) then
@@ -438,7 +439,7 @@ local function task_table(run, out_dir)
     else
       -- A command's output is the stdout of its successful attempt (not copied to output.md).
       for _, a in ipairs(t.attempts) do
-        if a.outcome == "success" then link(string.format("attempt-%d.out", a.n), "output") end
+        if a.outcome == "succeeded" then link(string.format("attempt-%d.out", a.n), "output") end
       end
     end
     for _, a in ipairs(t.attempts) do
@@ -544,10 +545,6 @@ end
 function Live:on_event(e)
   if e.event == "run" then
     self.run_dir = self.project_dir .. "/.coral/runs/" .. e.run_id
-    if self.plan then
-      local ok, text = pcall(self.plan.to_json, self.plan)
-      if ok then fsutil.write_atomic(self.run_dir .. "/plan.json", text, tonumber("600", 8)) end
-    end
     self:write(false)
     if self.announce then
       io.stderr:write("coral: live report: file://", self.run_dir, "/report.html\n")
@@ -600,49 +597,4 @@ function M.attach(runner, plan, opts)
 end
 
 -- }}}
--- {{{ commands
-
-local function usage_error(message)
-  io.stderr:write("coral: ", message, " (try 'coral --help')\n")
-  return 2
-end
-
---- Registers `report` and `history` with the command line.
-function M.add_commands(cli, commands)
-  cli.add_command("report", {
-    usage = "report [RUN] [-o FILE.html] [--dir PROJECT]",
-    summary = "write the HTML report of the last or a given run (timeline, plan graph, summary)",
-    help = [[
-  RUN           a run id (default: the project's newest run) or a run directory
-  -o FILE       where to write it (default: <run dir>/report.html)
-  --dir PROJECT project directory (.)
-The report is one self-contained HTML file; its links to task files are relative to it.]],
-    run = function(args)
-      local spec = { ["--dir"] = { "dir", "string" }, ["--output"] = { "output", "string" } }
-      local rest = {}
-      local i = 1
-      while i <= #args do   -- -o FILE is a short option; the shared parser takes long ones
-        if args[i] == "-o" then
-          if not args[i + 1] then return usage_error("option '-o' needs a file name") end
-          rest[#rest + 1] = "--output"; rest[#rest + 1] = args[i + 1]; i = i + 2
-        else
-          rest[#rest + 1] = args[i]; i = i + 1
-        end
-      end
-      local opts, positional = commands.parse(rest, spec)
-      if not opts then return positional end
-      if #positional > 1 then return usage_error("unexpected argument '" .. positional[2] .. "'") end
-      local run_dir, err = timeline.find(opts.dir or ".", positional[1])
-      if not run_dir then io.stderr:write("coral: ", err, "\n"); return 2 end
-      local path, werr = M.write(run_dir, opts.output)
-      if not path then io.stderr:write("coral: ", werr, "\n"); return 1 end
-      io.stdout:write(path, "\n")
-      return 0
-    end,
-  })
-  require("coral.view.history").add_command(cli, commands)
-end
-
--- }}}
-
 return M

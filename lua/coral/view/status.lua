@@ -1,93 +1,71 @@
---- Reading a run back: `coral status [RUN]`. Uses summary.json when the run finished, else
--- rebuilds the state from the journal (a run still going, or one that was killed).
-local cjson = require "cjson.safe"
-local fsutil = require "coral.fsutil"
+--- `coral status [RUN]` and `coral why TASK`: a run read back through its records (the
+-- journal replayed by coral.view.timeline, the plan it recorded, its summary when it ended),
+-- so it works for a finished, a running and a killed run alike.
 local progress = require "coral.view.progress"
 local records = require "coral.records"
-local uv = require "luv"
+local timeline = require "coral.view.timeline"
 
 local M = {}
 
---- Run ids of a project, oldest first.
-function M.run_ids(project_dir)
-  local ids = {}
-  local handle = uv.fs_scandir(records.paths(project_dir).runs)
-  while handle do
-    local name, kind = uv.fs_scandir_next(handle)
-    if not name then break end
-    if kind == "directory" then ids[#ids + 1] = name end
-  end
-  table.sort(ids)
-  return ids
-end
-
---- Reads the journal of a run: the list of events. A line cut short by a crash is ignored.
-function M.journal(run_dir)
-  local events = {}
-  local f = io.open(run_dir .. "/journal.jsonl", "rb")
-  if not f then return events end
-  for line in f:lines() do
-    local e = cjson.decode(line)
-    if type(e) == "table" then events[#events + 1] = e end
-  end
-  f:close()
-  return events
-end
-
---- The state of run `id` (default: the newest) in `project_dir`.
+--- The run `id` (default: the newest) of `project_dir`, as coral.view.timeline loads it; or
+-- nil and why not.
 function M.load(project_dir, id)
-  local ids = M.run_ids(project_dir)
-  if #ids == 0 then return nil, "no runs in " .. fsutil.absolute(project_dir) .. "/.coral/runs" end
-  id = id or ids[#ids]
-  local dir = records.paths(project_dir).runs .. "/" .. id
-  if not uv.fs_stat(dir) then return nil, "no run '" .. id .. "' in " .. fsutil.absolute(project_dir) end
-  local run = { id = id, dir = dir, tasks = {}, order = {} }
-  local summary = fsutil.read(dir .. "/summary.json")
-  run.summary = summary and cjson.decode(summary) or nil
-  for _, e in ipairs(M.journal(dir)) do
-    if e.event == "run" then run.started, run.plan, run.project, run.total = e.t, e.plan, e.project, e.tasks end
-    local id_ = e.task
-    if id_ then
-      local t = run.tasks[id_]
-      if not t then
-        t = { id = id_, agent = e.agent, attempts = 0, status = "pending" }
-        run.tasks[id_] = t
-        run.order[#run.order + 1] = id_
-      end
-      if e.event == "start" then t.status, t.attempts, t.started, t.pid = "running", e.attempt, t.started or e.t, e.pid
-      elseif e.event == "end" then
-        t.status = e.outcome == "success" and "completed" or "failed"
-        t.duration, t.error, t.finished = (t.duration or 0) + (e.duration or 0), e.error, e.t
-      elseif e.event == "retry" then t.status = "retrying"
-      elseif e.event == "skip" then t.status, t.error = "skipped", e.reason end
-    end
-    if e.event == "done" then run.status = e.status end
-  end
-  run.status = run.status or (run.summary and run.summary.status) or "running or killed"
-  return run
+  local dir, err = records.find_run(project_dir, id)
+  if not dir then return nil, err end
+  return timeline.load(dir)
 end
 
---- Why `task` will or will not run when the run is resumed. `deps`: its dependencies, if known.
-function M.why(run, task, deps)
+local function task_time(t)
+  local sum
+  for _, a in ipairs(t.attempts) do sum = (sum or 0) + (a.duration or 0) end
+  return sum
+end
+
+--- What `coral status --json` prints: the run and each task's state, attempts and time.
+function M.json(run)
+  local tasks = {}
+  for _, id in ipairs(run.order) do
+    local t = run.tasks[id]
+    tasks[id] = { agent = t.agent, status = t.status, attempts = #t.attempts, duration = task_time(t),
+                  error = t.error, depends_on = t.depends_on }
+  end
+  return {
+    id = run.id, dir = run.dir, status = run.status, plan = run.plan_name, project = run.project,
+    mode = run.mode, started = run.started, ended = run.ended, order = run.order, tasks = tasks,
+    summary = run.summary,
+  }
+end
+
+local function when(ts)
+  return ts and os.date("%Y-%m-%d %H:%M:%S", math.floor(ts)) or "?"
+end
+
+--- Why `task` will or will not run when the run is resumed; nil and an error for a task the
+-- run does not have.
+function M.why(run, task)
   local t = run.tasks[task]
-  local when = function(ts) return ts and os.date("%Y-%m-%d %H:%M:%S", math.floor(ts)) or "?" end
-  if t and t.status == "completed" then
-    return string.format("%s will not run again: it finished successfully at %s (attempt %d)", task, when(t.finished), t.attempts)
-  elseif t and t.status == "failed" then
-    return string.format("%s will not run on resume unless --retry-failed is given: it failed at %s with %s after %d attempt(s)",
-      task, when(t.finished), t.error or "an error", t.attempts)
-  elseif t and t.status == "running" then
-    return string.format("%s will run again: it was running (pid %s) when the run stopped; its old process group is killed first",
-      task, tostring(t.pid))
-  elseif t and t.status == "retrying" then
-    return string.format("%s will run again: it was waiting to retry after attempt %d failed", task, t.attempts)
+  if not t then return nil, string.format("no task '%s' in run %s", task, run.id) end
+  local n = #t.attempts
+  if t.status == "succeeded" then
+    return string.format("%s will not run again: it finished successfully at %s (attempt %d)", task, when(t.finish), n)
+  elseif t.status == "failed" then
+    return string.format("%s will not run on resume unless --retry-failed is given: it failed at %s with %s " ..
+      "after %d attempt%s", task, when(t.finish), t.error or "an error", n, n == 1 and "" or "s")
+  elseif t.status == "running" or t.status == "interrupted" then
+    local last = t.attempts[n]
+    return string.format("%s will run again: it was running (pid %s) when the run stopped; " ..
+      "its old process group is killed first", task, tostring(last and last.pid))
+  elseif t.status == "retrying" then
+    return string.format("%s will run again: it was waiting to retry after attempt %d failed", task, n)
   end
   local waiting = {}
-  for _, d in ipairs(deps or {}) do
+  for _, d in ipairs(t.depends_on or {}) do
     local dt = run.tasks[d]
-    if not dt or dt.status ~= "completed" then waiting[#waiting + 1] = d .. " (" .. (dt and dt.status or "not started") .. ")" end
+    if not dt or dt.status ~= "succeeded" then
+      waiting[#waiting + 1] = d .. " (" .. (dt and #dt.attempts > 0 and dt.status or "not started") .. ")"
+    end
   end
-  if t and t.status == "skipped" then
+  if t.status == "skipped" then
     return string.format("%s was skipped because %s; on resume it runs once its dependencies succeed%s", task,
       t.error or "a dependency failed", #waiting > 0 and (": waiting for " .. table.concat(waiting, ", ")) or "")
   end
@@ -95,13 +73,14 @@ function M.why(run, task, deps)
   return task .. " will run on resume: it has not started yet and nothing it needs is missing"
 end
 
+--- The run as text: a line per task, then the summary when the run ended.
 function M.text(run)
-  local lines = { string.format("run %s  %s%s", run.id, run.status, run.plan and ("  plan " .. run.plan) or "") }
+  local lines = { string.format("run %s  %s%s", run.id, run.status, run.plan_name and ("  plan " .. run.plan_name) or "") }
   if run.project then lines[#lines + 1] = "project: " .. run.project end
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    lines[#lines + 1] = string.format("  %-10s %-28s attempts %d  %s%s", t.status, id, t.attempts,
-      progress.fmt_duration(t.duration), t.error and ("  " .. t.error) or "")
+    lines[#lines + 1] = string.format("  %-11s %-28s attempts %d  %s%s", t.status, id, #t.attempts,
+      progress.fmt_duration(task_time(t)), t.error and ("  " .. t.error) or "")
   end
   if run.summary then
     lines[#lines + 1] = progress.summary_text(run.summary)

@@ -2,10 +2,10 @@
 -- journal (so it works for a finished, a failed, a running and a killed run), assigned to worker
 -- lanes, with the measured critical path. The HTML report (coral.report) and
 -- `coral status RUN --gantt` (text below) both draw this model.
-local cjson = require "cjson.safe"
 local fsutil = require "coral.fsutil"
+local journal = require "coral.records.journal"
 local records = require "coral.records"
-local status_mod = require "coral.view.status"
+local summary_mod = require "coral.run.summary"
 local uv = require "luv"
 
 local M = {}
@@ -14,49 +14,11 @@ local M = {}
 -- carry 0.1 ms and an attempt without a start event is placed from its end and duration.
 local LANE_SLACK = 0.005
 
---- The directory of a task's files, as records.lua names it.
-function M.task_dir(run_dir, task_id)
-  return run_dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
-end
-
-local function median(list)
-  if #list == 0 then return nil end
-  table.sort(list)
-  local mid = (#list + 1) // 2
-  if #list % 2 == 1 then return list[mid] end
-  return (list[mid] + list[mid + 1]) / 2
-end
-M.median = median
-
--- JSON numbers come back as floats (1.0): attempt numbers, exit codes and counts are integers.
-local function int(v)
-  return type(v) == "number" and math.tointeger(v) or v
-end
-
 local function read_json(path)
   local text = fsutil.read(path)
   if not text then return nil end
-  local v = cjson.decode(text)
+  local v = require("cjson.safe").decode(text)
   return type(v) == "table" and v or nil
-end
-
---- The plan of a run: plan.json (written at the start of a run that had a live report), else
--- rebuilt from invocation.json through the recipe library, else nil.
-local function load_plan(run_dir)
-  local p = read_json(run_dir .. "/plan.json")
-  if p and type(p.tasks) == "table" then return p end
-  local inv = read_json(run_dir .. "/invocation.json")
-  if not (inv and inv.recipe) then return nil end
-  local project = run_dir:match("^(.*)/%.coral/runs/[^/]+$") or "."
-  local ok, plan = pcall(function()
-    local args = inv.args or {}
-    local description = args[1]
-    if description and description:sub(1, 1) == "-" then description = nil end
-    return require("coral.recipes").plan(inv.recipe, description or "(no description)", 1,
-                                         { project_dir = project })
-  end)
-  if not ok then return nil end
-  return cjson.decode(plan:to_json())
 end
 
 -- When did a killed run's last attempt stop? At the latest of the last journal event and the
@@ -64,7 +26,7 @@ end
 local function last_sign_of_life(run_dir, a, fallback)
   local t = fallback
   for _, kind in ipairs { "out", "err" } do
-    local st = uv.fs_stat(string.format("%s/attempt-%d.%s", M.task_dir(run_dir, a.task), a.n, kind))
+    local st = uv.fs_stat(string.format("%s/attempt-%d.%s", records.task_dir(run_dir, a.task), a.n, kind))
     if st then t = math.max(t, st.mtime.sec + st.mtime.nsec / 1e9) end
   end
   return t
@@ -80,7 +42,8 @@ end
 
 -- Greedy lanes: attempts by start time, each on the first worker slot free at its start.
 local function assign_lanes(attempts)
-  local sorted = { table.unpack(attempts) }
+  local sorted = {}
+  for i, a in ipairs(attempts) do sorted[i] = a; a.seq = i end
   table.sort(sorted, function(a, b)
     if a.start ~= b.start then return a.start < b.start end
     return a.seq < b.seq
@@ -98,165 +61,98 @@ local function assign_lanes(attempts)
   return #free_at
 end
 
--- The measured critical path: the longest chain, along dependencies, of the tasks' measured
--- spans (first start to end, retries and backoff included), as the runner's summary counts it.
-local function critical_path(run)
-  local best, via = {}, {}
-  local visiting = {}
-  local function length(id)
-    if best[id] then return best[id] end
-    if visiting[id] then return 0 end   -- a cycle cannot be in a validated plan; be safe
-    visiting[id] = true
-    local t = run.tasks[id]
-    local own = (t.first_start and t.finish) and (t.finish - t.first_start) or 0
-    local m, from = 0, nil
-    for _, d in ipairs(t.depends_on or {}) do
-      if run.tasks[d] then
-        local l = length(d)
-        if l > m then m, from = l, d end
-      end
-    end
-    visiting[id] = nil
-    best[id], via[id] = own + m, from
-    return best[id]
-  end
-  local top, top_id = 0, nil
-  for _, id in ipairs(run.order) do
-    local l = length(id)
-    if l > top then top, top_id = l, id end
-  end
-  local path = {}
-  local id = top_id
-  while id do
-    table.insert(path, 1, id)
-    id = via[id]
-  end
-  return path, top
-end
-
---- Loads run dir `run_dir` as a timeline. opts.live: the run is going on in this process;
--- opts.now: the time to draw running attempts up to (default: now).
+--- Loads run dir `run_dir` as a timeline: the journal replayed (coral.records.journal), with
+-- the plan the run recorded, worker lanes, the measured critical path and the run's figures.
+-- opts.live: the run is going on in this process; opts.now: the time to draw running
+-- attempts up to (default: now).
 ---@return table run {id, dir, status, started, ended, tasks, order, attempts, lanes, critical, ...}
 function M.load(run_dir, opts)
   opts = opts or {}
   local id = run_dir:match("([^/]+)/*$")
-  local run = {
-    id = id, dir = run_dir, tasks = {}, order = {}, attempts = {}, retries = {}, phases = {},
-    summary = read_json(run_dir .. "/summary.json"), invocation = read_json(run_dir .. "/invocation.json"),
-  }
-  local plan = load_plan(run_dir)
-  local function task(tid, agent)
-    local t = run.tasks[tid]
-    if not t then
-      t = { id = tid, agent = agent or tid, text = "", depends_on = {}, attempts = {}, status = "pending" }
-      run.tasks[tid] = t
-      run.order[#run.order + 1] = tid
-    end
-    if agent and t.agent == tid then t.agent = agent end
-    return t
-  end
+  local run = journal.load(run_dir)
+  run.id, run.dir = id, run_dir
+  run.summary = read_json(run_dir .. "/summary.json")
+  run.invocation = read_json(run_dir .. "/invocation.json")
+  run.plan_name, run.final_status = run.plan, run.status
+  run.phases = {}
+  -- The plan the run recorded: every task (those that never started too), in plan order.
+  local plan = records.read_plan(run_dir)
   if plan then
     run.has_plan = true
-    run.plan_name = plan.name
+    run.plan_name = plan.name or run.plan_name
+    local order, in_plan = {}, {}
     for _, pt in ipairs(plan.tasks) do
-      local t = task(pt.id, pt.agent)
+      in_plan[pt.id] = true
+      local t = run.tasks[pt.id]
+      if not t then
+        t = { id = pt.id, agent = pt.agent or pt.id, status = "pending", attempts = {} }
+        run.tasks[pt.id] = t
+      end
       t.text, t.phase = pt.task or "", pt.phase
       t.depends_on = type(pt.depends_on) == "table" and pt.depends_on or {}
+      order[#order + 1] = pt.id
     end
+    for _, tid in ipairs(run.order) do   -- a task the plan does not know (it changed)
+      if not in_plan[tid] then order[#order + 1] = tid end
+    end
+    run.order = order
     if type(plan.phases) == "table" then run.phases = plan.phases end
   end
-
-  local events = status_mod.journal(run_dir)
-  local open = {}     -- "task\0attempt" -> attempt still running
-  local seq, last_t = 0, nil
-  for _, e in ipairs(events) do
-    e.attempt, e.exit, e.signal, e.pid, e.max_workers = int(e.attempt), int(e.exit), int(e.signal), int(e.pid), int(e.max_workers)
-    last_t = math.max(last_t or e.t or 0, e.t or 0)
-    if e.event == "run" then
-      run.started = run.started or e.t
-      run.plan_name = run.plan_name or e.plan
-      run.project, run.mode, run.max_workers = e.project or run.project, e.mode, e.max_workers
-      run.sessions = (run.sessions or 0) + 1
-    elseif e.event == "done" then
-      run.ended, run.final_status = e.t, e.status
-    elseif e.event == "stopping" then
-      run.stopping = e.reason
-    elseif e.task then
-      local t = task(e.task, e.agent)
-      local key = e.task .. "\0" .. tostring(e.attempt)
-      if e.event == "start" then
-        seq = seq + 1
-        local a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t, pid = e.pid, seq = seq }
-        open[key] = a
-        t.attempts[#t.attempts + 1] = a
-        run.attempts[#run.attempts + 1] = a
-        t.status = "running"
-        t.first_start = t.first_start or e.t
-      elseif e.event == "end" then
-        local a = open[key]
-        open[key] = nil
-        if not a then   -- no start event (a built-in driver): place it from its end
-          seq = seq + 1
-          a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t - (e.duration or 0), seq = seq }
-          t.attempts[#t.attempts + 1] = a
-          run.attempts[#run.attempts + 1] = a
-          t.first_start = t.first_start or a.start
-        end
-        a.finish, a.outcome, a.exit, a.signal, a.error = e.t, e.outcome or "failed", e.exit, e.signal, e.error
-        a.duration = e.duration or (a.finish - a.start)
-        t.finish = e.t
-        t.status = a.outcome == "success" and "completed" or "failed"
-        t.error = a.outcome ~= "success" and (a.error or a.outcome) or nil
-      elseif e.event == "retry" then
-        t.status = "retrying"
-        run.retries[#run.retries + 1] = { task = e.task, attempt = e.attempt, delay = e.delay, reason = e.reason }
-      elseif e.event == "skip" then
-        t.status, t.error = "skipped", e.reason
-      end
-    end
+  for _, tid in ipairs(run.order) do
+    local t = run.tasks[tid]
+    t.text, t.depends_on = t.text or "", t.depends_on or {}
   end
-  run.last_event = last_t
 
   -- Live, finished or killed: attempts still open run on (live) or died with the run (killed).
   run.live = opts.live
   if run.live == nil then run.live = not run.ended and is_live(run_dir, id) end
   local now = opts.now or fsutil.now()
   if run.ended then
-    run.status = run.final_status or "completed"
+    run.status = run.final_status or "succeeded"
   elseif run.live then
     run.status = "running"
   else
     run.status = "killed"
   end
-  for _, a in pairs(open) do
-    local t = run.tasks[a.task]
-    if run.live then
-      a.outcome, a.finish, a.running = "running", now, true
-    else
-      a.outcome = "interrupted"
-      a.finish = math.max(a.start, last_sign_of_life(run_dir, a, run.ended or last_t or a.start))
-      t.status = "interrupted"
+  local last_t = run.last_event
+  for _, a in ipairs(run.attempts) do
+    if a.open then
+      local t = run.tasks[a.task]
+      if run.live then
+        a.outcome, a.finish, a.running = "running", now, true
+        a.duration = a.finish - a.start
+        t.finish = math.max(t.finish or 0, a.finish)
+      else
+        journal.interrupt(run, a, last_sign_of_life(run_dir, a, run.ended or last_t or a.start))
+      end
     end
-    a.duration = a.finish - a.start
-    t.finish = math.max(t.finish or 0, a.finish)
   end
   if not run.live then
     for _, tid in ipairs(run.order) do
       local t = run.tasks[tid]
-      if t.status == "pending" and (run.ended or run.status == "killed") then t.status = "not run" end
-      if t.status == "retrying" and not run.live then t.status = "failed" end
+      -- waiting out a backoff when coral stopped: that attempt failed
+      if t.status == "retrying" then t.status = "failed" end
     end
   end
   run.ended_at = run.ended or (run.live and now) or last_t or now
   run.started = run.started or (run.attempts[1] and run.attempts[1].start) or run.ended_at
 
-  -- Attempt order per task, lanes, critical path.
-  for _, tid in ipairs(run.order) do
-    table.sort(run.tasks[tid].attempts, function(a, b) return a.n < b.n end)
-  end
   run.lanes = assign_lanes(run.attempts)
   if run.has_plan then
-    run.critical, run.critical_seconds = critical_path(run)
+    local spans = {}
+    for _, tid in ipairs(run.order) do
+      local t = run.tasks[tid]
+      spans[tid] = (t.first_start and t.finish) and (t.finish - t.first_start) or nil
+    end
+    local tasks = {}
+    for _, tid in ipairs(run.order) do
+      local deps = {}
+      for _, d in ipairs(run.tasks[tid].depends_on) do if run.tasks[d] then deps[#deps + 1] = d end end
+      tasks[#tasks + 1] = { id = tid, depends_on = deps }
+    end
+    run.critical, run.critical_seconds = summary_mod.critical_path(tasks, spans)
+    -- a path of tasks that took no time says nothing
+    if run.critical_seconds <= 0 then run.critical = {} end
   else
     run.critical, run.critical_seconds = {}, 0
   end
@@ -266,51 +162,41 @@ function M.load(run_dir, opts)
   -- Figures: from summary.json when the run finished, else measured from the journal.
   local busy = 0
   for _, a in ipairs(run.attempts) do busy = busy + (a.duration or 0) end
-  local counts = { completed = 0, failed = 0, skipped = 0, running = 0, pending = 0 }
+  local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0, pending = 0 }
   for _, tid in ipairs(run.order) do
-    local s = run.tasks[tid].status
-    if s == "completed" then counts.completed = counts.completed + 1
-    elseif s == "failed" or s == "interrupted" then counts.failed = counts.failed + 1
-    elseif s == "skipped" or s == "not run" then counts.skipped = counts.skipped + 1
-    elseif s == "running" or s == "retrying" then counts.running = counts.running + 1
+    local st = run.tasks[tid].status
+    if st == "succeeded" then counts.succeeded = counts.succeeded + 1
+    elseif st == "failed" or st == "interrupted" then counts.failed = counts.failed + 1
+    elseif st == "skipped" then counts.skipped = counts.skipped + 1
+    elseif st == "running" or st == "retrying" then counts.running = counts.running + 1
     else counts.pending = counts.pending + 1 end
   end
   local s = run.summary
   local wall = s and s.total_time_seconds or (run.ended_at - run.started)
+  local max_workers = run.max_workers or (s and math.tointeger(s.max_workers))
   run.figures = {
-    tasks = #run.order, completed = counts.completed, failed = counts.failed,
+    tasks = #run.order, succeeded = counts.succeeded, failed = counts.failed,
     skipped = counts.skipped, running = counts.running, pending = counts.pending,
     attempts = #run.attempts, wall = wall, sequential = busy,
     speedup = wall > 0 and busy / wall or 0, saved = busy - wall,
-    max_workers = run.max_workers or (s and int(s.max_workers)), lanes = run.lanes,
-    utilisation = (wall > 0 and (run.max_workers or 0) > 0) and busy / (wall * run.max_workers) * 100 or nil,
+    max_workers = max_workers, lanes = run.lanes,
+    utilisation = (wall > 0 and (max_workers or 0) > 0) and busy / (wall * max_workers) * 100 or nil,
     critical = run.critical_seconds, cost = s and s.total_cost_usd,
   }
   return run
 end
 
---- Finds run `id` (default: the newest) of `project_dir`, or a run dir given as a path.
-function M.find(project_dir, id)
-  if id and (id:find("/") or id == "." or id == "..") then
-    local st = uv.fs_stat(id)
-    if st and st.type == "directory" and uv.fs_stat(id .. "/journal.jsonl") then return fsutil.absolute(id) end
-  end
-  local run, err = status_mod.load(project_dir or ".", id)
-  if not run then return nil, err end
-  return fsutil.absolute(run.dir)
-end
-
 -- {{{ the timeline as text
 
 local OUTCOME_CHAR = {
-  success = "█", failed = "▓", timeout = "▒", ["idle-timeout"] = "▒", ["rate-limited"] = "▒",
+  succeeded = "█", failed = "▓", timeout = "▒", ["idle-timeout"] = "▒", ["rate-limited"] = "▒",
   cancelled = "░", interrupted = "▚", running = "▶",
 }
 local OUTCOME_COLOR = {
-  success = "32", failed = "31", timeout = "33", ["idle-timeout"] = "33", ["rate-limited"] = "35",
+  succeeded = "32", failed = "31", timeout = "33", ["idle-timeout"] = "33", ["rate-limited"] = "35",
   cancelled = "90", interrupted = "35", running = "36",
 }
-M.OUTCOMES = { "success", "failed", "timeout", "idle-timeout", "rate-limited", "cancelled", "interrupted", "running" }
+M.OUTCOMES = { "succeeded", "failed", "timeout", "idle-timeout", "rate-limited", "cancelled", "interrupted", "running" }
 
 local function fmt_seconds(s)
   return require("coral.view.progress").fmt_duration(s)
@@ -390,7 +276,7 @@ function M.text(run, opts)
     out[#out + 1] = string.format("%s %s │%s│ %s", mark, pad(t.id, label_w), table.concat(cells), note)
   end
   local legend = {}
-  for _, o in ipairs { "success", "failed", "timeout", "cancelled", "interrupted", "running" } do
+  for _, o in ipairs { "succeeded", "failed", "timeout", "cancelled", "interrupted", "running" } do
     legend[#legend + 1] = paint(OUTCOME_CHAR[o], OUTCOME_COLOR[o]) .. " " .. o
   end
   out[#out + 1] = "  " .. table.concat(legend, "  ") .. "  · retry"

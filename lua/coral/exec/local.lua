@@ -1,0 +1,46 @@
+--- The local executor: each task a child process of coral on this machine, through coral.proc
+-- (its own process group, a timeout that kills the group, output straight to its files).
+local proc = require "coral.proc"
+
+local Local = {
+  name = "local",
+  on_this_machine = true,   -- a task's CLI must be on this machine's PATH
+  streams = true,           -- stdin pipes and on_stdout work (pipeline mode)
+}
+Local.__index = Local
+
+local M = {}
+
+function M.new(opts)
+  return setmetatable({ kill_grace = opts and opts.kill_grace or 5 }, Local)
+end
+
+function Local:start(job, on_exit)
+  local stdout = { file = job.stdout_path }
+  local stderr = { file = job.stderr_path }
+  if job.on_stdout then stdout.on_data = job.on_stdout end
+  local p, err, code = proc.spawn {
+    argv = job.argv,
+    env = job.env,
+    cwd = job.cwd,
+    stdin = job.stdin,
+    stdout = stdout,
+    stderr = stderr,
+    timeout = job.timeout and job.timeout > 0 and job.timeout or nil,
+    idle_timeout = job.idle_timeout and job.idle_timeout > 0 and job.idle_timeout or nil,
+    kill_grace = job.kill_grace or self.kill_grace,
+    on_exit = on_exit,
+  }
+  if not p then return nil, err, code end
+  return {
+    pid = p.pid,
+    proc = p,
+    -- cancel(): TERM to the process group, KILL after the grace period; cancel(true): KILL now.
+    cancel = function(_, hard) p:terminate(hard and 0 or nil) end,
+    write = function(_, data) return p:write(data) end,
+    close_stdin = function() return p:close_stdin() end,
+  }
+end
+
+M.Local = Local
+return M

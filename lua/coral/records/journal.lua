@@ -1,0 +1,156 @@
+--- The journal of a run (<run dir>/journal.jsonl): one JSON object per line, appended by the
+-- run before it acts on the event (coral.records writes it). This module is its one reader:
+-- status, the timeline and report, history, why and resume all replay a run through replay().
+local cjson = require "cjson.safe"
+local states = require "coral.records.states"
+
+local M = {}
+
+-- JSON numbers come back as floats (1.0): these fields are integers.
+local INTEGER_FIELDS = { "attempt", "exit", "signal", "pid", "pgid", "max_workers", "tasks" }
+
+--- Reads the journal of `run_dir`: the list of events, oldest first. A line cut short by a
+-- crash is ignored; the words of earlier coral versions are read as today's.
+---@return table[] events
+function M.read(run_dir)
+  local events = {}
+  local f = io.open(run_dir .. "/journal.jsonl", "rb")
+  if not f then return events end
+  for line in f:lines() do
+    local e = cjson.decode(line)
+    if type(e) == "table" and type(e.event) == "string" and type(e.t) == "number" then
+      for _, k in ipairs(INTEGER_FIELDS) do
+        if type(e[k]) == "number" then e[k] = math.tointeger(e[k]) or e[k] end
+      end
+      if e.outcome then e.outcome = states.normalize(e.outcome) end
+      if e.status then e.status = states.normalize(e.status) end
+      events[#events + 1] = e
+    end
+  end
+  f:close()
+  return events
+end
+
+local function new_task(run, id, agent)
+  local t = { id = id, agent = agent or id, status = "pending", attempts = {} }
+  run.tasks[id] = t
+  run.order[#run.order + 1] = id
+  return t
+end
+
+-- An attempt still open when its session ended (coral was killed) was interrupted then.
+local function interrupt(run, a, at)
+  a.open, a.outcome = nil, "interrupted"
+  a.finish = math.max(a.start, at)
+  a.duration = a.finish - a.start
+  local t = run.tasks[a.task]
+  if t.status == "running" then t.status, t.finish = "interrupted", a.finish end
+end
+M.interrupt = interrupt
+
+--- Replays `events` (from read()) into the state of the run they describe:
+--   run:     { started, plan, project, mode, max_workers, total, sessions = {{start, last}},
+--              ended, status (the done event's), stopping, last_event, tasks, order,
+--              attempts (every attempt, in the order they began), retries }
+--   task:    { id, agent, status (a task state), attempts, first_start, finish, error, output,
+--              last (its last event but submit/adopt) }
+--   attempt: { task, agent, n, start, finish, duration, outcome, exit, signal, error, pid,
+--              job_id, open (no end yet: running, or lost with a killed coral) }
+-- Attempts left open by an earlier session that coral lost are closed as interrupted at that
+-- session's last event, unless the next session adopted them (a cluster job lives on).
+function M.replay(events)
+  local run = { tasks = {}, order = {}, attempts = {}, retries = {}, sessions = {} }
+  local open = {}        -- "task\0attempt" -> attempt without an end
+  local lost = {}        -- attempts open when a session ended: closed unless adopted
+  local session
+  local function key(e) return e.task .. "\0" .. tostring(e.attempt) end
+  local function close_lost()
+    for k, a in pairs(lost) do interrupt(run, a, a.lost_at); open[k] = nil end
+    lost = {}
+  end
+  for _, e in ipairs(events) do
+    run.last_event = math.max(run.last_event or e.t, e.t)
+    if e.event == "run" then
+      close_lost()
+      if session then
+        for k, a in pairs(open) do a.lost_at = session.last; lost[k] = a end
+      end
+      session = { start = e.t, last = e.t, resumed = e.resumed }
+      run.sessions[#run.sessions + 1] = session
+      run.started = run.started or e.t
+      run.plan = e.plan or run.plan
+      run.project = e.project or run.project
+      run.mode, run.max_workers, run.total = e.mode or run.mode, e.max_workers or run.max_workers, e.tasks or run.total
+    else
+      if session then session.last = e.t end
+      if e.event == "done" then
+        run.ended, run.status = e.t, e.status
+      elseif e.event == "stopping" then
+        run.stopping = e.reason
+      end
+    end
+    if e.task then
+      local t = run.tasks[e.task] or new_task(run, e.task, e.agent)
+      if e.agent and t.agent == t.id then t.agent = e.agent end
+      local k = e.attempt and key(e)
+      if e.event == "start" then
+        local a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t, pid = e.pid,
+                    open = true }
+        open[key({ task = e.task, attempt = a.n })] = a
+        t.attempts[#t.attempts + 1] = a
+        run.attempts[#run.attempts + 1] = a
+        t.status, t.first_start = "running", t.first_start or e.t
+      elseif e.event == "submit" or e.event == "adopt" then
+        local a = k and (open[k] or lost[k])
+        if a then
+          a.job_id = e.job_id or a.job_id
+          if e.event == "adopt" then lost[k], open[k], a.open, a.outcome = nil, a, true, nil end
+        end
+        t.job_id = e.job_id or t.job_id
+      elseif e.event == "end" then
+        local a = k and (open[k] or lost[k])
+        if k then open[k], lost[k] = nil, nil end
+        if not a then   -- no start event (a built-in driver): placed from its end and duration
+          a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t - (e.duration or 0) }
+          t.attempts[#t.attempts + 1] = a
+          run.attempts[#run.attempts + 1] = a
+          t.first_start = t.first_start or a.start
+        end
+        a.open = nil
+        a.finish, a.outcome, a.exit, a.signal, a.error = e.t, e.outcome or "failed", e.exit, e.signal, e.error
+        a.duration = e.duration or (a.finish - a.start)
+        t.finish = e.t
+        if a.outcome == "succeeded" then
+          t.status, t.error, t.output = "succeeded", nil, e.output
+        else
+          t.status, t.error = "failed", a.error or a.outcome
+        end
+      elseif e.event == "retry" then
+        t.status = "retrying"
+        run.retries[#run.retries + 1] = { task = e.task, attempt = e.attempt, delay = e.delay, reason = e.reason }
+      elseif e.event == "skip" then
+        t.status, t.error = "skipped", e.reason
+      end
+      if e.event ~= "submit" and e.event ~= "adopt" then t.last = e end
+    end
+  end
+  close_lost()
+  for _, id in ipairs(run.order) do
+    table.sort(run.tasks[id].attempts, function(a, b) return a.n < b.n end)
+  end
+  return run
+end
+
+--- The wall time of a run's sessions, from each run event to that session's last event.
+function M.session_time(run)
+  local total = 0
+  for _, s in ipairs(run.sessions) do total = total + (s.last - s.start) end
+  return total
+end
+
+--- The run state of `run_dir`: M.replay(M.read(run_dir)).
+function M.load(run_dir)
+  return M.replay(M.read(run_dir))
+end
+
+return M

@@ -1,0 +1,51 @@
+--- The one vocabulary of task, attempt and run states. The journal, summary.json, the JSON
+-- lines, status, the report, history and the project state all use these words; the table is
+-- also in docs/runner.md.
+local M = {}
+
+--- What a task is: waiting for its dependencies, running, waiting to retry, or ended.
+M.TASK = {
+  pending = "waiting for its dependencies (or for a worker)",
+  running = "an attempt is running",
+  retrying = "an attempt failed; waiting out the backoff before the next",
+  succeeded = "an attempt succeeded; its output goes to its dependents",
+  failed = "its last attempt failed and no retry is left",
+  skipped = "not run: a dependency failed, or the run stopped first",
+  interrupted = "its attempt was running when coral was killed (resume runs it again)",
+}
+
+--- How one attempt ended.
+M.ATTEMPT = {
+  succeeded = "the process exited 0 (and the driver found no error in its output)",
+  failed = "the process exited non-zero, or the driver found an error",
+  timeout = "killed after the task's timeout",
+  ["idle-timeout"] = "killed after printing nothing for the task's idle_timeout",
+  ["rate-limited"] = "the agent's API refused for a rate limit; retried on its own budget",
+  cancelled = "stopped by coral (Ctrl-C, on_failure = stop, a failed upstream in a pipeline)",
+  interrupted = "coral was killed while it ran",
+  running = "still running (a live run)",
+}
+
+--- How a run is, or ended.
+M.RUN = {
+  running = "coral is running it",
+  succeeded = "every task succeeded",
+  failed = "a task failed or was skipped",
+  interrupted = "stopped by Ctrl-C, SIGTERM or SIGHUP; resume goes on",
+  killed = "coral died without ending it (kill -9, a crash); resume goes on",
+}
+
+-- Words of earlier coral versions.
+local LEGACY = { success = "succeeded", completed = "succeeded" }
+
+--- A state word as this version spells it.
+function M.normalize(word)
+  return LEGACY[word] or word
+end
+
+--- True when a task in `state` will not change any more in this run.
+function M.ended(state)
+  return state == "succeeded" or state == "failed" or state == "skipped"
+end
+
+return M

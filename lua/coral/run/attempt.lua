@@ -1,0 +1,275 @@
+--- One attempt of a task, from start to end: the driver that turns the task into a process,
+-- the prompt, the process (through the run's executor), then the attempt's classification and
+-- what follows it: done, a retry after backoff, or failed for good.
+local drivers = require "coral.drivers"
+local fsutil = require "coral.fsutil"
+local host = require "coral.host"
+local prompt = require "coral.prompt"
+local uv = require "luv"
+
+local M = {}
+
+local PRIVATE_FILE = tonumber("600", 8)
+
+--- The driver of `task` in `run`: the task's own, `cmd` for a command, the role's hint when
+-- the run lets coral choose, else the run's. Returns the driver, or nil and an error.
+function M.driver_for(run, task)
+  if task.driver then
+    if type(task.driver) == "table" then return task.driver end
+    return drivers.get(task.driver, run.project_dir)
+  end
+  if task.cmd then return drivers.get("cmd") end
+  local role = run.roles and select(2, run.roles(task))
+  if run.runner.driver == "auto" and role and role.driver and role.driver ~= "auto" then
+    return drivers.get(role.driver, run.project_dir)
+  end
+  return drivers.get(run.runner.driver, run.project_dir)
+end
+
+local function task_env(run, st)
+  local r, task = run.records, st.task
+  local bin_dir = host.exe and host.exe:match("^(.*)/[^/]*$")
+  local env = {
+    CORAL_NON_INTERACTIVE = "1", CORAL_RUN_ID = r.id, CORAL_TASK_ID = task.id,
+    CORAL_AGENT = task.agent, CORAL_PROJECT_DIR = run.project_dir, CORAL_RUN_DIR = r.dir,
+    CORAL_SCRATCHPAD = r.paths.scratchpad, CORAL_ACTIVITY = r.paths.activity,
+    CORAL_BIN = host.exe, CORAL_ATTEMPT = tostring(#st.attempts),
+  }
+  if bin_dir then env.PATH = bin_dir .. ":" .. (os.getenv("PATH") or "/usr/bin:/bin") end
+  for k, v in pairs(run.runner.env or {}) do env[k] = v end
+  for k, v in pairs(task.env or {}) do env[k] = v end
+  return env
+end
+
+-- The attempt's context, handed to the driver.
+local function context(run, st, n)
+  local r, task, runner = run.records, st.task, run.runner
+  return {
+    attempt = n, project = run.description, project_dir = run.project_dir, run_dir = r.dir,
+    scratchpad = r.paths.scratchpad, activity = r.paths.activity, coral_exe = host.exe,
+    prompt_path = st.prompt_path, stdout_path = r:task_path(task.id, "out", n),
+    stderr_path = r:task_path(task.id, "err", n), output_path = r:task_path(task.id, "output"),
+    estimate = run.plan:estimate(task), sim_scale = runner.sim_scale,
+    model = task.model or runner.model, timeout = task.timeout or runner.timeout,
+    idle_timeout = task.idle_timeout or runner.idle_timeout,
+    permission_mode = runner.permission_mode,
+    role = run.roles and select(2, run.roles(task)),
+  }
+end
+
+-- The task's prompt, written to its prompt.md: its role, the project, the plan, and the output
+-- of each dependency.
+local function compose_prompt(run, st)
+  local task = st.task
+  local handoffs = {}
+  for _, d in ipairs(task.depends_on) do
+    local dst = run.state[d]
+    if dst and dst.output_path then
+      handoffs[#handoffs + 1] = { id = d, agent = dst.task.agent, output_path = dst.output_path }
+    end
+  end
+  local r = run.records
+  local text = prompt.compose(task, {
+    project = run.description, project_dir = run.project_dir, scratchpad = r.paths.scratchpad,
+    activity = r.paths.activity, handoffs = handoffs, role = run.roles and run.roles(task),
+    plan = run.plan,
+  })
+  st.prompt_path = r:task_path(task.id, "prompt")
+  assert(fsutil.write_atomic(st.prompt_path, text, PRIVATE_FILE))
+  return text
+end
+
+local function max_attempts(run, task)
+  if not run.runner.retry_failed then return 1 end
+  return 1 + (task.retries or run.runner.retries)
+end
+
+--- The wait before the next attempt: exponential in `step` (the count of failures of the same
+-- kind), capped, with jitter; at least what the API asked for (retry_after).
+function M.backoff_delay(b, step, retry_after)
+  local delay = math.min((b.base or 0.5) * (b.factor or 2) ^ (step - 1), b.max or 30)
+  delay = delay * (1 + (b.jitter or 0) * math.random())
+  if retry_after then delay = math.max(delay, retry_after) end
+  return delay
+end
+
+-- Keeps at most `cap` bytes of each stream of the attempt, and says so at the end of the file.
+-- The child writes its files itself (no pipe through coral: that costs a pipe and a read per
+-- task), so a flood is cut when the attempt ends; coral's memory is not involved either way.
+local function cap_output(ctx, cap)
+  for _, stream in ipairs { "stdout", "stderr" } do
+    local path = ctx[stream .. "_path"]
+    local stat = path and uv.fs_stat(path)
+    local fd = stat and stat.size > cap and uv.fs_open(path, "r+", 0)
+    if fd then
+      uv.fs_ftruncate(fd, cap)
+      uv.fs_write(fd, string.format("\n[coral: %s cut at %d bytes; %d more bytes were dropped]\n",
+        stream, cap, math.tointeger(stat.size - cap)), cap)
+      uv.fs_close(fd)
+    end
+  end
+end
+
+local function outcome_of(result, info, st)
+  if result.ok then return "succeeded" end
+  if info and info.timed_out == "idle" then return "idle-timeout" end
+  if info and info.timed_out then return "timeout" end
+  if result.rate_limited then return "rate-limited" end
+  if st.cancelled then return "cancelled" end
+  return "failed"
+end
+
+local function reason_of(result, info)
+  if result.error then return result.error end
+  if info and info.timed_out then return info.timed_out end
+  return "failed"
+end
+
+-- The attempt ended (`info` from the executor, or a `result` decided without a process):
+-- classify it, record it, and decide what follows.
+local function ended(run, st, a, info, result, driver, ctx)
+  local task, runner = st.task, run.runner
+  run.running = run.running - 1
+  a.duration = info and info.duration or (uv.hrtime() - a.mono_start) / 1e9
+  a.finish = a.start + a.duration
+  run.busy = run.busy + a.duration
+  if not result then
+    if st.cancelled then
+      result = { ok = false, error = st.cancelled, retryable = false }
+    else
+      result = (driver.finish or drivers.default_finish)(task, info, ctx)
+    end
+  end
+  local outcome = outcome_of(result, info, st)
+  a.outcome, a.code, a.signal = outcome, info and info.code, info and info.signal
+  a.error = not result.ok and reason_of(result, info) or nil
+  a.cpu_seconds, a.max_rss_kb = info and info.cpu_seconds, info and info.max_rss_kb
+  local cap = runner.output_cap
+  if cap and cap > 0 and ctx and info then cap_output(ctx, cap) end
+  run.records:joblog { task = task.id, attempt = a.n, start = a.start,
+    duration = a.duration, exit = a.code, signal = a.signal, outcome = outcome }
+  -- The output handed to dependents: the file the driver names (a command's stdout), else the
+  -- driver's text written to output.md.
+  local output_path
+  if result.ok then
+    output_path = result.output_path
+    if not output_path then
+      output_path = ctx and ctx.output_path or run.records:task_path(task.id, "output")
+      assert(fsutil.write_file(output_path, result.text or "", PRIVATE_FILE))
+    end
+  end
+  run:emit("end", { task = task.id, agent = task.agent, attempt = a.n, outcome = outcome,
+    exit = a.code, signal = a.signal, duration = a.duration, error = a.error, output = output_path })
+
+  a.usage, a.cost_usd = result.usage, result.cost_usd
+  local retryable = not result.ok and result.retryable ~= false and not st.cancelled
+  -- Rate-limited attempts have their own budget (rate_limit_retries): waiting out a limit is
+  -- not a failure of the task, and --no-retry does not turn it into one.
+  if result.rate_limited and retryable then st.rate_limits = (st.rate_limits or 0) + 1 end
+  local counted = a.n - (st.rate_limits or 0)
+  local final = result.ok or not retryable or run.stopping
+    or (result.rate_limited and st.rate_limits > runner.rate_limit_retries)
+    or (not result.rate_limited and counted >= max_attempts(run, task))
+  run.records:activity {
+    when = a.finish, agent = task.agent, id = task.id, task = task.task, mode = run.mode.label,
+    group = run:group_label(task), deps = task.depends_on, outcome = outcome,
+    reason = not result.ok and (a.error .. (final and "" or " (will retry)")) or nil,
+    duration = a.duration, attempt = a.n,
+    attempts = math.max(a.n, max_attempts(run, task) + (st.rate_limits or 0)),
+    retrying = not final,
+  }
+  if result.ok then
+    st.output_path = output_path
+    st.status, st.finish = "succeeded", a.finish
+    run.project_state:record(st)
+    run:release(st, true)
+  elseif not final then
+    st.status = "retrying"
+    local delay = M.backoff_delay(runner.backoff, result.rate_limited and st.rate_limits or counted,
+                                  result.rate_limited and result.retry_after)
+    run:emit("retry", { task = task.id, attempt = a.n + 1, delay = delay, reason = a.error })
+    local timer = uv.new_timer()
+    st.backoff_timer = timer
+    run.waiting = run.waiting + 1
+    timer:start(math.floor(delay * 1000), 0, function()
+      timer:close()
+      st.backoff_timer = nil
+      run.waiting = run.waiting - 1
+      run.retry_queue[#run.retry_queue + 1] = st
+      run:pump()
+    end)
+  else
+    st.status, st.finish, st.error = "failed", a.finish, a.error
+    run.project_state:record(st)
+    run:release(st, false)
+  end
+  run:pump()
+end
+
+--- Starts the next attempt of a task: composes its prompt (an agent's, once), asks its driver
+-- for the process, starts it through the executor, and records the start.
+function M.start(run, st)
+  local task = st.task
+  local n = #st.attempts + 1
+  -- An attempt adopted on resume (a cluster job still known to the executor) keeps its start.
+  local adopt = st.adopt
+  st.adopt = nil
+  local a = { n = n, start = adopt and adopt.start or fsutil.now(), mono_start = uv.hrtime() }
+  st.attempts[n] = a
+  st.status = "running"
+  if not st.first_start then st.first_start = a.start end
+  run.running = run.running + 1
+  if run.running > run.max_parallel then run.max_parallel = run.running end
+
+  local driver, derr = M.driver_for(run, task)
+  -- An agent gets a prompt (composed once, read back for a retry); a command does not.
+  local prompt_text
+  if driver and driver.name ~= "cmd" then
+    prompt_text = n == 1 and compose_prompt(run, st) or fsutil.read(st.prompt_path)
+  end
+  local ctx = context(run, st, n)
+  ctx.prompt = prompt_text
+  local spec, perr
+  if driver then spec, perr = driver.prepare(task, ctx) end
+  if not spec then
+    return ended(run, st, a, nil, { ok = false, error = derr or perr, retryable = false })
+  end
+  if n == 1 and not adopt then run.records:scratchpad_start(task, a.start, driver.name == "cmd") end
+
+  if spec.builtin then
+    local result = spec.builtin()
+    return ended(run, st, a, { code = result.ok and 0 or 1, duration = 0 }, result, driver, ctx)
+  end
+
+  local env = task_env(run, st)
+  for k, v in pairs(spec.env or {}) do env[k] = v end
+  local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
+  local runner = run.runner
+  local handle, err, code = run.executor:start({
+    argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
+    cwd = task.cwd or run.project_dir, stdin = stdin,
+    stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
+    timeout = task.timeout or runner.timeout,
+    idle_timeout = task.idle_timeout or runner.idle_timeout,
+    kill_grace = runner.kill_grace, on_stdout = on_stdout,
+    slurm = task.slurm, adopt = adopt,
+    on_submit = function(job_id) run:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
+  }, function(info)
+    st.handle = nil
+    if run.aborted then return end   -- killed by abort(): its records are closed
+    ended(run, st, a, info, nil, driver, ctx)
+  end)
+  if not handle then
+    return ended(run, st, a, nil, { ok = false, error = err, retryable = false, code = code }, driver, ctx)
+  end
+  st.handle = handle
+  a.pid = handle.pid
+  if adopt then
+    run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
+  else
+    run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid })
+  end
+  run.mode:started(st)
+end
+
+return M

@@ -1,0 +1,69 @@
+--- The options of a runner, declared once. coral.runner checks its options and fills the
+-- defaults from this list; `coral run` builds its command-line options, their --help lines
+-- and the translation to runner options from it; a spec checks each is in docs/runner.md.
+--   key:     the runner option          type: as coral.check takes it
+--   default: the value when not given   flag, value, help: its command-line form (if any)
+--   choices: the words it takes (modes come from the mode registry)
+local M = {}
+
+M.LIST = {
+  { key = "max_workers", type = "integer", default = 4, flag = "--max-workers", value = "N",
+    help = "tasks at once" },
+  { key = "mode", type = "string", default = "dependency", flag = "--mode", value = "M",
+    help = "how tasks are scheduled: %s" },
+  { key = "timeout", type = "number", default = 300, flag = "--timeout", value = "S",
+    help = "per-task timeout in seconds (0 = none)" },
+  { key = "idle_timeout", type = "number", flag = "--idle-timeout", value = "S",
+    help = "kill a task that prints nothing for S seconds" },
+  { key = "retries", type = "integer", default = 2, flag = "--retries", value = "N",
+    help = "extra attempts for a failed task, with backoff" },
+  { key = "retry_failed", type = "boolean", default = true },
+  { key = "rate_limit_retries", type = "integer", default = 5, flag = "--rate-limit-retries", value = "N",
+    help = "attempts refused by an API rate limit are retried this often, apart from --retries" },
+  { key = "on_failure", type = "string", default = "skip", flag = "--on-failure", value = "P",
+    choices = { "skip", "stop", "continue" },
+    help = "skip: skip the dependents of a failed task; stop: stop the run; continue: run them" },
+  { key = "driver", type = "string", default = "auto", flag = "--agent", value = "DRIVER",
+    help = "auto, claude, codex, gemini, aider, sim, prompt, cmd, or a project driver" },
+  { key = "model", type = "string", flag = "--model", value = "NAME", help = "model passed to the agent CLI" },
+  { key = "permission_mode", type = "string", flag = "--permission-mode", value = "M",
+    help = "claude: its --permission-mode (acceptEdits); codex: bypassPermissions drops its sandbox" },
+  { key = "project_dir", type = "string", default = ".", flag = "--dir", value = "PROJECT",
+    help = "project directory" },
+  { key = "sim_scale", type = "number", flag = "--sim-scale", value = "X",
+    help = "the sim driver sleeps estimate x X seconds (0.02)" },
+  { key = "kill_grace", type = "number", default = 5, flag = "--kill-grace", value = "S",
+    help = "seconds between TERM and KILL when a task is stopped" },
+  { key = "output_cap", type = "integer", default = 64 * 1024 * 1024, flag = "--output-cap", value = "BYTES",
+    help = "bytes kept of each stream of an attempt (0 = all)" },
+  { key = "executor", type = "string|table", flag = "--executor", value = "E",
+    help = "local (default) or slurm: each task a Slurm batch job (docs/slurm.md)" },
+  { key = "output", type = "string", default = "auto", choices = { "auto", "live", "lines", "json", "quiet" } },
+  { key = "backoff", type = "table", default = { base = 0.5, factor = 2, max = 30, jitter = 0.25 } },
+  { key = "on_event", type = "function" },
+  { key = "env", type = "table" },
+  { key = "description", type = "string" },
+  { key = "name", type = "string" },
+}
+
+--- key -> declaration
+M.BY_KEY = {}
+--- key -> type, as coral.check.options takes it
+M.TYPES = {}
+for _, o in ipairs(M.LIST) do
+  M.BY_KEY[o.key] = o
+  M.TYPES[o.key] = o.type
+end
+
+--- A fresh copy of the default of option `key` (tables are copied: a runner may change its own).
+function M.default(key)
+  local d = M.BY_KEY[key].default
+  if type(d) == "table" then
+    local c = {}
+    for k, v in pairs(d) do c[k] = v end
+    return c
+  end
+  return d
+end
+
+return M

@@ -1,0 +1,117 @@
+--- A run continued from its journal (`coral resume`, execute_plan{resume = id}), and the
+-- project's run lock that keeps one run per project at a time.
+local coord = require "coral.coord"
+local fsutil = require "coral.fsutil"
+local journal = require "coral.records.journal"
+local records = require "coral.records"
+local uv = require "luv"
+
+local M = {}
+
+--- Takes the project's run lock without waiting. The refusal names the run that holds it.
+function M.lock(paths)
+  local lock, err = coord.lock(paths.coral .. "/run", { timeout = 0, mkdir = true,
+    mode = tonumber("600", 8), dir_mode = tonumber("700", 8) })
+  if lock then return lock end
+  local owner = records.read_owner(paths)
+  if owner then
+    return nil, string.format("another coral run is in progress in %s: run %s (pid %s); wait for it or stop it",
+      paths.project, owner.run_id or "?", tostring(math.tointeger(owner.pid) or owner.pid or "?"))
+  end
+  return nil, err
+end
+
+--- Kills what is left of a run's processes: every process whose environment carries the run's
+-- id (a task's group leader, its children, even orphaned grandchildren). Returns their count.
+function M.kill_leftovers(run_id)
+  local mark = "CORAL_RUN_ID=" .. run_id .. "\0"
+  local victims = {}
+  local dir = uv.fs_scandir("/proc")
+  while dir do
+    local name = uv.fs_scandir_next(dir)
+    if not name then break end
+    local pid = tonumber(name)
+    if pid and pid ~= uv.os_getpid() then
+      local env = fsutil.read("/proc/" .. name .. "/environ")
+      if env and env:find(mark, 1, true) then victims[#victims + 1] = pid end
+    end
+  end
+  for _, pid in ipairs(victims) do uv.kill(pid, "sigkill") end
+  -- Wait (briefly) until they are gone, so a restarted task never meets its old self.
+  local deadline = uv.hrtime() + 5e9
+  for _, pid in ipairs(victims) do
+    while uv.kill(pid, 0) == 0 and uv.hrtime() < deadline do
+      local stat = fsutil.read("/proc/" .. pid .. "/stat")
+      if not stat or stat:match("^%d+ %(.*%) ([ZX])") then break end
+      uv.sleep(10)
+    end
+  end
+  return #victims
+end
+
+--- Rebuilds `run`'s state from its journal before it goes on: succeeded tasks are not run
+-- again, tasks that were running or waiting to retry start again, failed tasks stay failed
+-- unless `retry_failed`, skipped tasks are decided again.
+function M.restore(run, retry_failed)
+  local past = journal.load(run.records.dir)
+  run.prior_wall = journal.session_time(past)
+  -- An executor that can adopt (a cluster engine) takes back the jobs it still knows.
+  local adopted = {}
+  if run.executor.recover then
+    local open = {}
+    for id, t in pairs(past.tasks) do
+      local last = t.attempts[#t.attempts]
+      if run.state[id] and last and last.open then open[id] = { attempt = last.n } end
+    end
+    adopted = run.executor:recover(run.records.id, open)
+  else
+    run.killed_leftovers = M.kill_leftovers(run.records.id)
+  end
+  local session_end = past.sessions[#past.sessions] and past.sessions[#past.sessions].last
+  local outcome = {}
+  for id, t in pairs(past.tasks) do
+    local st = run.state[id]
+    if st then
+      for _, a in ipairs(t.attempts) do
+        local copy = { n = a.n, start = a.start, duration = a.duration, finish = a.finish, outcome = a.outcome,
+                       code = a.exit, signal = a.signal, error = a.error, restored = true }
+        if a.open and adopted[id] and a == t.attempts[#t.attempts] then
+          st.adopt = { job_id = adopted[id].job_id, start = a.start }
+          copy = nil
+        elseif a.open then
+          -- It was running when coral stopped and ran for real: kept, as interrupted.
+          journal.interrupt(past, a, session_end or a.start)
+          copy.outcome, copy.finish, copy.duration = a.outcome, a.finish, a.duration
+        end
+        st.attempts[#st.attempts + 1] = copy
+      end
+      st.first_start = t.first_start
+      if t.status == "succeeded" then
+        outcome[id] = "succeeded"
+        st.output_path = t.output or run.records:task_path(id, "output")
+        st.finish, st.resumed = t.finish, true
+      elseif t.status == "failed" and not retry_failed then
+        outcome[id] = "failed"
+        st.finish, st.error, st.resumed = t.finish, t.error, true
+      end
+    end
+  end
+  -- Walk the graph: hand finished tasks back to it, queue the rest for the first pump.
+  repeat
+    local ids = run.g:ready()
+    for _, id in ipairs(ids) do
+      local st = run.state[id]
+      if outcome[id] == "succeeded" then
+        st.status = "succeeded"
+        run.g:done(id, true)
+      elseif outcome[id] == "failed" then
+        st.status = "failed"
+        run:release(st, false)
+      else
+        run.retry_queue[#run.retry_queue + 1] = st
+      end
+    end
+  until #ids == 0
+end
+
+return M

@@ -1,0 +1,90 @@
+--- The summary of a run (summary.json, the text `coral run` prints, the `done` JSON line):
+-- per task its state, attempts, times, usage and cost; for the run its counts, wall time,
+-- speedup over the measured sequential time, and the measured critical path.
+local dag = require "coral.dag"
+
+local M = {}
+
+--- The measured critical path: the chain, along dependencies, of tasks whose measured spans
+-- (first start to end, retries and backoff included) add up to the most. `spans`: task id ->
+-- seconds, for the tasks that ran; `tasks`: the plan's tasks (id, depends_on). Computed by
+-- coral.dag, without recursion.
+---@return string[] path, number seconds
+function M.critical_path(tasks, spans)
+  local g = dag.new()
+  for _, t in ipairs(tasks) do
+    assert(g:add(t.id, t.depends_on, { weight = spans[t.id] or 0 }))
+  end
+  assert(g:validate())
+  local path, length = g:critical_path()
+  g:close()
+  -- Tasks that never ran (no span) add nothing: they are not on the path that was measured.
+  while #path > 0 and spans[path[#path]] == nil do path[#path] = nil end
+  while #path > 0 and spans[path[1]] == nil do table.remove(path, 1) end
+  return path, length
+end
+
+-- Token usage and cost, where the agent CLI reports them, summed over the attempts.
+local function usage_of(attempts)
+  local usage, cost
+  for _, a in ipairs(attempts) do
+    if type(a.usage) == "table" then
+      usage = usage or {}
+      for k, v in pairs(a.usage) do
+        if math.type(v) then usage[k] = (usage[k] or 0) + v end
+      end
+    end
+    if a.cost_usd then cost = (cost or 0) + a.cost_usd end
+  end
+  return usage, cost
+end
+
+--- The summary of `run` (coral.run's Run, at its end).
+function M.of(run)
+  -- A resumed run counts the time of its earlier sessions too.
+  local wall = run.finish_time - run.start_time + (run.prior_wall or 0)
+  local sequential, succeeded, failed, skipped = 0, 0, 0, 0
+  local results, total_cost, spans = {}, nil, {}
+  for _, t in ipairs(run.plan.tasks) do
+    local st = run.state[t.id]
+    local duration = 0
+    for _, a in ipairs(st.attempts) do duration = duration + a.duration end
+    sequential = sequential + duration
+    local status = st.status == "pending" and "skipped" or st.status
+    if status == "succeeded" then succeeded = succeeded + 1
+    elseif status == "skipped" then skipped = skipped + 1
+    else failed = failed + 1 end
+    local last = st.attempts[#st.attempts]
+    local usage, cost = usage_of(st.attempts)
+    if cost then total_cost = (total_cost or 0) + cost end
+    spans[t.id] = (st.first_start and st.finish) and (st.finish - st.first_start) or nil
+    results[t.id] = {
+      agent = t.agent, task = t.task, status = status,
+      attempts = #st.attempts, exit_code = last and last.code, signal = last and last.signal,
+      duration_seconds = duration, output_file = st.output_path, error = st.error,
+      started = st.first_start, finished = st.finish, usage = usage, cost_usd = cost,
+      rate_limited = st.rate_limits,
+    }
+  end
+  local total = #run.plan.tasks
+  local _, critical_seconds = M.critical_path(run.plan.tasks, spans)
+  return {
+    run_id = run.records.id, run_dir = run.records.dir, plan = run.plan.name,
+    project = run.description, mode = run.mode.name, max_workers = run.max_workers,
+    status = run.interrupted and "interrupted" or ((failed + skipped == 0) and "succeeded" or "failed"),
+    tasks = total, succeeded = succeeded, failed = failed, skipped = skipped,
+    success_rate = total > 0 and succeeded / total * 100 or 0,
+    total_time_seconds = wall, sequential_estimate_seconds = sequential,
+    time_saved_seconds = sequential - wall,
+    efficiency_gain_percent = sequential > 0 and (sequential - wall) / sequential * 100 or 0,
+    speedup = wall > 0 and sequential / wall or 0,
+    phases = #run.phases, max_parallel = run.max_parallel,
+    critical_path_seconds = critical_seconds,
+    worker_utilisation_percent = wall > 0 and run.busy / (wall * run.max_workers) * 100 or 0,
+    interrupted = run.interrupted or false, stopped = run.stopping or nil,
+    started = run.start_time, finished = run.finish_time,
+    total_cost_usd = total_cost, results = results,
+  }
+end
+
+return M
