@@ -1,6 +1,6 @@
 --- The Slurm executor: each task attempt becomes one Slurm batch job. coral keeps the
 -- scheduling, policies, coordination and records; only "start a task", "cancel a task" and
--- "learn that it ended" go through Slurm (the executor interface of coral.executor).
+-- "learn that it ended" go through Slurm (the executor interface of coral.exec).
 --
 -- Why batch jobs and not job steps in an allocation: a step is an `srun` child of coral, so
 -- it dies with coral and cannot be adopted on resume, and it needs an allocation sized up
