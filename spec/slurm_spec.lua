@@ -197,7 +197,7 @@ return coral.plan {
     assert.are.equal("skipped", summary.results.d.status)
   end)
 
-  it("adopts the jobs of a killed coral on resume instead of submitting them again", function()
+  it("adopts the jobs of a killed coral on resume instead of submitting them again, and cancels strays", function()
     local dir = H.tmpdir()
     H.write_file(dir .. "/r.lua", ([[
 local coral = require "coral"
@@ -221,8 +221,15 @@ return coral.plan {
     local run_id = journal(dir)[1].run_id
     assert.are.equal(2, #live_jobs(run_id), "two jobs live on after coral was killed")
     wait_until(function() return (H.read_file(dir .. "/ran") or ""):find("ends_while_dead") end)
+    -- A job of the run that the journal does not expect (as if submitted just before coral
+    -- died): resume cancels it.
+    local ok, stray = sh("sbatch --parsable -o /dev/null -J stray --comment=coral:" .. run_id ..
+                         ":9:still_running --wrap 'sleep 60'")
+    assert(ok, stray)
+    stray = stray:match("%d+")
     local resumed = H.run({ "resume", "--dir", dir, "--quiet" }, { timeout = 60 })
     assert.are.equal(0, resumed.code, resumed.stdout .. resumed.stderr)
+    wait_until(function() return job_state(stray) == "CANCELLED" end)
     local events = journal(dir)
     for _, id in ipairs { "quick", "ends_while_dead", "still_running", "after" } do
       assert.are.equal(1, count(events, function(e) return e.event == "submit" and e.task == id end),

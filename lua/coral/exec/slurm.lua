@@ -1,6 +1,6 @@
 --- The Slurm executor: each task attempt becomes one Slurm batch job. coral keeps the
 -- scheduling, policies, coordination and records; only "start a task", "cancel a task" and
--- "learn that it ended" go through Slurm (the executor interface of coral.executor).
+-- "learn that it ended" go through Slurm (the executor interface of coral.exec).
 --
 -- Why batch jobs and not job steps in an allocation: a step is an `srun` child of coral, so
 -- it dies with coral and cannot be adopted on resume, and it needs an allocation sized up
@@ -41,6 +41,8 @@ local FINISHED = {
 
 local SQUEUE_FORMAT = "JobID:|,State:|,exit_code:|,Comment:|"
 
+-- For the batch script only, which Slurm runs with /bin/sh: coral itself runs sbatch, squeue and
+-- scancel with an argv, through coral.proc, never through a shell.
 local function shell_quote(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
@@ -86,28 +88,54 @@ local function decode_status(w)
   return (w >> 8) & 0xff, nil
 end
 
--- Runs argv to the end on the loop; calls done(code, stdout, stderr).
-local function run_async(argv, env, done)
-  local out, err = {}, {}
-  local p, perr, code = proc.spawn {
-    argv = argv, env = env,
-    stdout = { on_data = function(d) out[#out + 1] = d end },
-    stderr = { on_data = function(d) err[#err + 1] = d end },
-    on_exit = function(info) done(info.code, table.concat(out), table.concat(err)) end,
-  }
-  if not p then return nil, perr, code end
-  return p
+-- The message for a Slurm command that failed: what it said on stderr (else stdout), or how it
+-- ended. Slurm's commands already begin their errors with their name ("sbatch: error: ..."):
+-- the name is added only when missing, so a message reads "sbatch: ..." either way.
+local function failure(argv, info, out, err)
+  local name = tostring(argv[1]):match("[^/]*$")
+  local text = (err:match("%S") and err or out):gsub("^%s+", ""):gsub("%s+$", "")
+  if text == "" then
+    text = info.signame and ("killed by " .. info.signame) or ("exit code " .. tostring(info.code))
+  end
+  if text:sub(1, #name + 1) == name .. ":" then return text end
+  return name .. ": " .. text
 end
 
--- Runs argv to the end, blocking (only used before the run's loop starts: resume).
+-- proc.spawn options that run argv (no shell) and collect its stdout and stderr into `out`.
+local function spawn_opts(argv, env, out)
+  out.stdout, out.stderr = {}, {}
+  return {
+    argv = argv, env = env,
+    stdout = function(d) out.stdout[#out.stdout + 1] = d end,
+    stderr = function(d) out.stderr[#out.stderr + 1] = d end,
+  }
+end
+
+-- Runs argv to the end on the loop; calls done(stdout, nil, info) when it exits 0, else
+-- done(nil, err, info) (info: coral.proc's exit information).
+-- Returns the proc, or nil, err, code when it cannot start (the program is missing).
+local function run_async(argv, env, done)
+  local out = {}
+  local opts = spawn_opts(argv, env, out)
+  opts.on_exit = function(info)
+    local stdout, stderr = table.concat(out.stdout), table.concat(out.stderr)
+    if info.code == 0 then return done(stdout, nil, info) end
+    done(nil, failure(argv, info, stdout, stderr), info)
+  end
+  return proc.spawn(opts)
+end
+
+-- Runs argv to the end, blocking: p:wait() runs the loop until the command is reaped, so it
+-- must not be called from a loop callback (only before the run's loop starts: resume).
+-- Returns its stdout when it exits 0, else nil, err (and the error code when it cannot start).
 local function run_sync(argv)
-  local parts = {}
-  for i, a in ipairs(argv) do parts[i] = shell_quote(a) end
-  local f = io.popen(table.concat(parts, " ") .. " 2>&1")
-  if not f then return nil, "cannot run " .. argv[1] end
-  local text = f:read("a")
-  local ok, _, code = f:close()
-  return ok and 0 or code, text
+  local out = {}
+  local p <close>, err, code = proc.spawn(spawn_opts(argv, nil, out))
+  if not p then return nil, err, code end
+  local info = p:wait()
+  local stdout, stderr = table.concat(out.stdout), table.concat(out.stderr)
+  if info.code == 0 then return stdout end
+  return nil, failure(argv, info, stdout, stderr)
 end
 
 local Slurm = {}
@@ -229,12 +257,15 @@ function Slurm:start(job, on_exit)
     if not wok then return nil, werr end
   end
   -- The job's environment goes through sbatch's own (--export=ALL), never into a file.
-  local p, perr, pcode = run_async(self:sbatch_args(job, ids, script), env, function(code, out, errtext)
-    local id = code == 0 and out:match("^(%d+)")
+  local argv = self:sbatch_args(job, ids, script)
+  local p, perr, pcode = run_async(argv, env, function(out, serr, info)
+    -- --parsable answers "<id>" or "<id>;<cluster>"
+    local id = out and out:match("^%s*(%d+)")
     if not id then
+      serr = serr or ("sbatch: no job id in its answer '" .. out:gsub("%s+$", "") .. "'")
       local f = io.open(job.stderr_path, "ab")
-      if f then f:write(errtext ~= "" and errtext or ("sbatch: exit code " .. tostring(code) .. "\n")); f:close() end
-      return self:finish(rec, { code = code ~= 0 and code or 1 })
+      if f then f:write(serr, "\n"); f:close() end
+      return self:finish(rec, { code = info.code ~= 0 and info.code or 1 })
     end
     if job.on_submit then job.on_submit(math.tointeger(tonumber(id))) end
     self:track(rec, id)
@@ -271,6 +302,8 @@ function Slurm:cancel(rec, hard)
   if rec.cancel_sent == "hard" or (rec.cancel_sent and not hard) then return end
   rec.cancel_sent = hard and "hard" or "soft"
   local argv = hard and { self.scancel, "--signal=KILL", rec.id } or { self.scancel, rec.id }
+  -- A failed scancel is not an error of the task: the job may have just ended (squeue will
+  -- say), and a soft cancel is followed by a hard one after the grace.
   run_async(argv, nil, function() end)
   if not hard then
     local grace = rec.job.kill_grace or self.kill_grace
@@ -301,9 +334,9 @@ function Slurm:poll()
   if #ids == 0 then return end
   self.polling = true
   local argv = { self.squeue, "-h", "--states=all", "--jobs=" .. table.concat(ids, ","), "-O", SQUEUE_FORMAT }
-  local p = run_async(argv, nil, function(code, out, err)
+  local p = run_async(argv, nil, function(out, err)
     self.polling = false
-    local seen = parse_squeue(out)
+    local seen = parse_squeue(out or "")
     local now = uv.hrtime()
     for _, id in ipairs(ids) do
       local rec = self.jobs[id]
@@ -311,7 +344,7 @@ function Slurm:poll()
       if rec and s then
         rec.misses = 0
         self:observe(rec, s, now)
-      elseif rec and (code == 0 or err:find("Invalid job id", 1, true)) then
+      elseif rec and (out or err:find("Invalid job id", 1, true)) then
         -- Slurm forgot the job (MinJobAge passed, or a restarted controller): its end is unknown.
         rec.misses = (rec.misses or 0) + 1
         if rec.misses >= 3 then
@@ -396,10 +429,10 @@ function Slurm:recover(run_id, running)
   local user = os.getenv("USER") or os.getenv("LOGNAME")
   local argv = { self.squeue, "-h", "--states=all", "-O", SQUEUE_FORMAT }
   if user then table.insert(argv, 3, "--user=" .. user) end
-  local code, text = run_sync(argv)
+  local text, err = run_sync(argv)
   local adopt = {}
-  if code ~= 0 then
-    io.stderr:write("coral: warning: cannot list the run's slurm jobs: ", (text or ""):gsub("%s+$", ""), "\n")
+  if not text then
+    io.stderr:write("coral: warning: cannot list the run's slurm jobs: ", err, "\n")
     return adopt
   end
   local stray = {}
@@ -415,8 +448,12 @@ function Slurm:recover(run_id, running)
     end
   end
   if #stray > 0 then
-    table.insert(stray, 1, self.scancel)
-    run_sync(stray)
+    table.sort(stray, function(x, y) return tonumber(x) < tonumber(y) end)
+    local ok, cerr = run_sync({ self.scancel, table.unpack(stray) })
+    if not ok then
+      io.stderr:write("coral: warning: cannot cancel the run's unexpected slurm jobs ",
+                      table.concat(stray, ","), ": ", cerr, "\n")
+    end
   end
   return adopt
 end
