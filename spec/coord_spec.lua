@@ -261,6 +261,7 @@ describe("coral.coord", function()
       local q = mnt .. "/new.md"
       ok, err, code = coord.append(q, ("d"):rep(60000), { header = "# new\n" })
       assert.is_nil(ok)
+      assert.are.equal("append " .. q .. ": write: ENOSPC: no space left on device", err)
       assert.are.equal("ENOSPC", code)
       assert.is_nil(uv.fs_stat(q))
       -- update: the temp file cannot be written; the old content stays and no temp is left
