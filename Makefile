@@ -43,7 +43,7 @@ LUA_SRC  := $(shell find lua recipes -name '*.lua' 2>/dev/null | LC_ALL=C sort) 
             $(shell find agents -name '*.md' 2>/dev/null | LC_ALL=C sort)
 DEPS_OK  := $(BUILD)/.deps-ok
 
-.PHONY: all deps test test-c test-lua demo install clean bench
+.PHONY: all deps test test-c test-lua lint demo install clean bench
 all: $(BUILD)/coral
 
 # Install missing Debian packages once per build dir; the stamp is redone when the script changes.
@@ -79,6 +79,11 @@ test:
 	@scripts/install-deps --check --test >/dev/null 2>&1 || scripts/install-deps --test
 	@$(MAKE) --no-print-directory WERROR=1 all $(CTESTS)
 	@scripts/run-tests $(BUILD)
+
+# luacheck over every Lua file of the tree (.luacheckrc); make test runs it too.
+lint:
+	@scripts/install-deps --check lua-check >/dev/null 2>&1 || scripts/install-deps lua-check
+	@luacheck -q .
 
 demo: $(BUILD)/coral
 	@scripts/demo $(BUILD)/coral

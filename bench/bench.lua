@@ -130,7 +130,7 @@ end
 
 local finished_projects = {}
 
-local function run_one(peer, files)
+local function run_one(peer)
   local argv, o = peer.argv, peer.o or {}
   local project
   if o.project then
@@ -180,7 +180,7 @@ local function process_workload(w)
       for k = 0, #peers - 1 do                 -- rotate the order each repetition
         local p = peers[(k + rep - 1) % #peers + 1]
         if not (p.o and p.o.once and rep > 1) then
-          local m = run_one(p, files)
+          local m = run_one(p)
           if m.code ~= 0 then fails[p.name] = true end
           walls[p.name][rep], cpus[p.name][#cpus[p.name] + 1], rss[p.name][#rss[p.name] + 1] = m.wall, m.cpu, m.rss_mb
         end

@@ -93,7 +93,7 @@ return coral.plan { coral.task("reviewer", "Review main.c") }
   end)
 
   it("lets .coral/agents override a built-in role and .claude/agents, and says where each came from", function()
-    local dir, home = H.tmpdir(), H.tmpdir()
+    local dir = H.tmpdir()
     H.write_file(mkdirs(dir, ".claude", "agents") .. "/qa.md", "---\nname: qa-testing\ndescription: from claude\n---\nCLAUDE QA\n")
     H.write_file(mkdirs(dir, ".coral", "agents") .. "/qa-testing.md",
                  "---\nid: qa-testing\nname: QA\ndescription: ours\n---\nOUR QA PROMPT\n")

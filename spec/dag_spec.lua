@@ -1,6 +1,6 @@
 -- coral.dag: building and validating a graph of tasks, its phases, critical path and ranks, and
 -- handing out work with ready()/done(); checked against the pure-Lua oracle in spec/dag_oracle.lua.
-local H = require("spec.helper").guard(_ENV)
+require("spec.helper").guard(_ENV)
 local dag = require "coral.dag"
 local oracle = require "spec.dag_oracle"
 

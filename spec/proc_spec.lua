@@ -136,6 +136,7 @@ describe("coral.proc", function()
         assert.truthy(err:find("spec/proc_spec.lua:" .. l .. ": bad argument #1 to 'spawn' (" .. case[2], 1, true), err)
       end
       ok, err = pcall(function() l = line(); proc.spawn({ argv = { "true" } }, 2) end)
+      assert.is_false(ok)
       assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'spawn' (no more than 1 argument expected)", err)
     end)
   end)
@@ -228,6 +229,7 @@ describe("coral.proc", function()
       local q = proc.spawn { argv = { "true" } }
       local l
       ok, err = pcall(function() l = line(); q:write("x") end)
+      assert.is_false(ok)
       assert.are.equal("spec/proc_spec.lua:" .. l .. ": proc write: stdin is not a pipe (spawn with stdin = true)", err)
       q:wait()
     end)
@@ -373,6 +375,7 @@ describe("coral.proc", function()
       assert.matches("^kill %d+: ESRCH", err)
       local l
       ok, err = pcall(function() l = line(); p:kill("NOPE") end)
+      assert.is_false(ok)
       assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #1 to 'kill' (unknown signal 'NOPE')", err)
     end)
 

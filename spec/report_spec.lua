@@ -240,6 +240,7 @@ describe("the run report", function()
 
     -- A second run: history lists both, and each agent's median duration across the runs.
     r = run_recipe(dir)
+    assert.are.equal(1, r.code, r.stderr)
     local h = H.run({ "history", "--dir", dir, "--json" })
     assert.are.equal(0, h.code, h.stderr)
     local hist = cjson.decode(h.stdout)

@@ -73,6 +73,9 @@ return coral.plan {
   task("i", { "g", "h" }), task("j", {}, "coral note from-j; echo j"),
 }
 ]]
+-- TEN's dependencies, to check the order of its journal against.
+local TEN_DEPS = { b = { "a" }, c = { "a" }, d = { "a" }, e = { "b", "c" }, f = { "c", "d" }, g = { "e" },
+                   h = { "f" }, i = { "g", "h" } }
 
 describe("slurm executor", function()
   it("runs a ten-task plan with dependencies to the same records as a local run", function()
@@ -98,7 +101,12 @@ describe("slurm executor", function()
       local ended = {}
       for _, e in ipairs(journal(dir)) do
         if e.event == "end" then ended[e.task] = true end
-        if e.event == "start" then rec.order[#rec.order + 1] = e.task end
+        if e.event == "start" then
+          for _, dep in ipairs(TEN_DEPS[e.task] or {}) do
+            assert.is_true(ended[dep], string.format("%s: %s started before %s ended", executor, e.task, dep))
+          end
+          rec.order[#rec.order + 1] = e.task
+        end
       end
       assert.matches("worker: from%-j", H.read_file(dir .. "/scratchpad.md"))
       if executor == "slurm" then

@@ -96,8 +96,9 @@ end
 
 --- Builds the plan of recipe `name` (library name or file path) for `description`.
 -- Raises "file:line: message" for errors in the recipe; an unknown name gives the default plan
--- with a warning that names the known types.
-function M.plan(name, description, level, opts)
+-- with a warning that names the known types. The third argument (an error level that callers
+-- pass) is not used: errors in a recipe carry the recipe's own file:line, the others have none.
+function M.plan(name, description, _, opts)
   local chunk, where = load_chunk(name, opts and opts.project_dir)
   if not chunk then
     if where then check.user_error(where) end
