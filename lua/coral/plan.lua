@@ -339,8 +339,6 @@ end
 --- The plan as a Mermaid flowchart: phases as subgraphs, critical path highlighted.
 function Plan:to_mermaid()
   local path = self:critical_path()
-  local on_path = {}
-  for _, id in ipairs(path) do on_path[id] = true end
   local node_name, n = {}, 0
   for _, t in ipairs(self.tasks) do n = n + 1; node_name[t.id] = "t" .. n end
   local function label(s) return (s:gsub('"', "#quot;")) end

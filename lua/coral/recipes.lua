@@ -95,10 +95,10 @@ local function default_plan(description)
 end
 
 --- Builds the plan of recipe `name` (library name or file path) for `description`.
--- Raises "file:line: message" for errors in the recipe; an unknown name gives the default plan
--- with a warning that names the known types. The third argument (an error level that callers
--- pass) is not used: errors in a recipe carry the recipe's own file:line, the others have none.
-function M.plan(name, description, _, opts)
+-- Raises a user error (coral.check) for a recipe that cannot be loaded or returns no plan;
+-- errors inside the recipe carry its own file:line. An unknown name gives the default plan
+-- with a warning that names the known types. opts: project_dir (its .coral/recipes/).
+function M.plan(name, description, opts)
   local chunk, where = load_chunk(name, opts and opts.project_dir)
   if not chunk then
     if where then check.user_error(where) end
@@ -107,7 +107,6 @@ function M.plan(name, description, _, opts)
       "(architect, full-stack engineer, QA). Known types: %s\n", name, table.concat(M.names(), ", ")))
     return default_plan(description)
   end
-  local plan_mod = require "coral.plan"
   local ok, value = xpcall(chunk, check.traceback, description, opts)
   if not ok then error(value, 0) end
   ok, value = xpcall(M.to_plan, check.traceback, value, name, description, opts)

@@ -168,7 +168,7 @@ end
 
 --- Loads a recipe (library name or file) and runs it with the parsed options.
 local function run_recipe(name, description, opts, args)
-  local ok, plan = pcall(require("coral.recipes").plan, name, description or "(no description)", 1,
+  local ok, plan = pcall(require("coral.recipes").plan, name, description or "(no description)",
                          { project_dir = opts.project_dir })
   if not ok then return report_error(plan, EXIT_USAGE) end
   return M.run_plan(plan, opts, M.invocation(name, args))
@@ -233,7 +233,7 @@ M.LIST = {
       local ropts, positional = M.parse(rargs, RUN_OPTIONS)
       if not ropts then return fail(positional) end
       ropts.resume = run_id
-      local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)", 1,
+      local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)",
                              { project_dir = ropts.project_dir })
       if not ok then return report_error(plan, EXIT_USAGE) end
       return M.run_plan(plan, ropts, inv)

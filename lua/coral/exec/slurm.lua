@@ -138,7 +138,9 @@ local function run_sync(argv)
   return nil, failure(argv, info, stdout, stderr)
 end
 
-local Slurm = {}
+-- Tasks run on the cluster's nodes (their CLIs are not looked up here), and nothing streams
+-- between them (pipeline mode refuses this executor).
+local Slurm = { name = "slurm", on_this_machine = false, streams = false }
 Slurm.__index = Slurm
 M.Slurm = Slurm
 
@@ -223,8 +225,8 @@ function Slurm:start(job, on_exit)
   local env = job.env or {}
   local ids = { run = env.CORAL_RUN_ID or "norun", task = env.CORAL_TASK_ID or "task",
                 attempt = env.CORAL_ATTEMPT or "1" }
-  local ok, err = pcall(check.options, "task '" .. ids.task .. "': slurm", job.slurm, TASK_OPTIONS, 1)
-  if not ok then return nil, tostring(err):gsub("^[^:]*:%d+: ", "") end
+  local oerr = check.option_error("task '" .. ids.task .. "': slurm", job.slurm, TASK_OPTIONS)
+  if oerr then return nil, oerr end
 
   local rec = { job = job, on_exit = on_exit, ids = ids, mono_start = uv.hrtime() }
   local handle = { pid = nil, job_id = nil }

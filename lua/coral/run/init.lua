@@ -56,7 +56,7 @@ end
 
 --- A plan from the recipe library (or a recipe file) for a project description.
 function Runner:create_parallel_plan(recipe_name, description)
-  return require("coral.recipes").plan(recipe_name, description, 2)
+  return require("coral.recipes").plan(recipe_name, description)
 end
 
 -- {{{ one run

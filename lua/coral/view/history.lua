@@ -1,7 +1,6 @@
 --- `coral history`: the past runs of a project (id, plan, when, outcome, wall time, speedup)
 -- and, per agent, the median duration across runs: the figure the runner uses as the estimate
 -- of an agent's task when the recipe gives none (from .coral/project_state.yaml).
-local cjson = require "cjson"
 local fsutil = require "coral.fsutil"
 local records = require "coral.records"
 local states = require "coral.records.states"
