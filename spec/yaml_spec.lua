@@ -179,6 +179,10 @@ describe("coral.records.yaml", function()
       round_trip(map)
     end)
 
+    it("keeps a task text with an issue number", function()
+      round_trip { project = "fix bug #12 in the parser", notes = { "see #3", "a # b", "#" } }
+    end)
+
     it("keeps integers as integers and floats as floats", function()
       round_trip {
         -- (not math.mininteger: lyaml fails on it, reading its digits before the sign)
@@ -204,6 +208,7 @@ describe("coral.records.yaml", function()
         'list:\n  - 1\n  -\n    - 2\n  - k: "v"\n    other: 3\n  - {}\n  - []\n',
         '- "a"\n- "b"\n',
         'm: 2.5e-3\n',
+        's: "issue #12"  # and a comment\nt: "#"\n',
       }
       for _, text in ipairs(texts) do
         local mine, err = yaml.decode(text)

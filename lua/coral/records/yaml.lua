@@ -133,8 +133,9 @@ local function parse_quoted(text, line_no)
 end
 
 local function parse_scalar(text, line_no)
-  text = text:gsub("%s+#.*$", ""):gsub("%s+$", "")
+  -- A quoted string may hold " #": parse_quoted finds where it ends and allows a comment after.
   if text:sub(1, 1) == '"' then return parse_quoted(text, line_no) end
+  text = text:gsub("%s+#.*$", ""):gsub("%s+$", "")
   if text == "null" or text == "~" or text == "" then return nil end
   if text == "true" then return true end
   if text == "false" then return false end
