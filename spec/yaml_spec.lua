@@ -183,6 +183,10 @@ describe("coral.records.yaml", function()
       round_trip { project = "fix bug #12 in the parser", notes = { "see #3", "a # b", "#" } }
     end)
 
+    it("keeps a list string with escaped quotes and a colon", function()
+      round_trip { 'say "hi": now', '"quoted": yes', { 'k"ey: x' } }
+    end)
+
     it("keeps integers as integers and floats as floats", function()
       round_trip {
         -- (not math.mininteger: lyaml fails on it, reading its digits before the sign)

@@ -146,14 +146,29 @@ local function parse_scalar(text, line_no)
   parse_error(line_no, "expected a quoted string, a number, true, false or null, got: " .. text)
 end
 
+-- The index of the quote that closes the string `text` starts with, or nil.
+local function closing_quote(text)
+  local i = 2
+  while true do
+    local c = text:sub(i, i)
+    if c == "" then return nil end
+    if c == "\\" then i = i + 2 elseif c == '"' then return i else i = i + 1 end
+  end
+end
+
+-- Does the text after "- " start a map ("key: ..." or "\"key\": ...") rather than hold a value?
+local function starts_map(text)
+  if text:sub(1, 1) == '"' then
+    local close = closing_quote(text)
+    return close ~= nil and text:sub(close + 1, close + 1) == ":"
+  end
+  return text:match("^[%w_][^:]*:") ~= nil
+end
+
 local function parse_key(text, line_no)
   if text:sub(1, 1) == '"' then
-    local close = 2
-    while true do
-      local c = text:sub(close, close)
-      if c == "" then parse_error(line_no, "unterminated key") end
-      if c == "\\" then close = close + 2 elseif c == '"' then break else close = close + 1 end
-    end
+    local close = closing_quote(text)
+    if not close then parse_error(line_no, "unterminated key") end
     local key = parse_quoted(text:sub(1, close), line_no)
     local rest = text:sub(close + 1)
     if rest:sub(1, 1) ~= ":" then parse_error(line_no, "expected ':' after the key") end
@@ -202,8 +217,7 @@ function M.decode(text)
       pos = pos + 1
       if is_seq then
         local rest = line.text:sub(3)
-        local k_rest = rest:match("^[%w_\"][^:]*:") and not rest:match('^"[^"]*"%s*$')
-        if k_rest then
+        if starts_map(rest) then
           -- "- key: value" starts a map whose other keys sit at indent + 2
           table.insert(lines, pos, { no = line.no, indent = indent + 2, text = rest })
           result[#result + 1] = parse_block(indent + 2)
