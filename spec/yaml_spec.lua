@@ -179,6 +179,13 @@ describe("coral.records.yaml", function()
       round_trip(map)
     end)
 
+    it("keeps keys that YAML would read as booleans or null", function()
+      local map, list = {}, {}
+      for i, w in ipairs(WORDS) do map[w] = i; list[i] = { [w] = w } end
+      round_trip(map)
+      round_trip(list)
+    end)
+
     it("keeps a task text with an issue number", function()
       round_trip { project = "fix bug #12 in the parser", notes = { "see #3", "a # b", "#" } }
     end)

@@ -14,9 +14,14 @@ local function quote(s)
   end) .. '"'
 end
 
+-- Plain words that YAML readers (LibYAML's lyaml, PyYAML: YAML 1.1) take for a boolean or null,
+-- in any case.
+local NOT_PLAIN = { ["true"] = true, ["false"] = true, null = true, yes = true, no = true,
+                    on = true, off = true }
+
 local function key_text(k)
   k = tostring(k)
-  if k:match("^[%a_][%w_%-%.]*$") and k ~= "true" and k ~= "false" and k ~= "null" then return k end
+  if k:match("^[%a_][%w_%-%.]*$") and not NOT_PLAIN[k:lower()] then return k end
   return quote(k)
 end
 
