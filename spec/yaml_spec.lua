@@ -203,6 +203,18 @@ describe("coral.records.yaml", function()
       }
     end)
 
+    it("keeps floats that have a whole value as floats", function()
+      round_trip { one = 1.0, neg = -3.0, zero = 0.0, big = 1e15, bigger = 1e20, duration = 2.0 }
+    end)
+
+    it("reads numbers written with a point or an exponent as floats, as lua-yaml does", function()
+      local text = "a: 2.0\nb: 1e3\nc: -0.0\nd: 7\n"
+      local mine, err = yaml.decode(text)
+      assert(mine, err)
+      assert_same(lyaml().load(text), mine, text)
+      assert_same({ a = 2.0, b = 1000.0, c = -0.0, d = 7 }, mine, text)
+    end)
+
     it("keeps booleans", function()
       round_trip { t = true, f = false, list = { true, false, true } }
     end)
@@ -218,7 +230,7 @@ describe("coral.records.yaml", function()
         '"quoted key": 1\n"k: v": 2\n"": 3\n',
         'list:\n  - 1\n  -\n    - 2\n  - k: "v"\n    other: 3\n  - {}\n  - []\n',
         '- "a"\n- "b"\n',
-        'm: 2.5e-3\n',
+        'n: 1.5e3\nm: 2.5e-3\n',
         's: "issue #12"  # and a comment\nt: "#"\n',
       }
       for _, text in ipairs(texts) do

@@ -37,7 +37,10 @@ local function scalar(v)
   if tv == "number" then
     if v ~= v or v == math.huge or v == -math.huge then return "null" end
     if math.type(v) == "integer" then return tostring(v) end
-    return string.format("%.17g", v)
+    local text = string.format("%.17g", v)
+    -- A float keeps a point or an exponent, or every reader (this one too) takes it for an integer.
+    if not text:find("[%.e]") then text = text .. ".0" end
+    return text
   end
   if tv == "boolean" then return tostring(v) end
   if v == nil then return "null" end
@@ -146,7 +149,8 @@ local function parse_scalar(text, line_no)
   if text == "false" then return false end
   if text == "[]" then return setmetatable({}, M.list_mt) end
   if text == "{}" then return {} end
-  local n = math.tointeger(tonumber(text)) or tonumber(text)
+  -- tonumber keeps the type the text says: "2" is an integer, "2.0" and "1e3" are floats
+  local n = tonumber(text)
   if n then return n end
   parse_error(line_no, "expected a quoted string, a number, true, false or null, got: " .. text)
 end
