@@ -215,6 +215,11 @@ describe("coral.records.yaml", function()
       assert_same({ a = 2.0, b = 1000.0, c = -0.0, d = 7 }, mine, text)
     end)
 
+    it("keeps characters YAML does not allow unescaped (C1 controls, U+FFFE, U+FFFF)", function()
+      round_trip { nel = "a\u{85}b", c1 = "\u{80}\u{9F}", nonchar = "x\u{FFFE}\u{FFFF}", ok = "\u{A0}\u{FEFF}" }
+      round_trip { "\u{85}", "\u{FFFF}" }
+    end)
+
     it("keeps booleans", function()
       round_trip { t = true, f = false, list = { true, false, true } }
     end)

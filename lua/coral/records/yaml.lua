@@ -5,13 +5,23 @@ local M = {}
 
 local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r" }
 
+local function unicode_escape(c)
+  return string.format("\\u%04X", utf8.codepoint(c))
+end
+
 local function quote(s)
   local valid = utf8.len(s) ~= nil
-  return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
+  local text = s:gsub('[%c"\\\128-\255]', function(c)
     if ESCAPES[c] then return ESCAPES[c] end
     if c:byte() >= 128 and valid then return c end
     return string.format("\\x%02X", c:byte())
-  end) .. '"'
+  end)
+  if valid then
+    -- YAML allows neither the C1 controls (U+0080..U+009F, NEL among them: a reader folds it
+    -- into a space) nor U+FFFE and U+FFFF unescaped; LibYAML refuses the file.
+    text = text:gsub("\194[\128-\159]", unicode_escape):gsub("\239\191[\190\191]", unicode_escape)
+  end
+  return '"' .. text .. '"'
 end
 
 -- Plain words that YAML readers (LibYAML's lyaml, PyYAML: YAML 1.1) take for a boolean or null,
