@@ -224,6 +224,13 @@ describe("coral.records.yaml", function()
       round_trip { t = true, f = false, list = { true, false, true } }
     end)
 
+    it("keeps an empty table at the top", function()
+      assert.are.equal("{}\n", round_trip {})
+      local text = yaml.encode(setmetatable({}, yaml.list_mt), "nothing yet")
+      assert.are.equal("# nothing yet\n[]\n", text)
+      assert_same({}, lyaml().load(text), text)
+      assert.are.equal(yaml.list_mt, getmetatable(assert(yaml.decode(text))))
+    end)
   end)
 
   describe("decode", function()

@@ -109,7 +109,12 @@ M.list_mt = {}
 function M.encode(t, comment)
   local out = {}
   if comment then out[1] = "# " .. comment end
-  emit(out, t, 0)
+  if next(t) == nil then
+    -- no lines would be an empty document, which YAML reads as null
+    out[#out + 1] = getmetatable(t) == M.list_mt and "[]" or "{}"
+  else
+    emit(out, t, 0)
+  end
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -253,6 +258,8 @@ function M.decode(text)
   end
 
   if #lines == 0 then return {} end
+  local only = #lines == 1 and lines[1].indent == 0 and lines[1].text:gsub("%s+#.*$", "")
+  if only == "{}" or only == "[]" then return parse_scalar(only, lines[1].no) end
   local ok, result = pcall(function()
     if lines[1].indent ~= 0 then parse_error(lines[1].no, "unexpected indentation") end
     local r = parse_block(0)
