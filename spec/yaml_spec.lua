@@ -256,6 +256,14 @@ describe("coral.records.yaml", function()
       assert.are.same({ d = 1 }, yaml.decode("a: null\nb: ~\nc:\nd: 1\n"))
     end)
 
+    it("keeps the place of a null list item", function()
+      local t = assert(yaml.decode("- 1\n- null\n- 3\n-\n- ~\n- 6\n"))
+      assert.are.same({ [1] = 1, [3] = 3, [6] = 6 }, t)
+      -- NaN is written as null: the items after it keep their place
+      t = assert(yaml.decode(yaml.encode { list = { 1, 0 / 0, 3 } }))
+      assert.are.same({ [1] = 1, [3] = 3 }, t.list)
+    end)
+
     it("reads empty text and text of comments only as an empty table", function()
       assert.are.same({}, yaml.decode(""))
       assert.are.same({}, yaml.decode("\n\n"))

@@ -230,7 +230,7 @@ function M.decode(text)
 
   function parse_block(indent)
     local first = lines[pos]
-    local result = {}
+    local result, items = {}, 0   -- a null list item leaves a hole: the next keeps its place
     local is_seq = first.text:sub(1, 1) == "-" and (first.text == "-" or first.text:sub(2, 2) == " ")
     while pos <= #lines do
       local line = lines[pos]
@@ -241,12 +241,13 @@ function M.decode(text)
       pos = pos + 1
       if is_seq then
         local rest = line.text:sub(3)
+        items = items + 1
         if starts_map(rest) then
           -- "- key: value" starts a map whose other keys sit at indent + 2
           table.insert(lines, pos, { no = line.no, indent = indent + 2, text = rest })
-          result[#result + 1] = parse_block(indent + 2)
+          result[items] = parse_block(indent + 2)
         else
-          result[#result + 1] = parse_after(rest, line, indent)
+          result[items] = parse_after(rest, line, indent)
         end
       else
         local key, rest = parse_key(line.text, line.no)
