@@ -290,6 +290,7 @@ describe("coral.records.yaml", function()
       { "an unknown escape", 'a: "\\q"\n', "line 1: unknown escape \\q" },
       { "a bad \\x escape", 'a: "\\xZZ"\n', "line 1: bad \\x escape" },
       { "a bad \\u escape", 'a: "\\u12"\n', "line 1: bad \\u escape" },
+      { "text after a string", 'a: "x" y\n', "line 1: unexpected text after a string: y" },
       { "an error after comments and blank lines", '# head\n\na: 1\n\n# note\nb: nope\n',
         "line 6: expected a quoted string, a number, true, false or null, got: nope" },
       { "an error deep in a block", 'a:\n  b:\n    - 1\n    - "x\n',

@@ -134,7 +134,7 @@ local function parse_quoted(text, line_no)
     if c == '"' then
       local rest = text:sub(i + 1)
       if not rest:match("^%s*$") and not rest:match("^%s+#") then
-        parse_error(line_no, "unexpected text after a string: " .. rest)
+        parse_error(line_no, "unexpected text after a string: " .. rest:gsub("^%s+", ""))
       end
       return table.concat(out)
     elseif c == "\\" then
