@@ -64,6 +64,13 @@ describe("coral.fsutil", function()
       assert.are.same({ "file" }, H.entries(base))
     end)
 
+    it("returns nil and the error when the path is a file", function()
+      local base = H.tmpdir()
+      H.write_file(base .. "/file", "x")
+      local ok, err = fsutil.mkdirs(base .. "/file")
+      assert.is_nil(ok)
+      assert.matches("^create directory " .. (base .. "/file"):gsub("%p", "%%%0") .. ": EEXIST: ", err)
+    end)
   end)
 
   describe("read", function()

@@ -6,14 +6,20 @@ local M = {}
 --- Creates `path` and its missing parents with `mode` (default 0755). Returns true or nil, err.
 function M.mkdirs(path, mode)
   mode = mode or tonumber("755", 8)
-  if uv.fs_stat(path) then return true end
-  local parent = path:match("^(.*)/[^/]+/*$")
+  local st = uv.fs_stat(path)
+  if st and st.type == "directory" then return true end
+  local parent = not st and path:match("^(.*)/[^/]+/*$")
   if parent and parent ~= "" then
     local ok, err = M.mkdirs(parent, mode)
     if not ok then return nil, err end
   end
   local ok, err, code = uv.fs_mkdir(path, mode)
-  if not ok and code ~= "EEXIST" then return nil, "create directory " .. path .. ": " .. err end
+  if not ok and code == "EEXIST" then
+    -- made meanwhile by another process, or a file is in the way
+    st = uv.fs_stat(path)
+    if st and st.type == "directory" then return true end
+  end
+  if not ok then return nil, "create directory " .. path .. ": " .. err end
   return true
 end
 
