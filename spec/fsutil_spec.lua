@@ -90,6 +90,12 @@ describe("coral.fsutil", function()
       assert.are.equal(p .. ": No such file or directory", err)
     end)
 
+    it("returns nil and the error for a directory", function()
+      local p = H.tmpdir()
+      local data, err = fsutil.read(p)
+      assert.is_nil(data)
+      assert.are.equal(p .. ": Is a directory", err)
+    end)
   end)
 
   describe("write_file", function()

@@ -27,8 +27,9 @@ end
 function M.read(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
-  local data = f:read("a")
+  local data, rerr = f:read("a")   -- a directory opens, and fails here
   f:close()
+  if not data then return nil, path .. ": " .. tostring(rerr) end
   return data
 end
 
