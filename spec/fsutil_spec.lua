@@ -176,6 +176,18 @@ describe("coral.fsutil", function()
       assert.are.equal("kept", H.read_file(dir .. "/target/inside"))
     end)
 
+    it("keeps the old content and no temp file when the write is cut short", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/state", "old content\n")
+      local r = with_small_file_limit(dir, [[
+        print(require("coral.fsutil").write_atomic(arg[1] .. "/state", string.rep("x", 8192)))
+      ]])
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal("nil\twrite " .. dir .. "/state: short write\n", r.stdout)
+      assert.are.equal("old content\n", H.read_file(dir .. "/state"))
+      assert.are.same({ "script.lua", "state" }, H.entries(dir))
+    end)
+
   end)
 
   describe("absolute", function()

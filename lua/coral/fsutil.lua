@@ -49,7 +49,10 @@ function M.write_atomic(path, data, mode)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
   local fd, err = uv.fs_open(tmp, "w", mode or tonumber("644", 8))
   if not fd then return nil, "write " .. path .. ": " .. err end
-  local ok, werr = uv.fs_write(fd, data, 0)
+  local n, werr = uv.fs_write(fd, data, 0)
+  -- a short write (disk full, file size limit) must not replace the file with a truncated one
+  local ok = n == #data
+  if n and not ok then werr = "short write" end
   if ok then ok, werr = uv.fs_fsync(fd) end
   uv.fs_close(fd)
   if ok then ok, werr = uv.fs_rename(tmp, path) end
