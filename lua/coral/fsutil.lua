@@ -47,7 +47,10 @@ end
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
 function M.write_atomic(path, data, mode)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
-  local fd, err = uv.fs_open(tmp, "w", mode or tonumber("644", 8))
+  -- A temp file of that name may be left from a crashed process: remove it and create a new one
+  -- (exclusively), so that `mode` applies and a link in its place is not written through.
+  uv.fs_unlink(tmp)
+  local fd, err = uv.fs_open(tmp, "wx", mode or tonumber("644", 8))
   if not fd then return nil, "write " .. path .. ": " .. err end
   local n, werr = uv.fs_write(fd, data, 0)
   -- a short write (disk full, file size limit) must not replace the file with a truncated one
