@@ -1,6 +1,12 @@
 --- Small file-system helpers over luv, shared by the runner's modules.
 local uv = require "luv"
 
+-- An executable is a file (a directory passes the X access check too).
+local function is_executable(p)
+  local st = uv.fs_stat(p)
+  return st ~= nil and st.type == "file" and uv.fs_access(p, "X") == true
+end
+
 local M = {}
 
 --- Creates `path` and its missing parents with `mode` (default 0755). Returns true or nil, err.
@@ -90,11 +96,10 @@ end
 
 --- Is `name` an executable on PATH? Returns its path.
 function M.which(name)
-  if name:find("/") then return uv.fs_access(name, "X") and name or nil end
+  if name:find("/") then return is_executable(name) and name or nil end
   for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
     local p = dir .. "/" .. name
-    local st = uv.fs_stat(p)
-    if st and st.type == "file" and uv.fs_access(p, "X") then return p end
+    if is_executable(p) then return p end
   end
   return nil
 end
