@@ -1,19 +1,31 @@
 --- Small file-system helpers over luv, shared by the runner's modules.
 local uv = require "luv"
 
+-- An executable is a file (a directory passes the X access check too).
+local function is_executable(p)
+  local st = uv.fs_stat(p)
+  return st ~= nil and st.type == "file" and uv.fs_access(p, "X") == true
+end
+
 local M = {}
 
 --- Creates `path` and its missing parents with `mode` (default 0755). Returns true or nil, err.
 function M.mkdirs(path, mode)
   mode = mode or tonumber("755", 8)
-  if uv.fs_stat(path) then return true end
-  local parent = path:match("^(.*)/[^/]+/*$")
+  local st = uv.fs_stat(path)
+  if st and st.type == "directory" then return true end
+  local parent = not st and path:match("^(.*)/[^/]+/*$")
   if parent and parent ~= "" then
     local ok, err = M.mkdirs(parent, mode)
     if not ok then return nil, err end
   end
   local ok, err, code = uv.fs_mkdir(path, mode)
-  if not ok and code ~= "EEXIST" then return nil, "create directory " .. path .. ": " .. err end
+  if not ok and code == "EEXIST" then
+    -- made meanwhile by another process, or a file is in the way
+    st = uv.fs_stat(path)
+    if st and st.type == "directory" then return true end
+  end
+  if not ok then return nil, "create directory " .. path .. ": " .. err end
   return true
 end
 
@@ -21,8 +33,9 @@ end
 function M.read(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err end
-  local data = f:read("a")
+  local data, rerr = f:read("a")   -- a directory opens, and fails here
   f:close()
+  if not data then return nil, path .. ": " .. tostring(rerr) end
   return data
 end
 
@@ -40,9 +53,15 @@ end
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
 function M.write_atomic(path, data, mode)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
-  local fd, err = uv.fs_open(tmp, "w", mode or tonumber("644", 8))
+  -- A temp file of that name may be left from a crashed process: remove it and create a new one
+  -- (exclusively), so that `mode` applies and a link in its place is not written through.
+  uv.fs_unlink(tmp)
+  local fd, err = uv.fs_open(tmp, "wx", mode or tonumber("644", 8))
   if not fd then return nil, "write " .. path .. ": " .. err end
-  local ok, werr = uv.fs_write(fd, data, 0)
+  local n, werr = uv.fs_write(fd, data, 0)
+  -- a short write (disk full, file size limit) must not replace the file with a truncated one
+  local ok = n == #data
+  if n and not ok then werr = "short write" end
   if ok then ok, werr = uv.fs_fsync(fd) end
   uv.fs_close(fd)
   if ok then ok, werr = uv.fs_rename(tmp, path) end
@@ -77,11 +96,10 @@ end
 
 --- Is `name` an executable on PATH? Returns its path.
 function M.which(name)
-  if name:find("/") then return uv.fs_access(name, "X") and name or nil end
+  if name:find("/") then return is_executable(name) and name or nil end
   for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
     local p = dir .. "/" .. name
-    local st = uv.fs_stat(p)
-    if st and st.type == "file" and uv.fs_access(p, "X") then return p end
+    if is_executable(p) then return p end
   end
   return nil
 end

@@ -5,18 +5,33 @@ local M = {}
 
 local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t", ["\r"] = "\\r" }
 
+local function unicode_escape(c)
+  return string.format("\\u%04X", utf8.codepoint(c))
+end
+
 local function quote(s)
   local valid = utf8.len(s) ~= nil
-  return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
+  local text = s:gsub('[%c"\\\128-\255]', function(c)
     if ESCAPES[c] then return ESCAPES[c] end
     if c:byte() >= 128 and valid then return c end
     return string.format("\\x%02X", c:byte())
-  end) .. '"'
+  end)
+  if valid then
+    -- YAML allows neither the C1 controls (U+0080..U+009F, NEL among them: a reader folds it
+    -- into a space) nor U+FFFE and U+FFFF unescaped; LibYAML refuses the file.
+    text = text:gsub("\194[\128-\159]", unicode_escape):gsub("\239\191[\190\191]", unicode_escape)
+  end
+  return '"' .. text .. '"'
 end
+
+-- Plain words that YAML readers (LibYAML's lyaml, PyYAML: YAML 1.1) take for a boolean or null,
+-- in any case.
+local NOT_PLAIN = { ["true"] = true, ["false"] = true, null = true, yes = true, no = true,
+                    on = true, off = true }
 
 local function key_text(k)
   k = tostring(k)
-  if k:match("^[%a_][%w_%-%.]*$") and k ~= "true" and k ~= "false" and k ~= "null" then return k end
+  if k:match("^[%a_][%w_%-%.]*$") and not NOT_PLAIN[k:lower()] then return k end
   return quote(k)
 end
 
@@ -32,7 +47,10 @@ local function scalar(v)
   if tv == "number" then
     if v ~= v or v == math.huge or v == -math.huge then return "null" end
     if math.type(v) == "integer" then return tostring(v) end
-    return string.format("%.17g", v)
+    local text = string.format("%.17g", v)
+    -- A float keeps a point or an exponent, or every reader (this one too) takes it for an integer.
+    if not text:find("[%.e]") then text = text .. ".0" end
+    return text
   end
   if tv == "boolean" then return tostring(v) end
   if v == nil then return "null" end
@@ -91,7 +109,12 @@ M.list_mt = {}
 function M.encode(t, comment)
   local out = {}
   if comment then out[1] = "# " .. comment end
-  emit(out, t, 0)
+  if next(t) == nil then
+    -- no lines would be an empty document, which YAML reads as null
+    out[#out + 1] = getmetatable(t) == M.list_mt and "[]" or "{}"
+  else
+    emit(out, t, 0)
+  end
   return table.concat(out, "\n") .. "\n"
 end
 
@@ -111,7 +134,7 @@ local function parse_quoted(text, line_no)
     if c == '"' then
       local rest = text:sub(i + 1)
       if not rest:match("^%s*$") and not rest:match("^%s+#") then
-        parse_error(line_no, "unexpected text after a string: " .. rest)
+        parse_error(line_no, "unexpected text after a string: " .. rest:gsub("^%s+", ""))
       end
       return table.concat(out)
     elseif c == "\\" then
@@ -133,26 +156,43 @@ local function parse_quoted(text, line_no)
 end
 
 local function parse_scalar(text, line_no)
-  text = text:gsub("%s+#.*$", ""):gsub("%s+$", "")
+  -- A quoted string may hold " #": parse_quoted finds where it ends and allows a comment after.
   if text:sub(1, 1) == '"' then return parse_quoted(text, line_no) end
+  text = text:gsub("%s+#.*$", ""):gsub("%s+$", "")
   if text == "null" or text == "~" or text == "" then return nil end
   if text == "true" then return true end
   if text == "false" then return false end
   if text == "[]" then return setmetatable({}, M.list_mt) end
   if text == "{}" then return {} end
-  local n = math.tointeger(tonumber(text)) or tonumber(text)
+  -- tonumber keeps the type the text says: "2" is an integer, "2.0" and "1e3" are floats
+  local n = tonumber(text)
   if n then return n end
   parse_error(line_no, "expected a quoted string, a number, true, false or null, got: " .. text)
 end
 
+-- The index of the quote that closes the string `text` starts with, or nil.
+local function closing_quote(text)
+  local i = 2
+  while true do
+    local c = text:sub(i, i)
+    if c == "" then return nil end
+    if c == "\\" then i = i + 2 elseif c == '"' then return i else i = i + 1 end
+  end
+end
+
+-- Does the text after "- " start a map ("key: ..." or "\"key\": ...") rather than hold a value?
+local function starts_map(text)
+  if text:sub(1, 1) == '"' then
+    local close = closing_quote(text)
+    return close ~= nil and text:sub(close + 1, close + 1) == ":"
+  end
+  return text:match("^[%w_][^:]*:") ~= nil
+end
+
 local function parse_key(text, line_no)
   if text:sub(1, 1) == '"' then
-    local close = 2
-    while true do
-      local c = text:sub(close, close)
-      if c == "" then parse_error(line_no, "unterminated key") end
-      if c == "\\" then close = close + 2 elseif c == '"' then break else close = close + 1 end
-    end
+    local close = closing_quote(text)
+    if not close then parse_error(line_no, "unterminated key") end
     local key = parse_quoted(text:sub(1, close), line_no)
     local rest = text:sub(close + 1)
     if rest:sub(1, 1) ~= ":" then parse_error(line_no, "expected ':' after the key") end
@@ -190,7 +230,7 @@ function M.decode(text)
 
   function parse_block(indent)
     local first = lines[pos]
-    local result = {}
+    local result, items = {}, 0   -- a null list item leaves a hole: the next keeps its place
     local is_seq = first.text:sub(1, 1) == "-" and (first.text == "-" or first.text:sub(2, 2) == " ")
     while pos <= #lines do
       local line = lines[pos]
@@ -201,13 +241,13 @@ function M.decode(text)
       pos = pos + 1
       if is_seq then
         local rest = line.text:sub(3)
-        local k_rest = rest:match("^[%w_\"][^:]*:") and not rest:match('^"[^"]*"%s*$')
-        if k_rest then
+        items = items + 1
+        if starts_map(rest) then
           -- "- key: value" starts a map whose other keys sit at indent + 2
           table.insert(lines, pos, { no = line.no, indent = indent + 2, text = rest })
-          result[#result + 1] = parse_block(indent + 2)
+          result[items] = parse_block(indent + 2)
         else
-          result[#result + 1] = parse_after(rest, line, indent)
+          result[items] = parse_after(rest, line, indent)
         end
       else
         local key, rest = parse_key(line.text, line.no)
@@ -219,6 +259,8 @@ function M.decode(text)
   end
 
   if #lines == 0 then return {} end
+  local only = #lines == 1 and lines[1].indent == 0 and lines[1].text:gsub("%s+#.*$", "")
+  if only == "{}" or only == "[]" then return parse_scalar(only, lines[1].no) end
   local ok, result = pcall(function()
     if lines[1].indent ~= 0 then parse_error(lines[1].no, "unexpected indentation") end
     local r = parse_block(0)
