@@ -1,6 +1,6 @@
 -- coral.check: strict option tables and allowed words, raising at the caller's caller (the
 -- recipe line), and where(): the file:line a call came from.
-local H = require("spec.helper").guard(_ENV)
+require("spec.helper").guard(_ENV)
 local check = require "coral.check"
 
 local SPEC = { name = "string", count = "integer", ratio = "number", items = "list",
@@ -15,7 +15,7 @@ local function pick(mode) check.one_of("my.api", "mode", mode, { "fast", "slow" 
 local function err_of(f, ...)
   local ok, err = pcall(f, ...)
   assert.is_false(ok, "expected an error")
-  return err
+  return tostring(err)   -- a user's mistake is a coral.check.UserError: "where: message"
 end
 
 local function here() return debug.getinfo(2, "l").currentline end

@@ -56,7 +56,7 @@ describe("coral.exec", function()
     it("returns nil and a message for an unknown name", function()
       local ex, err = exec.get("x")
       assert.is_nil(ex)
-      assert.are.equal("unknown executor 'x'", err)
+      assert.are.equal("unknown executor 'x' (executors: local, slurm)", err)
     end)
   end)
 
@@ -217,11 +217,11 @@ describe("coral.exec.slurm", function()
       assert.is_false(ok)
       assert.are.equal("spec/exec_spec.lua:" .. l .. ": coral.exec.slurm: unknown option 'partiton' " ..
         "(known: account, args, coral_bin, cpus, kill_grace, mem, partition, poll, qos, sbatch, scancel, squeue, " ..
-        "time)", err)
+        "time)", tostring(err))
       ok, err = pcall(function() l = line(); slurm.new { cpus = "2" } end)
       assert.is_false(ok)
       assert.are.equal("spec/exec_spec.lua:" .. l .. ": coral.exec.slurm: option 'cpus' must be integer, got string",
-                       err)
+                       tostring(err))
     end)
 
     it("has defaults, and from_cli maps the --slurm-* options", function()

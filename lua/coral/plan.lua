@@ -87,7 +87,7 @@ local function copy_task(t)
 end
 
 local function plan_error(where, message)
-  check.user_error(message, where or "plan")
+  check.user_error(message, where)
 end
 
 --- Raises a mistake of the user's (bad input, a busy project): coral.check's user error.
@@ -99,7 +99,10 @@ M.user_error = check.user_error
 ---@param opts? {name?: string, description?: string}
 function M.plan(spec, opts)
   if getmetatable(spec) == Plan then return spec end
+  -- `return coral.plan {...}` is a tail call: the recipe's frame is gone, and where is nil
+  -- (coral.recipes then blames the recipe file).
   local where = check.where(1)
+  if where == "?" then where = nil end
   if type(spec) ~= "table" then
     check.fail("coral.plan: expected a list of phases or of tasks, got " .. type(spec), 2)
   end
@@ -207,10 +210,10 @@ function Plan:validate()
   end
   local g = self:graph()
   self.checked_graph = g   -- analyse() asks the same graph for phases and the critical path
-  local ok, err, kind = g:validate()
+  local ok, err, kind, ids = g:validate()
   if not ok then
     -- A cycle message names the tasks; blame the first one's line.
-    local first = kind == "cycle" and err:match("dependency cycle: ([^%s]+)")
+    local first = kind == "cycle" and ids and ids[1]
     plan_error(first and self.by_id[first] and self.by_id[first].where or self.where, err)
   end
   return true
@@ -392,8 +395,13 @@ function Plan:to_json()
     name = self.name, description = self.description, tasks = tasks,
     phases = self:phases(), critical_path = path, critical_path_seconds = length,
   }
-  -- Debian's lua-cjson writes an empty table as {}; a task without dependencies has [].
-  return (text:gsub('"depends_on":{}', '"depends_on":[]')) .. "\n"
+  -- Debian's lua-cjson writes an empty table as {}: these are lists.
+  text = text:gsub('"(%a[%w_]*)":{}', function(key)
+    if key == "depends_on" or key == "tasks" or key == "phases" or key == "critical_path" then
+      return '"' .. key .. '":[]'
+    end
+  end)
+  return text .. "\n"
 end
 
 return M

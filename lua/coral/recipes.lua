@@ -108,9 +108,12 @@ function M.plan(name, description, opts)
     return default_plan(description)
   end
   local ok, value = xpcall(chunk, check.traceback, description, opts)
-  if not ok then error(value, 0) end
-  ok, value = xpcall(M.to_plan, check.traceback, value, name, description, opts)
-  if not ok then error(value, 0) end
+  if ok then ok, value = xpcall(M.to_plan, check.traceback, value, name, description, opts) end
+  if not ok then
+    -- A plan returned by a tail call lost the recipe's line: blame the recipe's file.
+    if check.is_user_error(value) and not value.where then value.where = where end
+    error(value, 0)
+  end
   return value
 end
 
