@@ -37,8 +37,9 @@ int coral_callback(lua_State *L, int nargs, int nresults, int flags);
 int coral_traceback(lua_State *L);
 
 /* Stop everything the primitives started (children killed and reaped, their handles closed),
- * close every other handle of the loop, and run it until nothing is left. Called before
- * lua_close and by os.exit, so no child outlives the host. */
+ * give SIGINT, SIGTERM and SIGHUP their default action back if this state caught them, close
+ * every other handle of the loop, and run it until nothing is left. Called before lua_close
+ * and by os.exit, so no child outlives the host. */
 void coral_shutdown(lua_State *L);
 
 /* The signal (SIGINT, SIGTERM, SIGHUP) that interrupted the host, or 0 (core.c). */
