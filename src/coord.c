@@ -17,6 +17,9 @@
  *   F_OFD_SETLK and short randomised exponential sleeps up to a deadline: a blocking
  *   F_SETLKW has no timeout, and interrupting it needs a signal (process-wide, and the host's
  *   libuv loop owns signals) or a helper thread that cannot be cancelled cleanly.
+ * - A wait gives up as soon as the host has caught SIGINT, SIGTERM or SIGHUP (the signal
+ *   also cuts the current sleep short), before taking the lock and writing anything: Ctrl-C
+ *   on `coral note` blocked by another holder must end it now, not once the lock is free.
  * - A lock taken by this Lua state (coord.lock, or update while its function runs) is found
  *   again by the lock file's device and inode, so append/update/read of the same path inside
  *   it reuse it instead of waiting for themselves until the timeout.
@@ -218,7 +221,7 @@ static void coord_sleep(double seconds) {
   struct timespec ts;
   ts.tv_sec = (time_t)seconds;
   ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-  nanosleep(&ts, NULL);  /* EINTR: the caller's loop checks its deadline */
+  nanosleep(&ts, NULL);  /* EINTR: the caller's loop checks its deadline and the signal */
 }
 
 /* The directory of `path` into buf ("." for a bare name, "/" for "/x"). */
@@ -431,6 +434,17 @@ static void coord_holder(coord_lock *lk, short type, char *out, size_t size) {
     snprintf(out, size, "held by pid %ld", pid);
 }
 
+/* -1 with "interrupted by SIGINT" (EINTR) when the host caught a signal that Lua has not
+ * raised yet (coral_interrupt_pending), else 0. */
+static int coord_check_interrupt(coord_err *e) {
+  int signo = coral_interrupt_pending();
+  if (signo == 0)
+    return 0;
+  snprintf(e->code, sizeof e->code, "EINTR");
+  snprintf(e->msg, sizeof e->msg, "interrupted by %s", coral_signal_name(signo));
+  return -1;
+}
+
 /* The mode of a new lock file: the one asked for, else that of the file it guards, so the
  * lock of a private 0600 file is private too. */
 static int coord_lockmode(const char *path, const coord_opts *o) {
@@ -477,6 +491,8 @@ static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath,
         break;
       if (errno != EAGAIN && errno != EACCES && errno != EINTR)
         return coord_fail(e, errno, "lock %s", lockpath);
+      if (coord_check_interrupt(e) != 0)
+        return -1;
       left = start + o->timeout - coord_now();
       if (left <= 0) {
         char holder[COORD_OWNER_SIZE * 2 + 64];
@@ -490,6 +506,8 @@ static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath,
       rnd = rnd * 1103515245u + 12345u;
       pause = delay * (0.5 + (double)((rnd >> 16) & 0x7fff) / 65536.0);
       coord_sleep(pause < left ? pause : left);
+      if (coord_check_interrupt(e) != 0)
+        return -1;  /* interrupted while asleep: do not take a lock that was freed meanwhile */
       delay = delay * 2 < COORD_MAX_SLEEP ? delay * 2 : COORD_MAX_SLEEP;
     }
 

@@ -45,6 +45,16 @@ void coral_shutdown(lua_State *L);
 /* The signal (SIGINT, SIGTERM, SIGHUP) that interrupted the host, or 0 (core.c). */
 int coral_interrupted(void);
 
+/* The signal the host caught that has not been raised in Lua yet, or 0 (core.c). The hook
+ * raises "interrupted by SIG..." at the next Lua instruction; C code that waits without
+ * running Lua (coord's lock waits) checks this to give up at once instead. Unlike
+ * coral_interrupted() it goes back to 0 once raised: Lua code that caught the error (the
+ * REPL) can wait again. */
+int coral_interrupt_pending(void);
+
+/* "SIGINT", "SIGTERM" or "SIGHUP" (core.c). */
+const char *coral_signal_name(int signo);
+
 /* Kill and reap every child that spawn.c still supervises (spawn.c). */
 void coral_spawn_shutdown(lua_State *L);
 

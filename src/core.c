@@ -241,13 +241,20 @@ static int host_embedded_files(lua_State *L) {
 
 static uv_async_t signal_async;
 static struct { unsigned tag; } signal_async_tag = { CORAL_HANDLE_TAG };
-static volatile sig_atomic_t caught_signal;
+static volatile sig_atomic_t caught_signal;    /* the last signal caught, kept for the exit code */
+static volatile sig_atomic_t pending_signal;   /* caught, and not raised in Lua yet */
+
+const char *coral_signal_name(int signo) {
+  return signo == SIGTERM ? "SIGTERM" : signo == SIGHUP ? "SIGHUP" :
+         signo == SIGINT ? "SIGINT" : "a signal";
+}
 
 static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  int signo = caught_signal;
   (void)ar;
   lua_sethook(L, NULL, 0, 0);
-  luaL_error(L, "interrupted by %s", caught_signal == SIGTERM ? "SIGTERM" :
-             caught_signal == SIGHUP ? "SIGHUP" : "SIGINT");
+  pending_signal = 0;
+  luaL_error(L, "interrupted by %s", coral_signal_name(signo));
 }
 
 /* Runs between any two instructions of the host, so it only touches what stays valid while
@@ -260,6 +267,7 @@ static void on_signal(int signo) {
   caught_signal = signo;
   if (L == NULL)
     return;
+  pending_signal = signo;
   lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   uv_async_send(&signal_async);
 }
@@ -272,8 +280,7 @@ static void on_signal_async(uv_async_t *handle) {
     return;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY) == LUA_TNIL) {
     lua_pop(L, 1);
-    lua_pushstring(L, caught_signal == SIGTERM ? "interrupted by SIGTERM" :
-                   caught_signal == SIGHUP ? "interrupted by SIGHUP" : "interrupted by SIGINT");
+    lua_pushfstring(L, "interrupted by %s", coral_signal_name(caught_signal));
     lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY);
   } else {
     lua_pop(L, 1);
@@ -320,6 +327,10 @@ static int host_catch_signals(lua_State *L) {
 
 int coral_interrupted(void) {
   return caught_signal;
+}
+
+int coral_interrupt_pending(void) {
+  return pending_signal;
 }
 
 /* }}} */
