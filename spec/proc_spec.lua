@@ -136,7 +136,7 @@ describe("coral.proc", function()
         assert.truthy(err:find("spec/proc_spec.lua:" .. l .. ": bad argument #1 to 'spawn' (" .. case[2], 1, true), err)
       end
       ok, err = pcall(function() l = line(); proc.spawn({ argv = { "true" } }, 2) end)
-      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'spawn' (no more than 1 argument expected)", err)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'spawn' (no more than 1 argument expected, got 2)", err)
     end)
   end)
 

@@ -117,12 +117,6 @@ static const char *const UPDATE_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout
 static const char *const LOCK_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", "shared", NULL };
 static const char *const READ_OPTS[] = { "timeout", NULL };
 
-static void coord_checknargs(lua_State *L, int max) {
-  int n = lua_gettop(L);
-  if (n > max)
-    luaL_argerror(L, max + 1, lua_pushfstring(L, "no more than %d arguments expected, got %d", max, n));
-}
-
 static int coord_allowed(const char *const allowed[], const char *key) {
   int i;
   for (i = 0; allowed[i] != NULL; i++)
@@ -732,7 +726,7 @@ static int coord_append(lua_State *L) {
   luaL_checktype(L, 2, LUA_TSTRING);
   text = lua_tolstring(L, 2, &len);
   coord_checkopts(L, 3, &o, APPEND_OPTS);
-  coord_checknargs(L, 3);
+  coral_checknargs(L, 3);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   if (coord_enter(L, path, lockpath, &o, 0, 0, &e) != 0)
     return coord_pusherr(L, "append", path, &e);
@@ -792,7 +786,7 @@ static int coord_update(lua_State *L) {
   path = coord_checkpath(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   coord_checkopts(L, 3, &o, UPDATE_OPTS);
-  coord_checknargs(L, 3);
+  coral_checknargs(L, 3);
   lua_settop(L, 3);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   if (coord_enter(L, path, lockpath, &o, 0, 1, &e) != 0)
@@ -879,7 +873,7 @@ static int coord_read(lua_State *L) {
 
   path = coord_checkpath(L, 1);
   coord_checkopts(L, 2, &o, READ_OPTS);
-  coord_checknargs(L, 2);
+  coral_checknargs(L, 2);
   lua_settop(L, 2);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   /* Neither the file nor its lock file: nobody has written it through coord, and a reader
@@ -913,7 +907,7 @@ static int coord_lock_new(lua_State *L) {
 
   path = coord_checkpath(L, 1);
   coord_checkopts(L, 2, &o, LOCK_OPTS);
-  coord_checknargs(L, 2);
+  coral_checknargs(L, 2);
   lua_settop(L, 2);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   if (coord_held(L, lockpath) != NULL) {

@@ -55,6 +55,13 @@ int coral_interrupt_pending(void);
 /* "SIGINT", "SIGTERM" or "SIGHUP" (core.c). */
 const char *coral_signal_name(int signo);
 
+/* Raises "bad argument #<max + 1> to 'f' (no more than <max> arguments expected, got <n>)"
+ * when the function was called with more than `max` values (util.c). `max` counts stack
+ * slots, the object of a method call included; the message counts as luaL_argerror does,
+ * without it: "no arguments expected, got 1", "no more than 1 argument expected, got 2".
+ * Returns the number of values. */
+int coral_checknargs(lua_State *L, int max);
+
 /* Kill and reap every child that spawn.c still supervises (spawn.c). */
 void coral_spawn_shutdown(lua_State *L);
 

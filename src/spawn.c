@@ -907,8 +907,7 @@ static void parse_env(lua_State *L) {
 static void parse_spawn(lua_State *L, spawn_opts *o) {
   memset(o, 0, sizeof *o);
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (lua_gettop(L) > 1)
-    luaL_argerror(L, 2, "no more than 1 argument expected");
+  coral_checknargs(L, 1);
   lua_settop(L, SLOT_LAST);
   lua_pushnil(L);
   while (lua_next(L, 1)) {
@@ -1381,8 +1380,7 @@ static proc_box *check_proc(lua_State *L, int nargs) {
   proc_box *box = luaL_checkudata(L, 1, PROC_MT);
   if (box->s == NULL)
     luaL_error(L, "attempt to use a closed proc");
-  if (lua_gettop(L) > nargs)
-    luaL_argerror(L, nargs + 1, "no more arguments expected");
+  coral_checknargs(L, nargs);
   return box;
 }
 

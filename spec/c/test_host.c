@@ -39,6 +39,34 @@ static void shutdown_closes_open_handles(void) {
   ctest_host_close(&h);   /* uv_loop_close fails if a handle is left */
 }
 
+/* The three primitives word a call with too many arguments alike (util.c), numbering the
+ * arguments as luaL_argerror does: without the object of a method call. */
+static void argument_counts_read_the_same_everywhere(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc, dag, coord = require 'coral.proc', require 'coral.dag', require 'coral.coord'\n"
+    "local function check(f, n, text)\n"
+    "  local ok, err = pcall(f)\n"
+    "  local got_n, got_text = tostring(err):match(\"bad argument #(%d+) to '[^']*' %((.*)%)$\")\n"
+    "  assert(not ok and got_n == n and got_text == text, err)\n"
+    "end\n"
+    "check(function() dag.new(1) end, '1', 'no arguments expected, got 1')\n"
+    "local g = dag.new(); g:add('a'); g:validate()\n"
+    "check(function() g:counts(1) end, '1', 'no arguments expected, got 1')\n"
+    "check(function() g:state('a', 1) end, '2', 'no more than 1 argument expected, got 2')\n"
+    "check(function() g.state(g, 'a', 1) end, '3', 'no more than 2 arguments expected, got 3')\n"
+    "check(function() g:ready(1, 'id', 3, 4) end, '3', 'no more than 2 arguments expected, got 4')\n"
+    "check(function() coord.read('/nonexistent', nil, 1) end, '3', 'no more than 2 arguments expected, got 3')\n"
+    "check(function() coord.lock('/nonexistent', nil, 1, 2) end, '3', 'no more than 2 arguments expected, got 4')\n"
+    "check(function() proc.spawn({ argv = { 'true' } }, 2) end, '2', 'no more than 1 argument expected, got 2')\n"
+    "local p = proc.spawn { argv = { 'true' } }\n"
+    "check(function() p:wait(1) end, '1', 'no arguments expected, got 1')\n"
+    "check(function() p:kill('TERM', 1) end, '2', 'no more than 1 argument expected, got 2')\n"
+    "p:wait(); p:close()\n"));
+  ctest_host_close(&h);
+}
+
 static int has_default_action(int signo) {
   struct sigaction sa;
   return sigaction(signo, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL;
@@ -115,6 +143,7 @@ int main(void) {
   RUN(opens_embedded_modules);
   RUN(callback_error_is_raised_by_run);
   RUN(shutdown_closes_open_handles);
+  RUN(argument_counts_read_the_same_everywhere);
   RUN(shutdown_restores_default_signal_actions);
   RUN(signal_after_shutdown_takes_default_action);
   RUN(signal_raises_interrupted_error);
