@@ -47,14 +47,27 @@ local function start(args, env)
   return result
 end
 
+-- Has process `pid` opened `path`? (coord opens the lock file, then waits for its lock.)
+local function has_open(pid, path)
+  local dir = uv.fs_scandir("/proc/" .. pid .. "/fd")
+  while dir do
+    local name = uv.fs_scandir_next(dir)
+    if not name then return false end
+    if uv.fs_readlink("/proc/" .. pid .. "/fd/" .. name) == path then return true end
+  end
+  return false
+end
+
 -- Holds the lock of dir/file, starts `coral <command> hello --dir dir`, lets it block on the
--- lock, sends `signal`; returns the result and the seconds from the signal to the exit.
+-- lock, sends `signal`; returns the result, the seconds from the signal to the exit, the
+-- file's content and dir.
 local function interrupt_while_blocked(command, file, signal, env)
   local dir = H.tmpdir()
   local path = dir .. "/" .. file
   local lock <close> = assert(coord.lock(path))
   local r = start({ command, "hello", "--dir", dir }, env)
-  uv.sleep(300)                        -- long enough to be waiting for the lock
+  H.wait_until(function() return r.code ~= nil or has_open(r.pid, path .. ".lock") end)
+  uv.sleep(300)                        -- and it has been waiting for a while
   uv.run("nowait")
   assert.is_nil(r.code, "coral exited before the signal: it did not wait for the lock")
   local sent = uv.hrtime()
