@@ -32,7 +32,7 @@ int luaopen_cjson_safe(lua_State *L);
 static const char PENDING_ERROR_KEY = 'e';
 static const char LUA_ROOT_KEY = 'r';
 
-static lua_State *volatile signal_state;  /* the state whose signal handlers are installed (see below) */
+static lua_State *volatile signal_state;  /* whose signal handlers are installed (see below) */
 
 static void release_signals(void);
 
