@@ -137,7 +137,7 @@ describe("coral.proc", function()
       end
       ok, err = pcall(function() l = line(); proc.spawn({ argv = { "true" } }, 2) end)
       assert.is_false(ok)
-      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'spawn' (no more than 1 argument expected)", err)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'spawn' (no more than 1 argument expected, got 2)", err)
     end)
   end)
 

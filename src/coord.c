@@ -17,6 +17,9 @@
  *   F_OFD_SETLK and short randomised exponential sleeps up to a deadline: a blocking
  *   F_SETLKW has no timeout, and interrupting it needs a signal (process-wide, and the host's
  *   libuv loop owns signals) or a helper thread that cannot be cancelled cleanly.
+ * - A wait gives up as soon as the host has caught SIGINT, SIGTERM or SIGHUP (the signal
+ *   also cuts the current sleep short), before taking the lock and writing anything: Ctrl-C
+ *   on `coral note` blocked by another holder must end it now, not once the lock is free.
  * - A lock taken by this Lua state (coord.lock, or update while its function runs) is found
  *   again by the lock file's device and inode, so append/update/read of the same path inside
  *   it reuse it instead of waiting for themselves until the timeout.
@@ -113,12 +116,6 @@ static const char *const APPEND_OPTS[] = { "header", "mode", "dir_mode", "mkdir"
 static const char *const UPDATE_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", NULL };
 static const char *const LOCK_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", "shared", NULL };
 static const char *const READ_OPTS[] = { "timeout", NULL };
-
-static void coord_checknargs(lua_State *L, int max) {
-  int n = lua_gettop(L);
-  if (n > max)
-    luaL_argerror(L, max + 1, lua_pushfstring(L, "no more than %d arguments expected, got %d", max, n));
-}
 
 static int coord_allowed(const char *const allowed[], const char *key) {
   int i;
@@ -218,7 +215,7 @@ static void coord_sleep(double seconds) {
   struct timespec ts;
   ts.tv_sec = (time_t)seconds;
   ts.tv_nsec = (long)((seconds - (double)ts.tv_sec) * 1e9);
-  nanosleep(&ts, NULL);  /* EINTR: the caller's loop checks its deadline */
+  nanosleep(&ts, NULL);  /* EINTR: the caller's loop checks its deadline and the signal */
 }
 
 /* The directory of `path` into buf ("." for a bare name, "/" for "/x"). */
@@ -431,6 +428,17 @@ static void coord_holder(coord_lock *lk, short type, char *out, size_t size) {
     snprintf(out, size, "held by pid %ld", pid);
 }
 
+/* -1 with "interrupted by SIGINT" (EINTR) when the host caught a signal that Lua has not
+ * raised yet (coral_interrupt_pending), else 0. */
+static int coord_check_interrupt(coord_err *e) {
+  int signo = coral_interrupt_pending();
+  if (signo == 0)
+    return 0;
+  snprintf(e->code, sizeof e->code, "EINTR");
+  snprintf(e->msg, sizeof e->msg, "interrupted by %s", coral_signal_name(signo));
+  return -1;
+}
+
 /* The mode of a new lock file: the one asked for, else that of the file it guards, so the
  * lock of a private 0600 file is private too. */
 static int coord_lockmode(const char *path, const coord_opts *o) {
@@ -477,6 +485,8 @@ static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath,
         break;
       if (errno != EAGAIN && errno != EACCES && errno != EINTR)
         return coord_fail(e, errno, "lock %s", lockpath);
+      if (coord_check_interrupt(e) != 0)
+        return -1;
       left = start + o->timeout - coord_now();
       if (left <= 0) {
         char holder[COORD_OWNER_SIZE * 2 + 64];
@@ -490,6 +500,8 @@ static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath,
       rnd = rnd * 1103515245u + 12345u;
       pause = delay * (0.5 + (double)((rnd >> 16) & 0x7fff) / 65536.0);
       coord_sleep(pause < left ? pause : left);
+      if (coord_check_interrupt(e) != 0)
+        return -1;  /* interrupted while asleep: do not take a lock that was freed meanwhile */
       delay = delay * 2 < COORD_MAX_SLEEP ? delay * 2 : COORD_MAX_SLEEP;
     }
 
@@ -714,7 +726,7 @@ static int coord_append(lua_State *L) {
   luaL_checktype(L, 2, LUA_TSTRING);
   text = lua_tolstring(L, 2, &len);
   coord_checkopts(L, 3, &o, APPEND_OPTS);
-  coord_checknargs(L, 3);
+  coral_checknargs(L, 3);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   if (coord_enter(L, path, lockpath, &o, 0, 0, &e) != 0)
     return coord_pusherr(L, "append", path, &e);
@@ -774,7 +786,7 @@ static int coord_update(lua_State *L) {
   path = coord_checkpath(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   coord_checkopts(L, 3, &o, UPDATE_OPTS);
-  coord_checknargs(L, 3);
+  coral_checknargs(L, 3);
   lua_settop(L, 3);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   if (coord_enter(L, path, lockpath, &o, 0, 1, &e) != 0)
@@ -861,7 +873,7 @@ static int coord_read(lua_State *L) {
 
   path = coord_checkpath(L, 1);
   coord_checkopts(L, 2, &o, READ_OPTS);
-  coord_checknargs(L, 2);
+  coral_checknargs(L, 2);
   lua_settop(L, 2);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   /* Neither the file nor its lock file: nobody has written it through coord, and a reader
@@ -895,7 +907,7 @@ static int coord_lock_new(lua_State *L) {
 
   path = coord_checkpath(L, 1);
   coord_checkopts(L, 2, &o, LOCK_OPTS);
-  coord_checknargs(L, 2);
+  coral_checknargs(L, 2);
   lua_settop(L, 2);
   lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
   if (coord_held(L, lockpath) != NULL) {

@@ -37,12 +37,30 @@ int coral_callback(lua_State *L, int nargs, int nresults, int flags);
 int coral_traceback(lua_State *L);
 
 /* Stop everything the primitives started (children killed and reaped, their handles closed),
- * close every other handle of the loop, and run it until nothing is left. Called before
- * lua_close and by os.exit, so no child outlives the host. */
+ * give SIGINT, SIGTERM and SIGHUP their default action back if this state caught them, close
+ * every other handle of the loop, and run it until nothing is left. Called before lua_close
+ * and by os.exit, so no child outlives the host. */
 void coral_shutdown(lua_State *L);
 
 /* The signal (SIGINT, SIGTERM, SIGHUP) that interrupted the host, or 0 (core.c). */
 int coral_interrupted(void);
+
+/* The signal the host caught that has not been raised in Lua yet, or 0 (core.c). The hook
+ * raises "interrupted by SIG..." at the next Lua instruction; C code that waits without
+ * running Lua (coord's lock waits) checks this to give up at once instead. Unlike
+ * coral_interrupted() it goes back to 0 once raised: Lua code that caught the error (the
+ * REPL) can wait again. */
+int coral_interrupt_pending(void);
+
+/* "SIGINT", "SIGTERM" or "SIGHUP" (core.c). */
+const char *coral_signal_name(int signo);
+
+/* Raises "bad argument #<max + 1> to 'f' (no more than <max> arguments expected, got <n>)"
+ * when the function was called with more than `max` values (util.c). `max` counts stack
+ * slots, the object of a method call included; the message counts as luaL_argerror does,
+ * without it: "no arguments expected, got 1", "no more than 1 argument expected, got 2".
+ * Returns the number of values. */
+int coral_checknargs(lua_State *L, int max);
 
 /* Kill and reap every child that spawn.c still supervises (spawn.c). */
 void coral_spawn_shutdown(lua_State *L);

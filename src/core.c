@@ -32,7 +32,9 @@ int luaopen_cjson_safe(lua_State *L);
 static const char PENDING_ERROR_KEY = 'e';
 static const char LUA_ROOT_KEY = 'r';
 
-static lua_State *signal_state;   /* the state whose signal handlers are installed (see below) */
+static lua_State *volatile signal_state;  /* whose signal handlers are installed (see below) */
+
+static void release_signals(void);
 
 /* {{{ callbacks from the event loop */
 
@@ -147,10 +149,12 @@ static void shutdown_walk(uv_handle_t *handle, void *arg) {
 
 void coral_shutdown(lua_State *L) {
   uv_loop_t *loop = luv_loop(L);
-  if (signal_state == L)
-    signal_state = NULL;   /* the async handle is closed below with the others */
   if (coral_spawn_shutdown)
     coral_spawn_shutdown(L);
+  /* After the children (a Ctrl-C while they are killed must not end coral before they are
+   * reaped), before the async handle is closed below and the state goes away. */
+  if (signal_state == L)
+    release_signals();
   if (loop == NULL)
     return;
   uv_run(loop, UV_RUN_NOWAIT);  /* let handles the primitives closed finish closing */
@@ -231,22 +235,40 @@ static int host_embedded_files(lua_State *L) {
  * through an async handle in case coral is waiting in uv.run: the error unwinds to main, which
  * stops every child and exits 130. Signal dispositions are process-wide, so this state is too;
  * there is one host state per process. The runner watches these signals itself while it runs
- * (luv signal handles replace these handlers) and calls host.catch_signals() again after. */
+ * (luv signal handles replace these handlers) and calls host.catch_signals() again after.
+ * coral_shutdown gives the signals their default action back before the state and the async
+ * handle go away (release_signals). */
 
 static uv_async_t signal_async;
 static struct { unsigned tag; } signal_async_tag = { CORAL_HANDLE_TAG };
-static volatile sig_atomic_t caught_signal;
+static volatile sig_atomic_t caught_signal;    /* the last signal caught, kept for the exit code */
+static volatile sig_atomic_t pending_signal;   /* caught, and not raised in Lua yet */
 
-static void interrupt_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  luaL_error(L, "interrupted by %s", caught_signal == SIGTERM ? "SIGTERM" :
-             caught_signal == SIGHUP ? "SIGHUP" : "SIGINT");
+const char *coral_signal_name(int signo) {
+  return signo == SIGTERM ? "SIGTERM" : signo == SIGHUP ? "SIGHUP" :
+         signo == SIGINT ? "SIGINT" : "a signal";
 }
 
+static void interrupt_hook(lua_State *L, lua_Debug *ar) {
+  int signo = caught_signal;
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  pending_signal = 0;
+  luaL_error(L, "interrupted by %s", coral_signal_name(signo));
+}
+
+/* Runs between any two instructions of the host, so it only touches what stays valid while
+ * it is installed: release_signals() uninstalls it before signal_state and the async handle
+ * go away, and a handler already running has returned by then (one thread). A disposition
+ * saved before shutdown and put back after it (as repl.c does around readline) would still
+ * call it: then it only records the signal. */
 static void on_signal(int signo) {
+  lua_State *L = signal_state;
   caught_signal = signo;
-  lua_sethook(signal_state, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  if (L == NULL)
+    return;
+  pending_signal = signo;
+  lua_sethook(L, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
   uv_async_send(&signal_async);
 }
 
@@ -258,8 +280,7 @@ static void on_signal_async(uv_async_t *handle) {
     return;
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY) == LUA_TNIL) {
     lua_pop(L, 1);
-    lua_pushstring(L, caught_signal == SIGTERM ? "interrupted by SIGTERM" :
-                   caught_signal == SIGHUP ? "interrupted by SIGHUP" : "interrupted by SIGINT");
+    lua_pushfstring(L, "interrupted by %s", coral_signal_name(caught_signal));
     lua_rawsetp(L, LUA_REGISTRYINDEX, &PENDING_ERROR_KEY);
   } else {
     lua_pop(L, 1);
@@ -267,11 +288,29 @@ static void on_signal_async(uv_async_t *handle) {
   uv_stop(luv_loop(L));
 }
 
+static const int caught_signals[] = { SIGINT, SIGTERM, SIGHUP };
+#define NCAUGHT ((int)(sizeof caught_signals / sizeof caught_signals[0]))
+
+/* Done with the handlers (coral_shutdown): as lua.c's laction does, give the signals their
+ * default action back, so one that comes during or after shutdown ends the process instead of
+ * reaching a state or a handle that is gone. A signal whose handler is not ours any more (a
+ * luv signal handle of the runner still open) is left to its owner. */
+static void release_signals(void) {
+  struct sigaction old, dfl;
+  int i;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  for (i = 0; i < NCAUGHT; i++)
+    if (sigaction(caught_signals[i], NULL, &old) == 0 && old.sa_handler == on_signal)
+      sigaction(caught_signals[i], &dfl, NULL);
+  signal_state = NULL;   /* the async handle is closed with the loop's other handles */
+}
+
 /* host.catch_signals(): (re)install the handlers of SIGINT, SIGTERM and SIGHUP. */
 static int host_catch_signals(lua_State *L) {
   struct sigaction sa;
   int i;
-  const int signals[] = { SIGINT, SIGTERM, SIGHUP };
   if (signal_state == NULL) {
     signal_state = L;
     uv_async_init(luv_loop(L), &signal_async, on_signal_async);
@@ -281,13 +320,17 @@ static int host_catch_signals(lua_State *L) {
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
-  for (i = 0; i < 3; i++)
-    sigaction(signals[i], &sa, NULL);
+  for (i = 0; i < NCAUGHT; i++)
+    sigaction(caught_signals[i], &sa, NULL);
   return 0;
 }
 
 int coral_interrupted(void) {
   return caught_signal;
+}
+
+int coral_interrupt_pending(void) {
+  return pending_signal;
 }
 
 /* }}} */

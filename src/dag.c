@@ -174,13 +174,6 @@ static dag *dag_check(lua_State *L, int arg) {
   return g;
 }
 
-static void dag_checknargs(lua_State *L, int max) {
-  int n = lua_gettop(L);
-  if (n > max)
-    luaL_argerror(L, max + 1, lua_pushfstring(L, "no more than %d arguments expected, got %d",
-                                              max - 1, n - 1));
-}
-
 /* Rejects keys of the option table at `arg` that are not in `known` (NULL-terminated). */
 static void dag_checkoptions(lua_State *L, int arg, const char *const known[]) {
   lua_pushnil(L);
@@ -468,7 +461,7 @@ static int dag_validate(lua_State *L) {
   dag *g = dag_check(L, 1);
   size_t v0 = g->nvalid, v, i, ordered;
   int ids, sorted;
-  dag_checknargs(L, 1);
+  coral_checknargs(L, 1);
   ids = dag_ids(L);
   if (v0 == g->n) {
     lua_pushboolean(L, 1);
@@ -595,7 +588,7 @@ static int dag_add(lua_State *L) {
   int32_t priority = 0;
   dag_node *node;
 
-  dag_checknargs(L, 4);
+  coral_checknargs(L, 4);
   if (!lua_isnoneornil(L, 3)) {
     luaL_checktype(L, 3, LUA_TTABLE);
     ndeps = (size_t)luaL_len(L, 3);
@@ -707,7 +700,7 @@ static int dag_phases(lua_State *L) {
   size_t v;
   uint32_t p;
   int ids;
-  dag_checknargs(L, 1);
+  coral_checknargs(L, 1);
   dag_checkvalid(L, g, "phases");
   ids = dag_ids(L);
   GROW(L, g, tmp, tmp_cap, (size_t)g->nphases + 1);
@@ -738,7 +731,7 @@ static int dag_critical_path(lua_State *L) {
   int k = 0;
   double length = 0;
   int ids;
-  dag_checknargs(L, 1);
+  coral_checknargs(L, 1);
   dag_checkvalid(L, g, "critical_path");
   ids = dag_ids(L);
   /* a task without dependencies has the largest rank (weights are >= 0): start at one, so the
@@ -771,7 +764,7 @@ static int dag_critical_path(lua_State *L) {
 static int dag_rank(lua_State *L) {
   dag *g = dag_check(L, 1);
   uint32_t v = dag_checktask(L, g, 2);
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   dag_checkvalid(L, g, "rank");
   lua_pushnumber(L, g->nodes[v].rank);
   return 1;
@@ -781,7 +774,7 @@ static int dag_rank(lua_State *L) {
 static int dag_phase(lua_State *L) {
   dag *g = dag_check(L, 1);
   uint32_t v = dag_checktask(L, g, 2);
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   dag_checkvalid(L, g, "phase");
   lua_pushinteger(L, (lua_Integer)g->nodes[v].phase + 1);
   return 1;
@@ -791,7 +784,7 @@ static int dag_phase(lua_State *L) {
 static int dag_state(lua_State *L) {
   dag *g = dag_check(L, 1);
   uint32_t v = dag_checktask(L, g, 2);
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   lua_pushstring(L, dag_state_names[g->nodes[v].state]);
   return 1;
 }
@@ -800,7 +793,7 @@ static int dag_state(lua_State *L) {
 static int dag_counts(lua_State *L) {
   dag *g = dag_check(L, 1);
   int i;
-  dag_checknargs(L, 1);
+  coral_checknargs(L, 1);
   lua_createtable(L, 0, ST_COUNT + 1);
   for (i = 0; i < ST_COUNT; i++) {
     lua_pushinteger(L, (lua_Integer)g->count[i]);
@@ -817,7 +810,7 @@ static int dag_id(lua_State *L) {
   uint32_t v;
   luaL_checkinteger(L, 2);
   v = dag_checktask(L, g, 2);
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   dag_push_id(L, dag_ids(L), v);
   return 1;
 }
@@ -828,7 +821,7 @@ static int dag_index(lua_State *L) {
   size_t len;
   const char *s = (luaL_checktype(L, 2, LUA_TSTRING), lua_tolstring(L, 2, &len));
   uint32_t v;
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   v = dag_find(g, s, len, dag_hash(s, len));
   if (v == DAG_EMPTY)
     lua_pushnil(L);
@@ -842,7 +835,7 @@ static int dag_deps(lua_State *L) {
   dag *g = dag_check(L, 1);
   uint32_t v = dag_checktask(L, g, 2), e;
   int k = 0, ids;
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   ids = dag_ids(L);
   lua_createtable(L, (int)(g->dep_off[v + 1] - g->dep_off[v]), 0);
   for (e = g->dep_off[v]; e < g->dep_off[v + 1]; e++) {
@@ -862,7 +855,7 @@ static int dag_dependents(lua_State *L) {
   dag *g = dag_check(L, 1);
   uint32_t v = dag_checktask(L, g, 2), e;
   int k = 0, ids;
-  dag_checknargs(L, 2);
+  coral_checknargs(L, 2);
   dag_checkvalid(L, g, "dependents");
   ids = dag_ids(L);
   lua_createtable(L, (int)(g->rdep_off[v + 1] - g->rdep_off[v]), 0);
@@ -885,7 +878,7 @@ static int dag_ready(lua_State *L) {
   int index = luaL_checkoption(L, 3, "id", as);
   size_t n, i;
   int ids;
-  dag_checknargs(L, 3);
+  coral_checknargs(L, 3);
   luaL_argcheck(L, want >= 0, 2, "count must be >= 0");
   dag_checkvalid(L, g, "ready");
   ids = dag_ids(L);
@@ -919,7 +912,7 @@ static int dag_done(lua_State *L) {
   dag *g = dag_check(L, 1);
   uint32_t v = dag_checktask(L, g, 2), e;
   int ok, release = 0;
-  dag_checknargs(L, 4);
+  coral_checknargs(L, 4);
   luaL_checktype(L, 3, LUA_TBOOLEAN);
   ok = lua_toboolean(L, 3);
   if (!lua_isnoneornil(L, 4)) {
@@ -977,7 +970,7 @@ static int dag_done(lua_State *L) {
 /* g = dag.new() */
 static int dag_new(lua_State *L) {
   dag *g;
-  luaL_argcheck(L, lua_gettop(L) == 0, 1, "no arguments expected");
+  coral_checknargs(L, 0);
   g = lua_newuserdatauv(L, sizeof *g, 1);
   memset(g, 0, sizeof *g);
   luaL_setmetatable(L, DAG_META);

@@ -4,7 +4,8 @@
  * (pmain) with a traceback handler; the host owns the libuv loop and runs it after the main
  * chunk, then stops every child and closes every handle before the state is closed.
  *
- * Exit codes: 0 success, 2 usage error or error in a script; a script's os.exit(n) gives n.
+ * Exit codes: 0 success, 2 usage error or error in a script, 130 interrupted by SIGINT,
+ * SIGTERM or SIGHUP; a script's os.exit(n) gives n.
  */
 #include <limits.h>
 #include <signal.h>
@@ -41,11 +42,37 @@ static void usage_error(const char *fmt, const char *what) {
   fprintf(stderr, " (try '%s --help')\n", progname);
 }
 
+/* The "interrupted by SIG..." in the first line of `msg` when a signal interrupted the host
+ * (core.c's hook or the wait it cut short said so), else NULL; *len is its length. */
+static const char *interruption(const char *msg, int *len) {
+  const char *eol, *p, *end;
+  if (msg == NULL || coral_interrupted() == 0)
+    return NULL;
+  eol = strchr(msg, '\n');
+  p = strstr(msg, "interrupted by SIG");
+  if (p == NULL || (eol != NULL && p > eol))
+    return NULL;
+  for (end = p + strlen("interrupted by SIG"); *end >= 'A' && *end <= 'Z'; end++)
+    ;
+  *len = (int)(end - p);
+  return p;
+}
+
 /* Reports an error left on the stack by a failed chunk. Messages already start with the
- * chunk's file:line; the traceback follows on the next lines. */
+ * chunk's file:line; the traceback follows on the next lines. An interruption is no error of
+ * the script: it gets one line, "coral: interrupted by SIGINT" (all of it with CORAL_DEBUG=1). */
 static int report(lua_State *L, int status) {
   if (status != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
+    const char *debug = getenv("CORAL_DEBUG");
+    const char *what;
+    int len;
+    if ((debug == NULL || strcmp(debug, "1") != 0) && (what = interruption(msg, &len)) != NULL) {
+      fprintf(stderr, "%s: %.*s\n", progname, len, what);
+      fflush(stderr);
+      lua_pop(L, 1);
+      return status;
+    }
     if (status == LUA_ERRFILE)
       fprintf(stderr, "%s: ", progname);  /* "cannot open x.lua": say who could not */
     fprintf(stderr, "%s\n", msg != NULL ? msg : "(error object is not a string)");

@@ -43,18 +43,18 @@
 
 
 #define PROC_MT "coral.proc"
-#define SUP_MT "coral.proc.supervisor"
-#define READ_SIZE 65536            /* one read from a child's pipe */
-#define LINE_LIMIT (1u << 20)      /* a longer line is delivered in pieces of this size */
-#define DEFAULT_GRACE_MS 2000      /* from TERM to KILL after a timeout */
-#define NO_CAP UINT64_MAX
-#define CHILD_NULL (-2)           /* child_fd: the child opens /dev/null itself */
-#define SCAN_MAX 4                 /* up to this many live children, reap by asking each */
+#define PROC_SUP_MT "coral.proc.supervisor"
+#define PROC_READ_SIZE 65536            /* one read from a child's pipe */
+#define PROC_LINE_LIMIT (1u << 20)      /* a longer line is delivered in pieces of this size */
+#define PROC_DEFAULT_GRACE_MS 2000      /* from TERM to KILL after a timeout */
+#define PROC_NO_CAP UINT64_MAX
+#define PROC_CHILD_NULL (-2)            /* child_fd: the child opens /dev/null itself */
+#define PROC_SCAN_MAX 4                 /* up to this many live children, reap by asking each */
 
 /* Registry key of the supervisor's userdata (the address is unique, the value per state). */
-static const char SUP_KEY = 's';
+static const char PROC_SUP_KEY = 's';
 
-typedef struct spawn_sup spawn_sup;
+typedef struct proc_sup proc_sup;
 typedef struct proc_state proc_state;
 
 /* stdout or stderr of a child, when C reads it through a pipe. */
@@ -71,7 +71,7 @@ typedef struct proc_stream {
   int on_data;              /* registry ref of the callback, or LUA_NOREF */
   int lines;                /* deliver lines instead of chunks */
   uint64_t cap, passed, dropped;
-  char *line;               /* partial line (lines mode), at most LINE_LIMIT bytes */
+  char *line;               /* partial line (lines mode), at most PROC_LINE_LIMIT bytes */
   size_t line_len, line_size;
 } proc_stream;
 
@@ -87,14 +87,14 @@ typedef struct proc_stdin {
   int pending;              /* uv_write requests not completed */
 } proc_stdin;
 
-typedef struct write_req { uv_write_t req; proc_state *proc; int ref; } write_req;
-typedef struct shutdown_req { uv_shutdown_t req; proc_state *proc; } shutdown_req;
+typedef struct proc_write_req { uv_write_t req; proc_state *proc; int ref; } proc_write_req;
+typedef struct proc_shutdown_req { uv_shutdown_t req; proc_state *proc; } proc_shutdown_req;
 
 enum { IN_NULL, IN_DATA, IN_FILE, IN_PIPE };
 
 struct proc_state {
   unsigned tag;             /* CORAL_HANDLE_TAG: timer.data points here */
-  spawn_sup *sup;
+  proc_sup *sup;
   proc_state *live_prev, *live_next;  /* in sup->live while not reaped */
   proc_state *all_prev, *all_next;    /* in sup->all until freed */
   proc_state *done_next;              /* reaped in this SIGCHLD round */
@@ -121,7 +121,7 @@ struct proc_state {
   int on_exit, self_ref;    /* registry refs or LUA_NOREF */
 };
 
-struct spawn_sup {
+struct proc_sup {
   unsigned tag;             /* CORAL_HANDLE_TAG: sig.data points here */
   lua_State *L;             /* main thread; NULL once the state is closing */
   uv_loop_t *loop;
@@ -140,15 +140,15 @@ struct spawn_sup {
   char **scratch;           /* argv and envp of the spawn in progress */
   size_t scratch_size;
   int buf_busy;
-  char buf[READ_SIZE];      /* reads go here unless a callback runs a nested loop */
+  char buf[PROC_READ_SIZE];      /* reads go here unless a callback runs a nested loop */
 };
 
-typedef struct sup_box { spawn_sup *sup; } sup_box;
+typedef struct proc_sup_box { proc_sup *sup; } proc_sup_box;
 typedef struct proc_box { proc_state *s; lua_Integer pid; } proc_box;
 
 /* {{{ supervisor and state lifetime */
 
-static void sup_unref(spawn_sup *sup) {
+static void proc_sup_unref(proc_sup *sup) {
   if (--sup->refs > 0)
     return;
   free(sup->scratch);
@@ -159,7 +159,7 @@ static void sup_unref(spawn_sup *sup) {
  * with callbacks, a p:wait(), or a killed orphan that must not stay a zombie (libuv does not
  * even poll a loop that nothing keeps alive). A running child that only a box holds, without
  * callbacks, must not hold the host. */
-static void sup_update_ref(spawn_sup *sup) {
+static void proc_sup_update_ref(proc_sup *sup) {
   if (!sup->sig_open)
     return;
   if (sup->nkeep > 0 || sup->nwaiting > 0 || sup->norphans > 0)
@@ -172,11 +172,11 @@ static void proc_unkeep(proc_state *s) {
   if (s->keeps_loop) {
     s->keeps_loop = 0;
     s->sup->nkeep--;
-    sup_update_ref(s->sup);
+    proc_sup_update_ref(s->sup);
   }
 }
 
-static void close_fd(int *fd) {
+static void proc_close_fd(int *fd) {
   if (*fd >= 0) {
     close(*fd);
     *fd = -1;
@@ -186,12 +186,12 @@ static void close_fd(int *fd) {
 static void proc_close_child_fds(proc_state *s) {
   int i;
   for (i = 0; i < 3; i++) {
-    close_fd(&s->child_fd[i]);
+    proc_close_fd(&s->child_fd[i]);
     s->child_fd[i] = -1;
   }
 }
 
-static proc_state *proc_new(spawn_sup *sup) {
+static proc_state *proc_new(proc_sup *sup) {
   proc_state *s = calloc(1, sizeof *s);
   if (s == NULL)
     return NULL;
@@ -204,7 +204,7 @@ static proc_state *proc_new(spawn_sup *sup) {
   s->in.fd = s->out.rfd = s->err.rfd = -1;
   s->out.file = s->err.file = -1;
   s->out.on_data = s->err.on_data = LUA_NOREF;
-  s->out.cap = s->err.cap = NO_CAP;
+  s->out.cap = s->err.cap = PROC_NO_CAP;
   s->child_fd[0] = s->child_fd[1] = s->child_fd[2] = -1;
   s->all_next = sup->all;
   if (sup->all != NULL)
@@ -216,25 +216,25 @@ static proc_state *proc_new(spawn_sup *sup) {
 
 /* Frees the state once nothing can reach it any more: no box, child reaped, handles closed. */
 static void proc_release(proc_state *s) {
-  spawn_sup *sup = s->sup;
+  proc_sup *sup = s->sup;
   if (!s->detached || !s->reaped || s->closes > 0 || s->pinned > 0)
     return;
   proc_close_child_fds(s);
-  close_fd(&s->in.fd);
-  close_fd(&s->out.rfd);
-  close_fd(&s->err.rfd);
-  if (s->out.own_file) close_fd(&s->out.file);
-  if (s->err.own_file) close_fd(&s->err.file);
+  proc_close_fd(&s->in.fd);
+  proc_close_fd(&s->out.rfd);
+  proc_close_fd(&s->err.rfd);
+  if (s->out.own_file) proc_close_fd(&s->out.file);
+  if (s->err.own_file) proc_close_fd(&s->err.file);
   free(s->out.line);
   free(s->err.line);
   if (s->all_prev != NULL) s->all_prev->all_next = s->all_next;
   else sup->all = s->all_next;
   if (s->all_next != NULL) s->all_next->all_prev = s->all_prev;
   free(s);
-  sup_unref(sup);
+  proc_sup_unref(sup);
 }
 
-static void unref(spawn_sup *sup, int *ref) {
+static void proc_unref(proc_sup *sup, int *ref) {
   if (*ref != LUA_NOREF && *ref != LUA_REFNIL && sup->L != NULL)
     luaL_unref(sup->L, LUA_REGISTRYINDEX, *ref);
   *ref = LUA_NOREF;
@@ -242,10 +242,10 @@ static void unref(spawn_sup *sup, int *ref) {
 
 /* Drops every Lua reference the state holds; its own box last. */
 static void proc_release_lua(proc_state *s) {
-  unref(s->sup, &s->on_exit);
-  unref(s->sup, &s->out.on_data);
-  unref(s->sup, &s->err.on_data);
-  unref(s->sup, &s->self_ref);
+  proc_unref(s->sup, &s->on_exit);
+  proc_unref(s->sup, &s->out.on_data);
+  proc_unref(s->sup, &s->err.on_data);
+  proc_unref(s->sup, &s->self_ref);
 }
 
 static void proc_on_handle_closed(proc_state *s) {
@@ -253,51 +253,51 @@ static void proc_on_handle_closed(proc_state *s) {
   proc_release(s);
 }
 
-static void stream_on_closed(uv_handle_t *h) {
+static void proc_stream_on_closed(uv_handle_t *h) {
   proc_on_handle_closed(((proc_stream *)h->data)->proc);
 }
 
-static void stdin_on_closed(uv_handle_t *h) {
+static void proc_stdin_on_closed(uv_handle_t *h) {
   proc_on_handle_closed(((proc_stdin *)h->data)->proc);
 }
 
-static void timer_on_closed(uv_handle_t *h) {
+static void proc_timer_on_closed(uv_handle_t *h) {
   proc_on_handle_closed((proc_state *)h->data);
 }
 
-static void stream_close(proc_stream *st) {
+static void proc_stream_close(proc_stream *st) {
   st->reading = 0;
   if (st->open) {
     st->open = 0;
     st->proc->closes++;
-    uv_close((uv_handle_t *)&st->pipe, stream_on_closed);
+    uv_close((uv_handle_t *)&st->pipe, proc_stream_on_closed);
   }
   if (st->own_file)
-    close_fd(&st->file);
+    proc_close_fd(&st->file);
   st->file = -1;
 }
 
-static void stdin_close_now(proc_state *s) {
+static void proc_stdin_close_now(proc_state *s) {
   if (s->in.open) {
     s->in.open = 0;
     s->closes++;
-    uv_close((uv_handle_t *)&s->in.pipe, stdin_on_closed);
+    uv_close((uv_handle_t *)&s->in.pipe, proc_stdin_on_closed);
   }
 }
 
-static void timer_close(proc_state *s) {
+static void proc_timer_close(proc_state *s) {
   if (s->timer_open) {
     s->timer_open = 0;
     s->closes++;
-    uv_close((uv_handle_t *)&s->timer, timer_on_closed);
+    uv_close((uv_handle_t *)&s->timer, proc_timer_on_closed);
   }
 }
 
 static void proc_close_handles(proc_state *s) {
-  stream_close(&s->out);
-  stream_close(&s->err);
-  stdin_close_now(s);
-  timer_close(s);
+  proc_stream_close(&s->out);
+  proc_stream_close(&s->err);
+  proc_stdin_close_now(s);
+  proc_timer_close(s);
 }
 
 /* The group may still hold processes of ours: the leader is not reaped, or something in the
@@ -317,7 +317,7 @@ static void proc_detach(proc_state *s) {
   proc_unkeep(s);
   if (!s->reaped) {
     s->sup->norphans++;
-    sup_update_ref(s->sup);
+    proc_sup_update_ref(s->sup);
   }
   proc_close_handles(s);
   proc_release_lua(s);
@@ -327,34 +327,34 @@ static void proc_detach(proc_state *s) {
 /* }}} */
 /* {{{ exit information */
 
-static void set_number(lua_State *L, const char *k, double v) {
+static void proc_set_number(lua_State *L, const char *k, double v) {
   lua_pushnumber(L, v);
   lua_setfield(L, -2, k);
 }
 
-static void set_integer(lua_State *L, const char *k, lua_Integer v) {
+static void proc_set_integer(lua_State *L, const char *k, lua_Integer v) {
   lua_pushinteger(L, v);
   lua_setfield(L, -2, k);
 }
 
-static void set_errno(lua_State *L, const char *k, int e) {
+static void proc_set_errno(lua_State *L, const char *k, int e) {
   if (e != 0) {
     lua_pushfstring(L, "%s: %s", uv_err_name(-e), uv_strerror(-e));
     lua_setfield(L, -2, k);
   }
 }
 
-static void push_info(lua_State *L, const proc_state *s) {
+static void proc_push_info(lua_State *L, const proc_state *s) {
   double utime, stime;
   lua_createtable(L, 0, 15);
-  set_integer(L, "pid", s->pid);
+  proc_set_integer(L, "pid", s->pid);
   if (s->status_known && WIFEXITED(s->status)) {
-    set_integer(L, "code", WEXITSTATUS(s->status));
+    proc_set_integer(L, "code", WEXITSTATUS(s->status));
   } else if (s->status_known && WIFSIGNALED(s->status)) {
     int sig = WTERMSIG(s->status);
     const char *abbrev = sigabbrev_np(sig);
-    set_integer(L, "code", 128 + sig);  /* as a shell reports it */
-    set_integer(L, "signal", sig);
+    proc_set_integer(L, "code", 128 + sig);  /* as a shell reports it */
+    proc_set_integer(L, "signal", sig);
     if (abbrev != NULL) {
       lua_pushfstring(L, "SIG%s", abbrev);
       lua_setfield(L, -2, "signame");
@@ -369,35 +369,35 @@ static void push_info(lua_State *L, const proc_state *s) {
     lua_setfield(L, -2, "timed_out");
   }
   if (s->timeout_ms > 0)  /* the limits in force, so a message can say which was exceeded */
-    set_number(L, "timeout", (double)s->timeout_ms / 1000);
+    proc_set_number(L, "timeout", (double)s->timeout_ms / 1000);
   if (s->idle_ms > 0)
-    set_number(L, "idle_timeout", (double)s->idle_ms / 1000);
+    proc_set_number(L, "idle_timeout", (double)s->idle_ms / 1000);
   utime = (double)s->ru.ru_utime.tv_sec + (double)s->ru.ru_utime.tv_usec / 1e6;
   stime = (double)s->ru.ru_stime.tv_sec + (double)s->ru.ru_stime.tv_usec / 1e6;
-  set_number(L, "duration", (double)(s->end_ns - s->start_ns) / 1e9);
-  set_number(L, "utime", utime);
-  set_number(L, "stime", stime);
-  set_number(L, "cpu_seconds", utime + stime);
-  set_integer(L, "max_rss_kb", (lua_Integer)s->ru.ru_maxrss);  /* Linux counts in KiB */
-  set_integer(L, "stdout_dropped", (lua_Integer)s->out.dropped);
-  set_integer(L, "stderr_dropped", (lua_Integer)s->err.dropped);
-  set_errno(L, "stdout_error", s->out.write_errno);
-  set_errno(L, "stderr_error", s->err.write_errno);
+  proc_set_number(L, "duration", (double)(s->end_ns - s->start_ns) / 1e9);
+  proc_set_number(L, "utime", utime);
+  proc_set_number(L, "stime", stime);
+  proc_set_number(L, "cpu_seconds", utime + stime);
+  proc_set_integer(L, "max_rss_kb", (lua_Integer)s->ru.ru_maxrss);  /* Linux counts in KiB */
+  proc_set_integer(L, "stdout_dropped", (lua_Integer)s->out.dropped);
+  proc_set_integer(L, "stderr_dropped", (lua_Integer)s->err.dropped);
+  proc_set_errno(L, "stdout_error", s->out.write_errno);
+  proc_set_errno(L, "stderr_error", s->err.write_errno);
 }
 
 /* Hands the exit to on_exit once the child is reaped and its output drained. */
 static void proc_check_done(proc_state *s) {
-  spawn_sup *sup = s->sup;
+  proc_sup *sup = s->sup;
   lua_State *L = sup->L;
   if (s->delivered || s->detached || !s->reaped || s->out.reading || s->err.reading)
     return;
   s->delivered = 1;
   s->pinned++;
-  timer_close(s);
-  stdin_close_now(s);
+  proc_timer_close(s);
+  proc_stdin_close_now(s);
   if (L != NULL && s->on_exit != LUA_NOREF) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->on_exit);
-    push_info(L, s);
+    proc_push_info(L, s);
     sup->depth++;
     coral_callback(L, 1, 0, 0);
     sup->depth--;
@@ -416,7 +416,7 @@ static void proc_check_done(proc_state *s) {
  * the group's id, so the signal cannot reach a process that reused it, and nothing the task
  * started runs on unseen after the task has ended. */
 static int proc_reap(proc_state *s, int options) {
-  spawn_sup *sup = s->sup;
+  proc_sup *sup = s->sup;
   int status;
   struct rusage ru;
   pid_t r;
@@ -447,7 +447,7 @@ static int proc_reap(proc_state *s, int options) {
   proc_unkeep(s);
   if (s->detached) {
     sup->norphans--;
-    sup_update_ref(sup);
+    proc_sup_update_ref(sup);
   }
   return 1;
 }
@@ -457,10 +457,10 @@ static int proc_reap(proc_state *s, int options) {
  * (a luv child, a popen) hides the ones behind it, so then every live child is asked instead.
  * Signals coalesce, so each round reaps all it can; a child that exits after the last peek
  * raises SIGCHLD again. */
-static void sup_on_sigchld(uv_signal_t *h, int signum) {
-  spawn_sup *sup = h->data;
+static void proc_sup_on_sigchld(uv_signal_t *h, int signum) {
+  proc_sup *sup = h->data;
   proc_state *done = NULL, **tail = &done, *s, *next;
-  int peek = sup->nlive > SCAN_MAX;
+  int peek = sup->nlive > PROC_SCAN_MAX;
   (void)signum;
   /* With few children, asking each costs fewer syscalls than peeking. */
   for (s = peek ? NULL : sup->live; s != NULL; s = next) {
@@ -508,7 +508,7 @@ static void sup_on_sigchld(uv_signal_t *h, int signum) {
 /* }}} */
 /* {{{ output of a child */
 
-static void write_all(proc_stream *st, const char *p, size_t n) {
+static void proc_write_all(proc_stream *st, const char *p, size_t n) {
   while (n > 0 && st->write_errno == 0) {
     ssize_t w = write(st->file, p, n);
     if (w >= 0) {
@@ -523,12 +523,12 @@ static void write_all(proc_stream *st, const char *p, size_t n) {
   }
 }
 
-static int stream_active(const proc_stream *st) {
+static int proc_stream_active(const proc_stream *st) {
   return !st->proc->detached && st->on_data != LUA_NOREF && st->proc->sup->L != NULL;
 }
 
 /* Calls on_data with the string on top of the stack. */
-static void stream_call(proc_stream *st) {
+static void proc_stream_call(proc_stream *st) {
   lua_State *L = st->proc->sup->L;
   lua_rawgeti(L, LUA_REGISTRYINDEX, st->on_data);
   lua_insert(L, -2);
@@ -537,28 +537,28 @@ static void stream_call(proc_stream *st) {
   st->proc->sup->depth--;
 }
 
-static void stream_deliver(proc_stream *st, const char *p, size_t n) {
+static void proc_stream_deliver(proc_stream *st, const char *p, size_t n) {
   lua_pushlstring(st->proc->sup->L, p, n);
-  stream_call(st);
+  proc_stream_call(st);
 }
 
-static void stream_flush_line(proc_stream *st) {
+static void proc_stream_flush_line(proc_stream *st) {
   lua_pushlstring(st->proc->sup->L, st->line, st->line_len);
   st->line_len = 0;  /* before the call: a nested loop may add to it */
-  stream_call(st);
+  proc_stream_call(st);
 }
 
-/* Keeps a partial line; a line that reaches LINE_LIMIT is delivered in pieces. */
-static void stream_keep(proc_stream *st, const char *p, size_t n) {
-  while (n > 0 && stream_active(st)) {
+/* Keeps a partial line; a line that reaches PROC_LINE_LIMIT is delivered in pieces. */
+static void proc_stream_keep(proc_stream *st, const char *p, size_t n) {
+  while (n > 0 && proc_stream_active(st)) {
     size_t room, take;
-    if (st->line_size < LINE_LIMIT && st->line_len + n > st->line_size) {
+    if (st->line_size < PROC_LINE_LIMIT && st->line_len + n > st->line_size) {
       size_t size = st->line_size ? st->line_size : 256;
       char *line;
-      while (size < st->line_len + n && size < LINE_LIMIT)
+      while (size < st->line_len + n && size < PROC_LINE_LIMIT)
         size *= 2;
-      if (size > LINE_LIMIT)
-        size = LINE_LIMIT;
+      if (size > PROC_LINE_LIMIT)
+        size = PROC_LINE_LIMIT;
       line = realloc(st->line, size);
       if (line == NULL) {
         st->dropped += n;
@@ -573,14 +573,14 @@ static void stream_keep(proc_stream *st, const char *p, size_t n) {
     st->line_len += take;
     p += take;
     n -= take;
-    if (st->line_len == LINE_LIMIT)
-      stream_flush_line(st);
+    if (st->line_len == PROC_LINE_LIMIT)
+      proc_stream_flush_line(st);
   }
 }
 
 /* What C read from the pipe: counted against the cap, written to the file, delivered. */
-static void stream_take(proc_stream *st, const char *p, size_t n) {
-  uint64_t room = st->cap == NO_CAP ? n : (st->passed >= st->cap ? 0 : st->cap - st->passed);
+static void proc_stream_take(proc_stream *st, const char *p, size_t n) {
+  uint64_t room = st->cap == PROC_NO_CAP ? n : (st->passed >= st->cap ? 0 : st->cap - st->passed);
   size_t take = (uint64_t)n < room ? n : (size_t)room;
   const char *end = p + take;
   st->dropped += n - take;
@@ -588,64 +588,64 @@ static void stream_take(proc_stream *st, const char *p, size_t n) {
   if (take == 0)
     return;
   if (st->file >= 0)
-    write_all(st, p, take);
-  if (!stream_active(st))
+    proc_write_all(st, p, take);
+  if (!proc_stream_active(st))
     return;
   if (!st->lines) {
-    stream_deliver(st, p, take);
+    proc_stream_deliver(st, p, take);
     return;
   }
-  while (p < end && stream_active(st)) {
+  while (p < end && proc_stream_active(st)) {
     const char *nl = memchr(p, '\n', (size_t)(end - p));
     if (nl == NULL) {
-      stream_keep(st, p, (size_t)(end - p));
+      proc_stream_keep(st, p, (size_t)(end - p));
       break;
     }
     if (st->line_len > 0) {
-      stream_keep(st, p, (size_t)(nl - p));
-      if (stream_active(st))
-        stream_flush_line(st);
+      proc_stream_keep(st, p, (size_t)(nl - p));
+      if (proc_stream_active(st))
+        proc_stream_flush_line(st);
     } else {
-      stream_deliver(st, p, (size_t)(nl - p));
+      proc_stream_deliver(st, p, (size_t)(nl - p));
     }
     p = nl + 1;
   }
 }
 
-static void stream_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
-  spawn_sup *sup = ((proc_stream *)h->data)->proc->sup;
+static void proc_stream_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+  proc_sup *sup = ((proc_stream *)h->data)->proc->sup;
   (void)suggested;
   if (!sup->buf_busy) {
     sup->buf_busy = 1;
     *buf = uv_buf_init(sup->buf, sizeof sup->buf);
   } else {  /* a callback is running a nested loop while the shared buffer is in use */
-    char *p = malloc(READ_SIZE);
-    *buf = uv_buf_init(p, p != NULL ? READ_SIZE : 0);
+    char *p = malloc(PROC_READ_SIZE);
+    *buf = uv_buf_init(p, p != NULL ? PROC_READ_SIZE : 0);
   }
 }
 
-static void stream_finish(proc_stream *st) {
+static void proc_stream_finish(proc_stream *st) {
   proc_state *s = st->proc;
   if (!st->reading)
     return;
   s->pinned++;
-  if (st->line_len > 0 && stream_active(st))
-    stream_flush_line(st);
-  stream_close(st);
+  if (st->line_len > 0 && proc_stream_active(st))
+    proc_stream_flush_line(st);
+  proc_stream_close(st);
   proc_check_done(s);
   s->pinned--;
   proc_release(s);
 }
 
-static void stream_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf) {
+static void proc_stream_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf) {
   proc_stream *st = h->data;
-  spawn_sup *sup = st->proc->sup;
+  proc_sup *sup = st->proc->sup;
   int shared = buf->base == sup->buf;
   if (n > 0) {
     st->proc->last_output = uv_now(sup->loop);
-    stream_take(st, buf->base, (size_t)n);
+    proc_stream_take(st, buf->base, (size_t)n);
   } else if (n < 0 && n != UV_ENOBUFS) {
-    stream_finish(st);
+    proc_stream_finish(st);
   }
   if (shared)
     sup->buf_busy = 0;
@@ -656,34 +656,34 @@ static void stream_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf) {
 /* }}} */
 /* {{{ stdin of a child */
 
-static void stdin_on_written(uv_write_t *req, int status) {
-  write_req *w = (write_req *)req;
+static void proc_stdin_on_written(uv_write_t *req, int status) {
+  proc_write_req *w = (proc_write_req *)req;
   (void)status;  /* EPIPE: the child stopped reading, which is its right */
   w->proc->in.pending--;
-  unref(w->proc->sup, &w->ref);
+  proc_unref(w->proc->sup, &w->ref);
   free(w);
 }
 
-static void stdin_on_shutdown(uv_shutdown_t *req, int status) {
-  proc_state *s = ((shutdown_req *)req)->proc;
+static void proc_stdin_on_shutdown(uv_shutdown_t *req, int status) {
+  proc_state *s = ((proc_shutdown_req *)req)->proc;
   (void)status;
   free(req);
-  stdin_close_now(s);
+  proc_stdin_close_now(s);
 }
 
 /* Closes stdin after the writes queued so far. */
-static void stdin_finish(proc_state *s) {
-  shutdown_req *req;
+static void proc_stdin_finish(proc_state *s) {
+  proc_shutdown_req *req;
   if (!s->in.open || s->in.shutting)
     return;
   if (s->in.pending == 0 || (req = malloc(sizeof *req)) == NULL) {
-    stdin_close_now(s);
+    proc_stdin_close_now(s);
     return;
   }
   req->proc = s;
-  if (uv_shutdown(&req->req, (uv_stream_t *)&s->in.pipe, stdin_on_shutdown) != 0) {
+  if (uv_shutdown(&req->req, (uv_stream_t *)&s->in.pipe, proc_stdin_on_shutdown) != 0) {
     free(req);
-    stdin_close_now(s);
+    proc_stdin_close_now(s);
     return;
   }
   s->in.shutting = 1;
@@ -691,9 +691,9 @@ static void stdin_finish(proc_state *s) {
 
 /* Writes what the pipe takes now and queues the rest, holding the string at `idx`. Returns 0
  * or a negative libuv error. */
-static int stdin_send(lua_State *L, proc_state *s, const char *p, size_t n, int idx) {
+static int proc_stdin_send(lua_State *L, proc_state *s, const char *p, size_t n, int idx) {
   uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-  write_req *w;
+  proc_write_req *w;
   int r = uv_try_write((uv_stream_t *)&s->in.pipe, &b, 1);
   if (r == UV_EAGAIN)
     r = 0;
@@ -711,7 +711,7 @@ static int stdin_send(lua_State *L, proc_state *s, const char *p, size_t n, int 
   w->proc = s;
   w->ref = idx;
   b = uv_buf_init((char *)p + r, (unsigned)(n - (size_t)r));
-  r = uv_write(&w->req, (uv_stream_t *)&s->in.pipe, &b, 1, stdin_on_written);
+  r = uv_write(&w->req, (uv_stream_t *)&s->in.pipe, &b, 1, proc_stdin_on_written);
   if (r < 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, w->ref);
     free(w);
@@ -766,31 +766,31 @@ enum {
   SLOT_ANCHOR, SLOT_BOX,
   SLOT_LAST = SLOT_BOX
 };
-static const char *const spawn_options[] = {
+static const char *const proc_spawn_options[] = {
   "argv", "cmd", "shell", "env", "clear_env", "cwd", "stdin", "stdout", "stderr", "timeout",
   "idle_timeout", "kill_grace", "on_exit", NULL
 };
 
 enum { DEST_INHERIT, DEST_NULL, DEST_FILE, DEST_MERGE, DEST_NONE };
 
-typedef struct stream_opts {
+typedef struct proc_stream_opts {
   int dest;
   const char *file;
   int append, lines, has_fn;
   lua_Integer cap;          /* < 0: no cap */
-} stream_opts;
+} proc_stream_opts;
 
-typedef struct spawn_opts {
+typedef struct proc_spawn_opts {
   int shell, clear_env, has_env;
   const char *cwd, *in_file, *in_data;
   size_t in_len;
   int in_mode;
-  stream_opts out, err;
+  proc_stream_opts out, err;
   uint64_t timeout_ms, idle_ms, grace_ms;
-} spawn_opts;
+} proc_spawn_opts;
 
 /* Raises "bad argument #1 to 'spawn' (<message>)" at the recipe's line. */
-static int opt_error(lua_State *L, const char *fmt, ...) {
+static int proc_opt_error(lua_State *L, const char *fmt, ...) {
   va_list ap;
   const char *msg;
   va_start(ap, fmt);
@@ -799,27 +799,27 @@ static int opt_error(lua_State *L, const char *fmt, ...) {
   return luaL_argerror(L, 1, msg);
 }
 
-static void opt_check(lua_State *L, int slot, int type) {
+static void proc_opt_check(lua_State *L, int slot, int type) {
   if (lua_type(L, slot) != type && !lua_isnil(L, slot))
-    opt_error(L, "option '%s': %s expected, got %s", spawn_options[slot - OPT_FIRST],
-              lua_typename(L, type), luaL_typename(L, slot));
+    proc_opt_error(L, "option '%s': %s expected, got %s", proc_spawn_options[slot - OPT_FIRST],
+                   lua_typename(L, type), luaL_typename(L, slot));
 }
 
-static uint64_t opt_seconds(lua_State *L, int slot, int zero_ok) {
+static uint64_t proc_opt_seconds(lua_State *L, int slot, int zero_ok) {
   double v;
-  opt_check(L, slot, LUA_TNUMBER);
+  proc_opt_check(L, slot, LUA_TNUMBER);
   if (lua_isnil(L, slot))
     return 0;
   v = lua_tonumber(L, slot);
   if (!(v > 0 || (zero_ok && v == 0)) || v > 1e9)
-    opt_error(L, "option '%s': %s", spawn_options[slot - OPT_FIRST],
-              zero_ok ? "seconds >= 0 expected" : "seconds > 0 expected");
+    proc_opt_error(L, "option '%s': %s", proc_spawn_options[slot - OPT_FIRST],
+                   zero_ok ? "seconds >= 0 expected" : "seconds > 0 expected");
   v *= 1000;
   return v < 1 ? (zero_ok && v == 0 ? 0 : 1) : (uint64_t)(v + 0.5);
 }
 
-static void parse_stream(lua_State *L, int slot, stream_opts *o, int file_slot, int fn_slot) {
-  const char *name = spawn_options[slot - OPT_FIRST];
+static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int file_slot, int fn_slot) {
+  const char *name = proc_spawn_options[slot - OPT_FIRST];
   memset(o, 0, sizeof *o);
   o->cap = -1;
   switch (lua_type(L, slot)) {
@@ -828,7 +828,7 @@ static void parse_stream(lua_State *L, int slot, stream_opts *o, int file_slot, 
     return;
   case LUA_TBOOLEAN:
     if (lua_toboolean(L, slot))
-      opt_error(L, "option '%s': true is not a destination (give a path, a function, a table, "
+      proc_opt_error(L, "option '%s': true is not a destination (give a path, a function, a table, "
                    "or false to discard)", name);
     o->dest = DEST_NULL;
     return;
@@ -847,8 +847,8 @@ static void parse_stream(lua_State *L, int slot, stream_opts *o, int file_slot, 
   case LUA_TTABLE:
     break;
   default:
-    opt_error(L, "option '%s': path, function, table or false expected, got %s", name,
-              luaL_typename(L, slot));
+    proc_opt_error(L, "option '%s': path, function, table or false expected, got %s", name,
+                   luaL_typename(L, slot));
   }
   lua_pushnil(L);
   while (lua_next(L, slot)) {
@@ -875,74 +875,73 @@ static void parse_stream(lua_State *L, int slot, stream_opts *o, int file_slot, 
       luaL_argerror(L, 1, lua_pushfstring(L, "option '%s': '%s' must be %s, got %s", name, k,
                                           want, luaL_typename(L, -1)));
     } else {
-      opt_error(L, "option '%s': unknown key '%s'", name, k);
+      proc_opt_error(L, "option '%s': unknown key '%s'", name, k);
     }
     lua_pop(L, 1);
   }
   if (o->lines && !o->has_fn)
-    opt_error(L, "option '%s': lines needs on_data", name);
+    proc_opt_error(L, "option '%s': lines needs on_data", name);
   /* Neither file nor on_data: the stream stays the host's (with a cap, C copies it there). */
   o->dest = o->file != NULL ? DEST_FILE : o->has_fn ? DEST_NONE : DEST_INHERIT;
 }
 
-static void parse_env(lua_State *L) {
+static void proc_parse_env(lua_State *L) {
   lua_pushnil(L);
   while (lua_next(L, OPT_ENV)) {
     const char *k;
     int t = lua_type(L, -1);
     if (lua_type(L, -2) != LUA_TSTRING)
-      opt_error(L, "option 'env': names must be strings, got %s", luaL_typename(L, -2));
+      proc_opt_error(L, "option 'env': names must be strings, got %s", luaL_typename(L, -2));
     k = lua_tostring(L, -2);
     if (k[0] == '\0' || strchr(k, '=') != NULL)
-      opt_error(L, "option 'env': bad variable name '%s'", k);
+      proc_opt_error(L, "option 'env': bad variable name '%s'", k);
     if (t != LUA_TSTRING && t != LUA_TNUMBER && !(t == LUA_TBOOLEAN && !lua_toboolean(L, -1)))
-      opt_error(L, "option 'env': value of '%s' must be a string or false (to remove it), got %s",
-                k, t == LUA_TBOOLEAN ? "true" : luaL_typename(L, -1));
+      proc_opt_error(L, "option 'env': value of '%s' must be a string or false (to remove it), got %s",
+                     k, t == LUA_TBOOLEAN ? "true" : luaL_typename(L, -1));
     lua_pop(L, 1);
   }
 }
 
 /* Checks every option before anything is acquired: a mistake in a recipe raises here, with the
  * caller's file:line (luaL_argerror from the C function the recipe called). */
-static void parse_spawn(lua_State *L, spawn_opts *o) {
+static void proc_parse_spawn(lua_State *L, proc_spawn_opts *o) {
   memset(o, 0, sizeof *o);
   luaL_checktype(L, 1, LUA_TTABLE);
-  if (lua_gettop(L) > 1)
-    luaL_argerror(L, 2, "no more than 1 argument expected");
+  coral_checknargs(L, 1);
   lua_settop(L, SLOT_LAST);
   lua_pushnil(L);
   while (lua_next(L, 1)) {
     int i;
     if (lua_type(L, -2) != LUA_TSTRING)
-      opt_error(L, "option names must be strings, got %s", luaL_typename(L, -2));
-    for (i = 0; spawn_options[i] != NULL; i++)
-      if (strcmp(spawn_options[i], lua_tostring(L, -2)) == 0)
+      proc_opt_error(L, "option names must be strings, got %s", luaL_typename(L, -2));
+    for (i = 0; proc_spawn_options[i] != NULL; i++)
+      if (strcmp(proc_spawn_options[i], lua_tostring(L, -2)) == 0)
         break;
-    if (spawn_options[i] == NULL)
-      opt_error(L, "unknown option '%s'", lua_tostring(L, -2));
+    if (proc_spawn_options[i] == NULL)
+      proc_opt_error(L, "unknown option '%s'", lua_tostring(L, -2));
     lua_replace(L, OPT_FIRST + i);
   }
 
-  opt_check(L, OPT_SHELL, LUA_TBOOLEAN);
+  proc_opt_check(L, OPT_SHELL, LUA_TBOOLEAN);
   o->shell = lua_toboolean(L, OPT_SHELL);
   if (o->shell) {
     if (!lua_isnil(L, OPT_ARGV))
-      opt_error(L, "option 'argv' cannot be used with shell = true (give the command line as cmd)",
-                NULL, NULL);
+      proc_opt_error(L, "option 'argv' cannot be used with shell = true (give the command line as cmd)",
+                     NULL, NULL);
     if (lua_type(L, OPT_CMD) != LUA_TSTRING)
-      opt_error(L, "shell = true needs cmd, a command line for /bin/sh -c");
+      proc_opt_error(L, "shell = true needs cmd, a command line for /bin/sh -c");
   } else {
     lua_Integer i, n;
     if (!lua_isnil(L, OPT_CMD))
-      opt_error(L, "option 'cmd' needs shell = true (or give argv, a list, to run without a shell)",
-                NULL, NULL);
+      proc_opt_error(L, "option 'cmd' needs shell = true (or give argv, a list, to run without a shell)",
+                     NULL, NULL);
     if (lua_isnil(L, OPT_ARGV))
-      opt_error(L, "option 'argv' (program and arguments) or cmd with shell = true is required",
-                NULL, NULL);
-    opt_check(L, OPT_ARGV, LUA_TTABLE);
+      proc_opt_error(L, "option 'argv' (program and arguments) or cmd with shell = true is required",
+                     NULL, NULL);
+    proc_opt_check(L, OPT_ARGV, LUA_TTABLE);
     n = (lua_Integer)lua_rawlen(L, OPT_ARGV);
     if (n == 0)
-      opt_error(L, "option 'argv' is empty");
+      proc_opt_error(L, "option 'argv' is empty");
     for (i = 1; i <= n; i++) {
       int t = lua_rawgeti(L, OPT_ARGV, i);
       if (t != LUA_TSTRING && t != LUA_TNUMBER)
@@ -951,14 +950,14 @@ static void parse_spawn(lua_State *L, spawn_opts *o) {
       lua_pop(L, 1);
     }
   }
-  opt_check(L, OPT_ENV, LUA_TTABLE);
+  proc_opt_check(L, OPT_ENV, LUA_TTABLE);
   if (!lua_isnil(L, OPT_ENV)) {
     o->has_env = 1;
-    parse_env(L);
+    proc_parse_env(L);
   }
-  opt_check(L, OPT_CLEAR_ENV, LUA_TBOOLEAN);
+  proc_opt_check(L, OPT_CLEAR_ENV, LUA_TBOOLEAN);
   o->clear_env = lua_toboolean(L, OPT_CLEAR_ENV);
-  opt_check(L, OPT_CWD, LUA_TSTRING);
+  proc_opt_check(L, OPT_CWD, LUA_TSTRING);
   o->cwd = lua_tostring(L, OPT_CWD);
 
   switch (lua_type(L, OPT_STDIN)) {
@@ -979,9 +978,9 @@ static void parse_spawn(lua_State *L, spawn_opts *o) {
     while (lua_next(L, OPT_STDIN)) {
       const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
       if (strcmp(k, "file") != 0 && strcmp(k, "data") != 0)
-        opt_error(L, "option 'stdin': unknown key '%s'", k);
+        proc_opt_error(L, "option 'stdin': unknown key '%s'", k);
       if (lua_type(L, -1) != LUA_TSTRING)
-        opt_error(L, "option 'stdin': '%s' must be a string, got %s", k, luaL_typename(L, -1));
+        proc_opt_error(L, "option 'stdin': '%s' must be a string, got %s", k, luaL_typename(L, -1));
       if (k[0] == 'f') {
         o->in_file = lua_tostring(L, -1);
         lua_replace(L, SLOT_IN_FILE);
@@ -991,31 +990,31 @@ static void parse_spawn(lua_State *L, spawn_opts *o) {
       }
     }
     if ((o->in_file == NULL) == (o->in_data == NULL))
-      opt_error(L, "option 'stdin': a table needs file or data (one of them)");
+      proc_opt_error(L, "option 'stdin': a table needs file or data (one of them)");
     o->in_mode = o->in_file != NULL ? IN_FILE : IN_DATA;
     break;
   default:
-    opt_error(L, "option 'stdin': string, \"pipe\", {file = path}, {data = s}, true or false "
+    proc_opt_error(L, "option 'stdin': string, \"pipe\", {file = path}, {data = s}, true or false "
                  "expected, got %s",
               luaL_typename(L, OPT_STDIN));
   }
-  parse_stream(L, OPT_STDOUT, &o->out, SLOT_OUT_FILE, SLOT_OUT_FN);
-  parse_stream(L, OPT_STDERR, &o->err, SLOT_ERR_FILE, SLOT_ERR_FN);
-  o->timeout_ms = opt_seconds(L, OPT_TIMEOUT, 0);
-  o->idle_ms = opt_seconds(L, OPT_IDLE_TIMEOUT, 0);
-  o->grace_ms = lua_isnil(L, OPT_KILL_GRACE) ? DEFAULT_GRACE_MS : opt_seconds(L, OPT_KILL_GRACE, 1);
-  opt_check(L, OPT_ON_EXIT, LUA_TFUNCTION);
+  proc_parse_stream(L, OPT_STDOUT, &o->out, SLOT_OUT_FILE, SLOT_OUT_FN);
+  proc_parse_stream(L, OPT_STDERR, &o->err, SLOT_ERR_FILE, SLOT_ERR_FN);
+  o->timeout_ms = proc_opt_seconds(L, OPT_TIMEOUT, 0);
+  o->idle_ms = proc_opt_seconds(L, OPT_IDLE_TIMEOUT, 0);
+  o->grace_ms = lua_isnil(L, OPT_KILL_GRACE) ? PROC_DEFAULT_GRACE_MS : proc_opt_seconds(L, OPT_KILL_GRACE, 1);
+  proc_opt_check(L, OPT_ON_EXIT, LUA_TFUNCTION);
 }
 
 /* }}} */
 /* {{{ proc.spawn */
 
-static spawn_sup *get_sup(lua_State *L) {
-  return ((sup_box *)lua_touserdata(L, lua_upvalueindex(1)))->sup;
+static proc_sup *proc_get_sup(lua_State *L) {
+  return ((proc_sup_box *)lua_touserdata(L, lua_upvalueindex(1)))->sup;
 }
 
 /* Returns nil, "<what>: <ENAME>: <text>", "<ENAME>" for the positive errno `e`. */
-static int push_failure(lua_State *L, int e, const char *what) {
+static int proc_push_failure(lua_State *L, int e, const char *what) {
   lua_pushnil(L);
   lua_pushfstring(L, "%s: %s: %s", what, uv_err_name(-e), uv_strerror(-e));
   lua_pushstring(L, uv_err_name(-e));
@@ -1023,7 +1022,7 @@ static int push_failure(lua_State *L, int e, const char *what) {
 }
 
 /* A string the spawn needs until posix_spawn returns, made from a number or by us. */
-static const char *anchor(lua_State *L, int *n) {
+static const char *proc_anchor(lua_State *L, int *n) {
   const char *p = lua_tostring(L, -1);
   if (lua_isnil(L, SLOT_ANCHOR)) {
     lua_newtable(L);
@@ -1034,7 +1033,7 @@ static const char *anchor(lua_State *L, int *n) {
 }
 
 /* Fills sup->scratch with argv then envp (NULL-terminated each); sets *envp. */
-static char **build_argv_env(lua_State *L, spawn_sup *sup, const spawn_opts *o, char ***envp) {
+static char **proc_build_argv_env(lua_State *L, proc_sup *sup, const proc_spawn_opts *o, char ***envp) {
   size_t argc = o->shell ? 3 : lua_rawlen(L, OPT_ARGV), nenv = 0, need, i, k;
   int anchored = 0;
   char **e;
@@ -1071,7 +1070,7 @@ static char **build_argv_env(lua_State *L, spawn_sup *sup, const spawn_opts *o, 
         lua_pop(L, 1);
       } else {
         lua_tostring(L, -1);
-        sup->scratch[i] = (char *)anchor(L, &anchored);
+        sup->scratch[i] = (char *)proc_anchor(L, &anchored);
       }
     }
   }
@@ -1098,7 +1097,7 @@ static char **build_argv_env(lua_State *L, spawn_sup *sup, const spawn_opts *o, 
     while (lua_next(L, OPT_ENV)) {
       if (lua_type(L, -1) != LUA_TBOOLEAN) {
         lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
-        sup->scratch[k++] = (char *)anchor(L, &anchored);
+        sup->scratch[k++] = (char *)proc_anchor(L, &anchored);
       }
       lua_pop(L, 1);
     }
@@ -1108,7 +1107,7 @@ static char **build_argv_env(lua_State *L, spawn_sup *sup, const spawn_opts *o, 
   return sup->scratch;
 }
 
-static int open_file(const char *path, int flags) {
+static int proc_open_file(const char *path, int flags) {
   int fd;
   do
     fd = open(path, flags | O_CLOEXEC, 0666);
@@ -1119,14 +1118,14 @@ static int open_file(const char *path, int flags) {
 /* Decides where a stream goes. C reads it through a pipe when it must see the bytes: a
  * callback, a cap, or an idle timeout; then the file (or the host's own fd) is written by C.
  * Otherwise the child gets the file itself. Returns 0 or the errno of the failed open. */
-static int stream_acquire(proc_state *s, proc_stream *st, const stream_opts *o, int idle,
-                          int fd) {
+static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream_opts *o, int idle,
+                               int fd) {
   int pipe_fds[2];
   int to_c = o->has_fn || o->cap >= 0 || (idle && o->dest != DEST_MERGE);
-  st->cap = o->cap >= 0 ? (uint64_t)o->cap : NO_CAP;
+  st->cap = o->cap >= 0 ? (uint64_t)o->cap : PROC_NO_CAP;
   st->lines = o->lines;
   if (o->dest == DEST_FILE) {
-    int f = open_file(o->file, O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC));
+    int f = proc_open_file(o->file, O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC));
     if (f < 0)
       return errno;
     if (to_c) {
@@ -1136,7 +1135,7 @@ static int stream_acquire(proc_state *s, proc_stream *st, const stream_opts *o, 
       s->child_fd[fd] = f;
     }
   } else if (o->dest == DEST_NULL && !to_c) {
-    s->child_fd[fd] = CHILD_NULL;
+    s->child_fd[fd] = PROC_CHILD_NULL;
   } else if (o->dest == DEST_INHERIT && to_c) {
     st->file = fd;  /* copy to the host's own stdout or stderr */
   }
@@ -1150,7 +1149,7 @@ static int stream_acquire(proc_state *s, proc_stream *st, const stream_opts *o, 
 }
 
 /* Why did posix_spawn fail: the working directory, or the program? */
-static int cwd_error(const char *cwd) {
+static int proc_cwd_error(const char *cwd) {
   struct stat st;
   if (stat(cwd, &st) != 0)
     return errno;
@@ -1161,7 +1160,7 @@ static int cwd_error(const char *cwd) {
   return 0;
 }
 
-static void stream_start(proc_state *s, proc_stream *st) {
+static void proc_stream_start(proc_state *s, proc_stream *st) {
   uv_loop_t *loop = s->sup->loop;
   if (st->rfd < 0)
     return;
@@ -1169,16 +1168,16 @@ static void stream_start(proc_state *s, proc_stream *st) {
   st->pipe.data = st;
   st->open = 1;
   if (uv_pipe_open(&st->pipe, st->rfd) != 0) {
-    close_fd(&st->rfd);
-    stream_close(st);
+    proc_close_fd(&st->rfd);
+    proc_stream_close(st);
     return;
   }
   st->rfd = -1;
   st->reading = 1;
-  uv_read_start((uv_stream_t *)&st->pipe, stream_alloc, stream_read);
+  uv_read_start((uv_stream_t *)&st->pipe, proc_stream_alloc, proc_stream_read);
 }
 
-static int take_ref(lua_State *L, int slot) {
+static int proc_take_ref(lua_State *L, int slot) {
   if (lua_isnil(L, slot))
     return LUA_NOREF;
   lua_pushvalue(L, slot);
@@ -1189,8 +1188,8 @@ static int take_ref(lua_State *L, int slot) {
  * Starts a child; see docs/proc.md for the options. A recipe mistake raises; an operational
  * failure (no such program, permission, bad cwd or redirection) returns nil, message, code. */
 static int proc_spawn(lua_State *L) {
-  spawn_sup *sup = get_sup(L);
-  spawn_opts o;
+  proc_sup *sup = proc_get_sup(L);
+  proc_spawn_opts o;
   proc_box *box;
   proc_state *s;
   char **argv, **envp;
@@ -1199,7 +1198,7 @@ static int proc_spawn(lua_State *L) {
   pid_t pid;
   int e = 0, idle;
 
-  parse_spawn(L, &o);
+  proc_parse_spawn(L, &o);
   if (sup->shut)
     return luaL_error(L, "spawn: the host is shutting down");
   idle = o.idle_ms > 0;
@@ -1215,13 +1214,13 @@ static int proc_spawn(lua_State *L) {
   if (s == NULL)
     return luaL_error(L, "spawn: not enough memory");
   box->s = s;
-  argv = build_argv_env(L, sup, &o, &envp);
+  argv = proc_build_argv_env(L, sup, &o, &envp);
 
   s->in_mode = o.in_mode;
   if (o.in_mode == IN_NULL) {
-    s->child_fd[0] = CHILD_NULL;
+    s->child_fd[0] = PROC_CHILD_NULL;
   } else if (o.in_mode == IN_FILE) {
-    s->child_fd[0] = open_file(o.in_file, O_RDONLY);
+    s->child_fd[0] = proc_open_file(o.in_file, O_RDONLY);
     if (s->child_fd[0] < 0) {
       e = errno;
       what = "stdin";
@@ -1238,11 +1237,11 @@ static int proc_spawn(lua_State *L) {
       s->in.fd = p[1];
     }
   }
-  if (e == 0 && (e = stream_acquire(s, &s->out, &o.out, idle, 1)) != 0) {
+  if (e == 0 && (e = proc_stream_acquire(s, &s->out, &o.out, idle, 1)) != 0) {
     what = "stdout";
     path = o.out.file != NULL ? o.out.file : "pipe";
   }
-  if (e == 0 && (e = stream_acquire(s, &s->err, &o.err, idle, 2)) != 0) {
+  if (e == 0 && (e = proc_stream_acquire(s, &s->err, &o.err, idle, 2)) != 0) {
     what = "stderr";
     path = o.err.file != NULL ? o.err.file : "pipe";
   }
@@ -1263,11 +1262,11 @@ static int proc_spawn(lua_State *L) {
     }
   }
   if (e == 0 && o.in_mode == IN_DATA && o.in_len == 0)
-    close_fd(&s->in.fd);
+    proc_close_fd(&s->in.fd);
 
   if (e == 0) {
     /* glibc checks each fd of a file action with getrlimit: the usual case is built once. */
-    int usual = s->child_fd[0] == CHILD_NULL && s->child_fd[1] == -1 && s->child_fd[2] == -1 &&
+    int usual = s->child_fd[0] == PROC_CHILD_NULL && s->child_fd[1] == -1 && s->child_fd[2] == -1 &&
                 o.err.dest != DEST_MERGE && o.cwd == NULL;
     if (!usual) {
       int i;
@@ -1275,7 +1274,7 @@ static int proc_spawn(lua_State *L) {
       for (i = 0; i < 3; i++) {
         if (i == 2 && o.err.dest == DEST_MERGE)
           posix_spawn_file_actions_adddup2(&fa, 1, 2);
-        else if (s->child_fd[i] == CHILD_NULL)
+        else if (s->child_fd[i] == PROC_CHILD_NULL)
           posix_spawn_file_actions_addopen(&fa, i, "/dev/null", i == 0 ? O_RDONLY : O_WRONLY, 0);
         else if (s->child_fd[i] >= 0)
           posix_spawn_file_actions_adddup2(&fa, s->child_fd[i], i);
@@ -1290,7 +1289,7 @@ static int proc_spawn(lua_State *L) {
       posix_spawn_file_actions_destroy(&fa);
     proc_close_child_fds(s);
     if (e != 0 && o.cwd != NULL) {
-      int ce = cwd_error(o.cwd);
+      int ce = proc_cwd_error(o.cwd);
       if (ce != 0) {
         e = ce;
         what = "cwd";
@@ -1302,8 +1301,8 @@ static int proc_spawn(lua_State *L) {
     box->s = NULL;
     proc_detach(s);  /* frees it: nothing was started */
     if (what != NULL)
-      return push_failure(L, e, lua_pushfstring(L, "spawn %s: %s %s", argv[0], what, path));
-    return push_failure(L, e, lua_pushfstring(L, "spawn %s", argv[0]));
+      return proc_push_failure(L, e, lua_pushfstring(L, "spawn %s: %s %s", argv[0], what, path));
+    return proc_push_failure(L, e, lua_pushfstring(L, "spawn %s", argv[0]));
   }
 
   /* Started. From here on nothing may fail: the child is ours to reap. */
@@ -1317,20 +1316,20 @@ static int proc_spawn(lua_State *L) {
   sup->live = s;
   sup->nlive++;
 
-  stream_start(s, &s->out);
-  stream_start(s, &s->err);
+  proc_stream_start(s, &s->out);
+  proc_stream_start(s, &s->err);
   if (s->in.fd >= 0) {
     uv_pipe_init(sup->loop, &s->in.pipe, 0);
     s->in.pipe.data = &s->in;
     s->in.open = 1;
     if (uv_pipe_open(&s->in.pipe, s->in.fd) != 0) {
-      close_fd(&s->in.fd);
-      stdin_close_now(s);
+      proc_close_fd(&s->in.fd);
+      proc_stdin_close_now(s);
     } else {
       s->in.fd = -1;
       if (o.in_mode == IN_DATA) {
-        stdin_send(L, s, o.in_data, o.in_len, SLOT_IN_DATA);
-        stdin_finish(s);
+        proc_stdin_send(L, s, o.in_data, o.in_len, SLOT_IN_DATA);
+        proc_stdin_finish(s);
       }
     }
   }
@@ -1348,15 +1347,15 @@ static int proc_spawn(lua_State *L) {
     uv_timer_start(&s->timer, proc_on_timer, proc_next_due(s) - now, 0);
   }
 
-  s->on_exit = take_ref(L, OPT_ON_EXIT);
-  s->out.on_data = take_ref(L, SLOT_OUT_FN);
-  s->err.on_data = take_ref(L, SLOT_ERR_FN);
+  s->on_exit = proc_take_ref(L, OPT_ON_EXIT);
+  s->out.on_data = proc_take_ref(L, SLOT_OUT_FN);
+  s->err.on_data = proc_take_ref(L, SLOT_ERR_FN);
   if (s->on_exit != LUA_NOREF || s->out.on_data != LUA_NOREF || s->err.on_data != LUA_NOREF) {
     /* Someone will be called back: the loop owns the proc until its exit is delivered. */
-    s->self_ref = take_ref(L, SLOT_BOX);
+    s->self_ref = proc_take_ref(L, SLOT_BOX);
     s->keeps_loop = 1;
     sup->nkeep++;
-    sup_update_ref(sup);
+    proc_sup_update_ref(sup);
   } else {
     /* Only the holder of the box waits for it: its handles must not hold the loop. */
     if (s->out.open) uv_unref((uv_handle_t *)&s->out.pipe);
@@ -1370,23 +1369,22 @@ static int proc_spawn(lua_State *L) {
 
 /* n = proc.live() -- children started and not reaped yet (closed ones included) */
 static int proc_live(lua_State *L) {
-  lua_pushinteger(L, get_sup(L)->nlive);
+  lua_pushinteger(L, proc_get_sup(L)->nlive);
   return 1;
 }
 
 /* }}} */
 /* {{{ methods of a proc */
 
-static proc_box *check_proc(lua_State *L, int nargs) {
+static proc_box *proc_check(lua_State *L, int nargs) {
   proc_box *box = luaL_checkudata(L, 1, PROC_MT);
   if (box->s == NULL)
     luaL_error(L, "attempt to use a closed proc");
-  if (lua_gettop(L) > nargs)
-    luaL_argerror(L, nargs + 1, "no more arguments expected");
+  coral_checknargs(L, nargs);
   return box;
 }
 
-static int check_signal(lua_State *L, int idx) {
+static int proc_check_signal(lua_State *L, int idx) {
   const char *name;
   int i;
   if (lua_isnoneornil(L, idx))
@@ -1409,13 +1407,13 @@ static int check_signal(lua_State *L, int idx) {
 /* ok, err, code = p:kill([signal]) -- signal (name like "TERM"/"SIGTERM", or number; default
  * TERM) to the child's whole process group */
 static int proc_kill(lua_State *L) {
-  proc_box *box = check_proc(L, 2);
-  int sig = check_signal(L, 2);
+  proc_box *box = proc_check(L, 2);
+  int sig = proc_check_signal(L, 2);
   proc_state *s = box->s;
   if (!proc_may_signal(s))  /* exited: its id may be someone else's by now */
-    return push_failure(L, ESRCH, lua_pushfstring(L, "kill %d", (int)s->pid));
+    return proc_push_failure(L, ESRCH, lua_pushfstring(L, "kill %d", (int)s->pid));
   if (kill(-s->pid, sig) != 0)
-    return push_failure(L, errno, lua_pushfstring(L, "kill %d", (int)s->pid));
+    return proc_push_failure(L, errno, lua_pushfstring(L, "kill %d", (int)s->pid));
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -1423,7 +1421,7 @@ static int proc_kill(lua_State *L) {
 /* ok, err, code = p:terminate([grace]) -- TERM to the group now and KILL after grace seconds
  * (default: the spawn's kill_grace), as a timeout does; grace 0 sends KILL at once */
 static int proc_terminate(lua_State *L) {
-  proc_box *box = check_proc(L, 2);
+  proc_box *box = proc_check(L, 2);
   proc_state *s = box->s;
   uint64_t grace = s->grace_ms;
   if (!lua_isnoneornil(L, 2)) {
@@ -1432,13 +1430,13 @@ static int proc_terminate(lua_State *L) {
     grace = (uint64_t)(v * 1000 + 0.5);
   }
   if (!proc_may_signal(s))
-    return push_failure(L, ESRCH, lua_pushfstring(L, "terminate %d", (int)s->pid));
+    return proc_push_failure(L, ESRCH, lua_pushfstring(L, "terminate %d", (int)s->pid));
   if (grace == 0 || s->kill_phase == 2) {
     s->kill_phase = 2;
     kill(-s->pid, SIGKILL);
   } else {
     if (kill(-s->pid, SIGTERM) != 0)
-      return push_failure(L, errno, lua_pushfstring(L, "terminate %d", (int)s->pid));
+      return proc_push_failure(L, errno, lua_pushfstring(L, "terminate %d", (int)s->pid));
     s->kill_phase = 1;
     if (!s->timer_open) {
       uv_timer_init(s->sup->loop, &s->timer);
@@ -1456,7 +1454,7 @@ static int proc_terminate(lua_State *L) {
 /* ok, err, code = p:write(data) -- send data to the child's stdin (spawned with stdin = true);
  * what the pipe does not take now is queued and written by the loop */
 static int proc_write(lua_State *L) {
-  proc_box *box = check_proc(L, 2);
+  proc_box *box = proc_check(L, 2);
   proc_state *s = box->s;
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
@@ -1466,45 +1464,45 @@ static int proc_write(lua_State *L) {
   if (s->in.user_closed)
     return luaL_error(L, "proc write: stdin was closed by close_stdin");
   if (!s->in.open || s->in.shutting)
-    return push_failure(L, EPIPE, lua_pushfstring(L, "write to %d", (int)s->pid));
-  if (n > 0 && (r = stdin_send(L, s, p, n, 2)) < 0)
-    return push_failure(L, -r, lua_pushfstring(L, "write to %d", (int)s->pid));
+    return proc_push_failure(L, EPIPE, lua_pushfstring(L, "write to %d", (int)s->pid));
+  if (n > 0 && (r = proc_stdin_send(L, s, p, n, 2)) < 0)
+    return proc_push_failure(L, -r, lua_pushfstring(L, "write to %d", (int)s->pid));
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* p:close_stdin() -- end of input for the child, after the data already written */
 static int proc_close_stdin(lua_State *L) {
-  proc_box *box = check_proc(L, 1);
+  proc_box *box = proc_check(L, 1);
   if (box->s->in_mode != IN_PIPE)
     return luaL_error(L, "proc close_stdin: stdin is not a pipe (spawn with stdin = true)");
   box->s->in.user_closed = 1;
-  stdin_finish(box->s);
+  proc_stdin_finish(box->s);
   return 0;
 }
 
 /* info = p:wait() -- runs the loop until the child has exited and its output is drained; an
  * error raised by a callback meanwhile is raised here, as uv.run() would */
 static int proc_wait(lua_State *L) {
-  proc_box *box = check_proc(L, 1);
-  spawn_sup *sup = box->s->sup;
+  proc_box *box = proc_check(L, 1);
+  proc_sup *sup = box->s->sup;
   if (sup->depth > 0)
     return luaL_error(L, "proc wait: cannot run the loop inside a proc callback (use on_exit)");
   while (box->s != NULL && !box->s->delivered) {
     int status;
     sup->nwaiting++;
-    sup_update_ref(sup);
+    proc_sup_update_ref(sup);
     lua_pushvalue(L, lua_upvalueindex(2));  /* the host's uv.run */
     lua_pushliteral(L, "once");
     status = lua_pcall(L, 1, 0, 0);
     sup->nwaiting--;
-    sup_update_ref(sup);
+    proc_sup_update_ref(sup);
     if (status != LUA_OK)
       return lua_error(L);
   }
   if (box->s == NULL)
     return luaL_error(L, "proc wait: the proc was closed while waiting");
-  push_info(L, box->s);
+  proc_push_info(L, box->s);
   return 1;
 }
 
@@ -1543,13 +1541,13 @@ static int proc_index(lua_State *L) {
 /* }}} */
 /* {{{ shutdown */
 
-static void sup_on_closed(uv_handle_t *h) {
-  sup_unref(h->data);
+static void proc_sup_on_closed(uv_handle_t *h) {
+  proc_sup_unref(h->data);
 }
 
 /* Kills every group that may still run, reaps every child (KILL cannot be refused, so the
  * blocking wait4 is short), and closes every handle without calling back into Lua. */
-static void sup_shutdown(spawn_sup *sup) {
+static void proc_sup_shutdown(proc_sup *sup) {
   proc_state *s, *next;
   if (sup->shut)
     return;
@@ -1570,47 +1568,47 @@ static void sup_shutdown(spawn_sup *sup) {
   }
   if (sup->sig_open) {
     sup->sig_open = 0;
-    uv_close((uv_handle_t *)&sup->sig, sup_on_closed);
+    uv_close((uv_handle_t *)&sup->sig, proc_sup_on_closed);
   }
 }
 
 void coral_spawn_shutdown(lua_State *L) {
-  sup_box *b;
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &SUP_KEY);
+  proc_sup_box *b;
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &PROC_SUP_KEY);
   b = lua_touserdata(L, -1);
   if (b != NULL && b->sup != NULL)
-    sup_shutdown(b->sup);
+    proc_sup_shutdown(b->sup);
   lua_pop(L, 1);
 }
 
-static int sup_gc(lua_State *L) {
-  sup_box *b = lua_touserdata(L, 1);
-  spawn_sup *sup = b->sup;
+static int proc_sup_gc(lua_State *L) {
+  proc_sup_box *b = lua_touserdata(L, 1);
+  proc_sup *sup = b->sup;
   if (sup == NULL)
     return 0;
   b->sup = NULL;
-  sup_shutdown(sup);
+  proc_sup_shutdown(sup);
   sup->L = NULL;
   posix_spawnattr_destroy(&sup->attr);
   posix_spawn_file_actions_destroy(&sup->fa_default);
-  sup_unref(sup);
+  proc_sup_unref(sup);
   return 0;
 }
 
 /* }}} */
 /* {{{ opener */
 
-static spawn_sup *sup_new(lua_State *L) {
-  sup_box *b = lua_newuserdatauv(L, sizeof *b, 0);
-  spawn_sup *sup;
+static proc_sup *proc_sup_new(lua_State *L) {
+  proc_sup_box *b = lua_newuserdatauv(L, sizeof *b, 0);
+  proc_sup *sup;
   sigset_t none, reset;
   static const int defaults[] = { SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGQUIT, SIGTSTP,
                                   SIGTTIN, SIGTTOU, SIGALRM, SIGUSR1, SIGUSR2, SIGXFSZ, SIGXCPU };
   size_t i;
   int fd;
   b->sup = NULL;
-  luaL_newmetatable(L, SUP_MT);
-  lua_pushcfunction(L, sup_gc);
+  luaL_newmetatable(L, PROC_SUP_MT);
+  lua_pushcfunction(L, proc_sup_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
 
@@ -1649,7 +1647,7 @@ static spawn_sup *sup_new(lua_State *L) {
   /* Started now, before any child exists, so no exit can come before we watch. */
   uv_signal_init(sup->loop, &sup->sig);
   sup->sig.data = sup;
-  uv_signal_start(&sup->sig, sup_on_sigchld, SIGCHLD);
+  uv_signal_start(&sup->sig, proc_sup_on_sigchld, SIGCHLD);
   uv_unref((uv_handle_t *)&sup->sig);
   sup->sig_open = 1;
   sup->refs++;
@@ -1681,11 +1679,11 @@ static const luaL_Reg proc_metamethods[] = {
 
 int coral_spawn_open(lua_State *L) {
   /* One supervisor per state, even if the module is loaded again. */
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SUP_KEY) == LUA_TNIL) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &PROC_SUP_KEY) == LUA_TNIL) {
     lua_pop(L, 1);
-    sup_new(L);
+    proc_sup_new(L);
     lua_pushvalue(L, -1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &SUP_KEY);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &PROC_SUP_KEY);
   }
   /* upvalues of every function: the supervisor, and the host's uv.run (for p:wait) */
   lua_getglobal(L, "require");

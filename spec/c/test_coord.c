@@ -346,6 +346,71 @@ static void lock_file_replaced_while_waiting(void) {
   remove_dir();
 }
 
+/* A signal caught by the host ends a lock wait at once with nil, "...: interrupted by SIGINT",
+ * "EINTR", and nothing written. State a catches the signals and holds the lock; state b waits
+ * for it: b has no interrupt hook, so it sees what coord returns (a state with the hook raises
+ * "interrupted" as the call returns). Once the hook has raised in a, waits wait again. */
+static void lock_wait_is_interrupted_by_a_signal(void) {
+  char path[128], c = 'r';
+  int ready[2], status = -1;
+  double took;
+  struct timespec t0, t1;
+  pid_t pid;
+  make_dir();
+  snprintf(path, sizeof path, "%s/scratchpad.md", dir);
+  CHECK(pipe(ready) == 0);
+  fflush(NULL);
+  pid = fork();
+  if (pid == 0) {
+    ctest_host a, b;
+    int ok;
+    close(ready[0]);
+    ctest_host_open(&a);
+    ctest_host_open(&b);
+    set_path(a.L, path);
+    set_path(b.L, path);
+    ok = ctest_lua(a.L, "require('coral.host').catch_signals(); L = assert(require('coral.coord').lock(P))");
+    ok = ok && write(ready[1], &c, 1) == 1;
+    ok = ok && ctest_lua(b.L,
+      "local coord, uv = require 'coral.coord', require 'luv'\n"
+      "local t0 = uv.hrtime()\n"
+      "local ok, err, code = coord.append(P, 'x\\n', { timeout = 5 })\n"
+      "local took = (uv.hrtime() - t0) / 1e9\n"
+      "assert(ok == nil and code == 'EINTR', tostring(err))\n"
+      "assert(err == 'append ' .. P .. ': interrupted by SIGINT', err)\n"
+      "assert(took > 0.05, 'gave up after ' .. took .. ' s, before the signal')\n"
+      "assert(io.open(P) == nil, 'the record was written')\n"
+      "local l, err2, code2 = coord.lock(P, { timeout = 1 })\n"
+      "assert(l == nil and code2 == 'EINTR', tostring(err2))\n");
+    ok = ok && coral_interrupt_pending() == SIGINT;
+    /* a's next instruction raises the interruption; after that, a wait is a wait again */
+    ok = ok && luaL_dostring(a.L, "return 1") != LUA_OK &&
+         strstr(lua_tostring(a.L, -1), "interrupted by SIGINT") != NULL;
+    lua_settop(a.L, 0);
+    ok = ok && coral_interrupt_pending() == 0 && coral_interrupted() == SIGINT;
+    ok = ok && ctest_lua(b.L,
+      "local ok, err, code = require('coral.coord').append(P, 'x\\n', { timeout = 0.05 })\n"
+      "assert(code == 'ETIMEDOUT', tostring(err))\n");
+    ok = ok && ctest_lua(a.L, "L:unlock()") &&
+         ctest_lua(b.L, "assert(require('coral.coord').append(P, 'x\\n', { timeout = 0 }))");
+    ctest_host_close(&b);
+    ctest_host_close(&a);
+    _exit(ok && ctest_failures == 0 ? 0 : 1);
+  }
+  close(ready[1]);
+  CHECK(pid > 0 && read(ready[0], &c, 1) == 1);
+  close(ready[0]);
+  sleep_ms(150);                    /* b is waiting by now */
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  CHECK(kill(pid, SIGINT) == 0);
+  CHECK(waitpid(pid, &status, 0) == pid);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  CHECK(took < 1.0);                /* the wait ended (and both states closed) at once */
+  remove_dir();
+}
+
 /* }}} */
 
 int main(void) {
@@ -356,5 +421,6 @@ int main(void) {
   RUN(out_of_memory_leaves_nothing);
   RUN(timeout_names_the_holder);
   RUN(lock_file_replaced_while_waiting);
+  RUN(lock_wait_is_interrupted_by_a_signal);
   CTEST_EXIT();
 }

@@ -1,4 +1,8 @@
-/* C tests of the host: state setup, embedded modules, callback errors, shutdown. */
+/* C tests of the host: state setup, embedded modules, callback errors, shutdown, signals. */
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "ctest.h"
 
 static void opens_embedded_modules(void) {
@@ -35,9 +39,113 @@ static void shutdown_closes_open_handles(void) {
   ctest_host_close(&h);   /* uv_loop_close fails if a handle is left */
 }
 
+/* The three primitives word a call with too many arguments alike (util.c), numbering the
+ * arguments as luaL_argerror does: without the object of a method call. */
+static void argument_counts_read_the_same_everywhere(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc, dag, coord = require 'coral.proc', require 'coral.dag', require 'coral.coord'\n"
+    "local function check(f, n, text)\n"
+    "  local ok, err = pcall(f)\n"
+    "  local got_n, got_text = tostring(err):match(\"bad argument #(%d+) to '[^']*' %((.*)%)$\")\n"
+    "  assert(not ok and got_n == n and got_text == text, err)\n"
+    "end\n"
+    "check(function() dag.new(1) end, '1', 'no arguments expected, got 1')\n"
+    "local g = dag.new(); g:add('a'); g:validate()\n"
+    "check(function() g:counts(1) end, '1', 'no arguments expected, got 1')\n"
+    "check(function() g:state('a', 1) end, '2', 'no more than 1 argument expected, got 2')\n"
+    "check(function() g.state(g, 'a', 1) end, '3', 'no more than 2 arguments expected, got 3')\n"
+    "check(function() g:ready(1, 'id', 3, 4) end, '3', 'no more than 2 arguments expected, got 4')\n"
+    "check(function() coord.read('/nonexistent', nil, 1) end, '3', 'no more than 2 arguments expected, got 3')\n"
+    "check(function() coord.lock('/nonexistent', nil, 1, 2) end, '3', 'no more than 2 arguments expected, got 4')\n"
+    "check(function() proc.spawn({ argv = { 'true' } }, 2) end, '2', 'no more than 1 argument expected, got 2')\n"
+    "local p = proc.spawn { argv = { 'true' } }\n"
+    "check(function() p:wait(1) end, '1', 'no arguments expected, got 1')\n"
+    "check(function() p:kill('TERM', 1) end, '2', 'no more than 1 argument expected, got 2')\n"
+    "p:wait(); p:close()\n"));
+  ctest_host_close(&h);
+}
+
+static int has_default_action(int signo) {
+  struct sigaction sa;
+  return sigaction(signo, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL;
+}
+
+/* Shutdown gives SIGINT, SIGTERM and SIGHUP their default action back: the handler it
+ * installed must not outlive the state and the async handle it uses. */
+static void shutdown_restores_default_signal_actions(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L, "require('coral.host').catch_signals()"));
+  CHECK(!has_default_action(SIGINT));
+  CHECK(!has_default_action(SIGTERM));
+  CHECK(!has_default_action(SIGHUP));
+  ctest_host_close(&h);
+  CHECK(has_default_action(SIGINT));
+  CHECK(has_default_action(SIGTERM));
+  CHECK(has_default_action(SIGHUP));
+}
+
+/* In a child: catch the signals, shut down, then get `signo`. Returns the wait status. */
+static int signal_after_shutdown(int signo) {
+  int status = 0;
+  pid_t pid = fork();
+  if (pid == 0) {
+    ctest_host h;
+    ctest_host_open(&h);
+    if (!ctest_lua(h.L, "require('coral.host').catch_signals()"))
+      _exit(3);
+    ctest_host_close(&h);
+    raise(signo);
+    _exit(0);   /* the signal was caught by a handler of a state that is gone */
+  }
+  if (pid < 0 || waitpid(pid, &status, 0) != pid)
+    return -1;
+  return status;
+}
+
+/* A signal after shutdown ends the process by its default action, as it would have without
+ * coral, instead of calling into a closed state (a crash) or being swallowed. */
+static void signal_after_shutdown_takes_default_action(void) {
+  int status = signal_after_shutdown(SIGINT);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT);
+  status = signal_after_shutdown(SIGTERM);
+  CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
+}
+
+/* While the handlers are installed, a signal becomes an error at the next Lua instruction
+ * (in a child: the signal that interrupted the host is remembered for good). */
+static void signal_raises_interrupted_error(void) {
+  int status = 0;
+  pid_t pid = fork();
+  if (pid == 0) {
+    ctest_host h;
+    int ok;
+    ctest_host_open(&h);
+    ok = ctest_lua(h.L, "require('coral.host').catch_signals()") &&
+         ctest_lua(h.L,
+           "local uv = require 'luv'\n"
+           "local ok, err = pcall(function()\n"
+           "  uv.kill(uv.os_getpid(), 'sigterm')\n"
+           "  while true do end\n"
+           "end)\n"
+           "assert(not ok and err:find('interrupted by SIGTERM', 1, true), err)\n") &&
+         coral_interrupted() == SIGTERM;
+    ctest_host_close(&h);
+    _exit(ok ? 0 : 1);
+  }
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 int main(void) {
   RUN(opens_embedded_modules);
   RUN(callback_error_is_raised_by_run);
   RUN(shutdown_closes_open_handles);
+  RUN(argument_counts_read_the_same_everywhere);
+  RUN(shutdown_restores_default_signal_actions);
+  RUN(signal_after_shutdown_takes_default_action);
+  RUN(signal_raises_interrupted_error);
   CTEST_EXIT();
 }
