@@ -101,6 +101,15 @@ H.remove_tree = remove_tree
 --- Runs the coral binary (or opts.exe) with `args`; waits for it. Returns a table with code,
 -- signal, stdout, stderr. opts: stdin (string), env (list of "K=V", replaces the environment),
 -- cwd, timeout (seconds, default 60: the process is killed and the spec fails).
+--- This process's environment with `extra` (name -> value) set, as H.run's opts.env takes it.
+function H.env(extra)
+  local env = uv.os_environ()
+  for k, v in pairs(extra or {}) do env[k] = v end
+  local list = {}
+  for k, v in pairs(env) do list[#list + 1] = k .. "=" .. v end
+  return list
+end
+
 function H.run(args, opts)
   opts = opts or {}
   local stdin, stdout, stderr = uv.new_pipe(), uv.new_pipe(), uv.new_pipe()

@@ -70,7 +70,7 @@ end
     assert.matches("option '%-%-max%-workers' needs a whole number, got 'lots'", r.stderr)
     r = H.run { "run", "full_stack", "x", "--mode", "warp", "--dir", H.tmpdir() }
     assert.are.equal(2, r.code)
-    assert.matches("mode must be one of dependency, phased, sequential, parallel, pipeline, got 'warp'", r.stderr)
+    assert.matches("mode must be one of dependency, parallel, phased, pipeline, sequential, got 'warp'", r.stderr)
   end)
 
   it("lists the recipes", function()

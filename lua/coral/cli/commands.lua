@@ -41,7 +41,7 @@ local RUN_OPTIONS = {}
 for _, o in ipairs(run_options.LIST) do
   if o.flag then
     local help = o.help
-    if o.key == "mode" then help = help:format(table.concat(require("coral.run.modes").NAMES, ", ")) end
+    if o.key == "mode" then help = help:format(table.concat(require("coral.run.modes").names(), ", ")) end
     RUN_OPTIONS[#RUN_OPTIONS + 1] = { flag = o.flag, key = o.key, kind = kind_of(o.type), value = o.value,
                                       help = help .. default_text(o), runner = true }
   end

@@ -31,7 +31,7 @@ local M = {}
 
 --- The execution modes by their old constant names (coral.modes.PIPELINE == "pipeline").
 M.modes = {}
-for _, name in ipairs(modes.NAMES) do M.modes[name:upper()] = name end
+for _, name in ipairs(modes.names()) do M.modes[name:upper()] = name end
 M.modes.DEPENDENCY_BASED = "dependency"
 
 local Runner = {}
@@ -47,7 +47,8 @@ function M.new(opts)
   for _, o in ipairs(options.LIST) do
     if o.choices then check.one_of("coral.runner", o.key, self[o.key], o.choices, 2) end
   end
-  check.one_of("coral.runner", "mode", self.mode, modes.NAMES, 2)
+  local _, merr = modes.get(self.mode)
+  if merr then check.fail("coral.runner: " .. merr, 2) end
   if self.max_workers < 1 then check.fail("coral.runner: max_workers must be at least 1", 2) end
   local _, err = drivers.get(self.driver, self.project_dir)
   if err then check.fail("coral.runner: " .. err, 2) end

@@ -12,18 +12,45 @@
 --   mode:started(st)          the task's process started
 --   mode:release(st, ok)      the task ended; true when the mode tells the graph itself, later
 --   mode:held()               tasks handed out by the graph that have not started yet
--- Adding a mode is adding a file here that extends one of these, plus its name in NAMES.
+-- Adding a mode is adding a file here that extends one of these: it is found by its name.
+local host = require "coral.host"
+local uv = require "luv"
+
 local M = {}
 
---- The modes, in the order --help lists them.
-M.NAMES = { "dependency", "phased", "sequential", "parallel", "pipeline" }
+local DIR = "lua/coral/run/modes/"
+
+--- The modes: the files of this directory (built in, and in a --dev / CORAL_LUA_PATH tree),
+-- the default first, then by name.
+function M.names()
+  local found = {}
+  for _, path in ipairs(host.embedded_files(DIR)) do
+    local name = path:match("^" .. DIR .. "([%w_]+)%.lua$")
+    if name and name ~= "init" then found[name] = true end
+  end
+  local handle = host.source_root and uv.fs_scandir(host.source_root .. "/" .. DIR)
+  while handle do
+    local file = uv.fs_scandir_next(handle)
+    if not file then break end
+    local name = file:match("^([%w_]+)%.lua$")
+    if name and name ~= "init" then found[name] = true end
+  end
+  local names = {}
+  for name in pairs(found) do names[#names + 1] = name end
+  table.sort(names, function(a, b)
+    if (a == "dependency") ~= (b == "dependency") then return a == "dependency" end
+    return a < b
+  end)
+  return names
+end
 
 --- The mode class called `name`, or nil and an error naming the modes.
 function M.get(name)
-  for _, n in ipairs(M.NAMES) do
+  local names = M.names()
+  for _, n in ipairs(names) do
     if n == name then return require("coral.run.modes." .. name) end
   end
-  return nil, string.format("mode must be one of %s, got '%s'", table.concat(M.NAMES, ", "), tostring(name))
+  return nil, string.format("mode must be one of %s, got '%s'", table.concat(names, ", "), tostring(name))
 end
 
 --- The instance of mode class `Mode` for `run`.
@@ -42,7 +69,7 @@ end
 --- One line per mode: its name and summary.
 function M.summaries()
   local out = {}
-  for _, n in ipairs(M.NAMES) do out[#out + 1] = { name = n, summary = M.get(n).summary } end
+  for _, n in ipairs(M.names()) do out[#out + 1] = { name = n, summary = M.get(n).summary } end
   return out
 end
 
