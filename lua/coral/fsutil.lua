@@ -95,6 +95,17 @@ function M.now()
 end
 
 --- Is `name` an executable on PATH? Returns its path.
+--- The last `limit` bytes of a file (all of a smaller one); "" when it cannot be read.
+function M.tail(path, limit)
+  local f = io.open(path, "rb")
+  if not f then return "" end
+  local size = f:seek("end")
+  f:seek("set", math.max(0, size - limit))
+  local data = f:read("a") or ""
+  f:close()
+  return data
+end
+
 function M.which(name)
   if name:find("/") then return is_executable(name) and name or nil end
   for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do
