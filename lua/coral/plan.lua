@@ -258,6 +258,22 @@ function Plan:critical_path()
   return a.path, a.length
 end
 
+--- The ids of the tasks that depend on task `id`, in plan order (an index built once).
+function Plan:dependents(id)
+  if not self.dependents_index then
+    local index = {}
+    for _, t in ipairs(self.tasks) do
+      for _, d in ipairs(t.depends_on) do
+        local list = index[d]
+        if not list then list = {}; index[d] = list end
+        list[#list + 1] = t.id
+      end
+    end
+    self.dependents_index = index
+  end
+  return self.dependents_index[id] or {}
+end
+
 --- Phase number (1-based) of each task id, as phases() reports them.
 function Plan:phase_of()
   local of = {}
@@ -379,7 +395,6 @@ end
 
 --- The plan as JSON: tasks with their dependencies, phases and the critical path.
 function Plan:to_json()
-  local cjson = require "cjson"
   local tasks = {}
   local phase_of = self:phase_of()
   for _, t in ipairs(self.tasks) do
@@ -391,16 +406,10 @@ function Plan:to_json()
     }
   end
   local path, length = self:critical_path()
-  local text = cjson.encode {
+  local text = require("coral.json").encode {
     name = self.name, description = self.description, tasks = tasks,
     phases = self:phases(), critical_path = path, critical_path_seconds = length,
   }
-  -- Debian's lua-cjson writes an empty table as {}: these are lists.
-  text = text:gsub('"(%a[%w_]*)":{}', function(key)
-    if key == "depends_on" or key == "tasks" or key == "phases" or key == "critical_path" then
-      return '"' .. key .. '":[]'
-    end
-  end)
   return text .. "\n"
 end
 

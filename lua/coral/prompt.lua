@@ -52,22 +52,33 @@ local function context_lines(task)
 end
 
 -- The team: every task of the plan with its agent and what it waits for, this one marked.
+-- Plans bigger than this list only the tasks next to the prompt's own (its dependencies and
+-- dependents): a prompt stays bounded, and composing every prompt costs O(neighbours), not
+-- O(plan) (a 100,000-task plan would otherwise write 100,000 lines into each prompt).
+M.TEAM_MAX = 40
+
+local function team_line(t, me)
+  local text = (t.task or ""):gsub("%s+", " ")
+  if #text > 100 then text = text:sub(1, 99) .. "…" end
+  local deps = #(t.depends_on or {}) > 0 and (" (after " .. table.concat(t.depends_on, ", ") .. ")") or ""
+  return string.format("- %s%s: %s%s", t.id, t.id == me and " (you)" or "", text, deps)
+end
+
 local function team_text(task, plan)
   if not plan or #plan.tasks < 2 then return nil end
-  local lines, dependents = {}, {}
-  for _, t in ipairs(plan.tasks) do
-    for _, d in ipairs(t.depends_on or {}) do
-      if d == task.id then dependents[#dependents + 1] = t.id end
-    end
-  end
-  for _, t in ipairs(plan.tasks) do
-    local text = (t.task or ""):gsub("%s+", " ")
-    if #text > 100 then text = text:sub(1, 99) .. "…" end
-    local deps = #(t.depends_on or {}) > 0 and (" (after " .. table.concat(t.depends_on, ", ") .. ")") or ""
-    lines[#lines + 1] = string.format("- %s%s: %s%s", t.id, t.id == task.id and " (you)" or "", text, deps)
-  end
+  local dependents = plan:dependents(task.id)
+  local lines = {}
   local out = "# The team\n\nThe tasks of this plan; each starts when the ones it comes after are done.\n\n"
-    .. table.concat(lines, "\n") .. "\n"
+  if #plan.tasks <= M.TEAM_MAX then
+    for _, t in ipairs(plan.tasks) do lines[#lines + 1] = team_line(t, task.id) end
+  else
+    out = string.format("# The team\n\nThis plan has %d tasks; these are the ones next to yours. Each starts " ..
+      "when the ones it comes after are done.\n\n", #plan.tasks)
+    for _, d in ipairs(task.depends_on or {}) do lines[#lines + 1] = team_line(plan.by_id[d], task.id) end
+    lines[#lines + 1] = team_line(task, task.id)
+    for _, d in ipairs(dependents) do lines[#lines + 1] = team_line(plan.by_id[d], task.id) end
+  end
+  out = out .. table.concat(lines, "\n") .. "\n"
   if #dependents > 0 then
     out = out .. "\nYour final answer is handed to: " .. table.concat(dependents, ", ") ..
       ". Make it a self-contained summary they can build on (decisions, files, open issues).\n"

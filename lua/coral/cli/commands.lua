@@ -265,7 +265,7 @@ M.LIST = {
         local color = host.isatty(1) and (os.getenv("NO_COLOR") or "") == ""
         io.stdout:write(require("coral.view.timeline").text(run, { color = color }))
       elseif opts.json then
-        io.stdout:write(cjson.encode(status.json(run)), "\n")
+        io.stdout:write(require("coral.json").encode(status.json(run)), "\n")
       else
         io.stdout:write(status.text(run))
       end
@@ -296,8 +296,7 @@ M.LIST = {
       local history = require "coral.view.history"
       local dir = opts.dir or "."
       if opts.json then
-        local text = cjson.encode { runs = history.runs(dir), agents = history.agents(dir) }
-        io.stdout:write((text:gsub('"runs":{}', '"runs":[]'):gsub('"agents":{}', '"agents":[]')), "\n")
+        io.stdout:write(require("coral.json").encode { runs = history.runs(dir), agents = history.agents(dir) }, "\n")
       else
         io.stdout:write(history.text(dir))
       end
@@ -455,6 +454,31 @@ function M.help(c)
   end
   if c.notes then lines[#lines + 1] = c.notes end
   return table.concat(lines, "\n") .. "\n"
+end
+
+local function roff(text)
+  return (text:gsub("\\", "\\e"):gsub("%-", "\\-"):gsub("\n%.", "\n\\&."):gsub("^%.", "\\&."))
+end
+
+--- The COMMANDS section of the man page (docs/coral.1), made from the declarations:
+-- scripts/manpage.lua writes it, a spec checks the page has it.
+function M.man_commands()
+  local out = { ".SH COMMANDS" }
+  for _, c in ipairs(M.LIST) do
+    out[#out + 1] = ".TP"
+    out[#out + 1] = '\\fB' .. roff(M.usage(c)) .. '\\fR'
+    out[#out + 1] = roff(c.summary:sub(1, 1):upper() .. c.summary:sub(2)) .. "."
+    if #c.options > 0 then
+      out[#out + 1] = ".RS"
+      for _, o in ipairs(c.options) do
+        out[#out + 1] = ".TP"
+        out[#out + 1] = ".B " .. roff(option_label(o))
+        out[#out + 1] = roff(o.help)
+      end
+      out[#out + 1] = ".RE"
+    end
+  end
+  return table.concat(out, "\n") .. "\n"
 end
 
 --- Runs command `c` with its raw arguments; returns its exit code.

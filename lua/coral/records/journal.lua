@@ -43,7 +43,11 @@ local function interrupt(run, a, at)
   a.open, a.outcome = nil, "interrupted"
   a.finish = math.max(a.start, at)
   a.duration = a.finish - a.start
+  -- The task is interrupted with it unless a later attempt of the task began since.
   local t = run.tasks[a.task]
+  for _, b in ipairs(t.attempts) do
+    if b.n > a.n then return end
+  end
   if t.status == "running" then t.status, t.finish = "interrupted", a.finish end
 end
 M.interrupt = interrupt

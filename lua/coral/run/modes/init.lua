@@ -48,7 +48,7 @@ end
 function M.get(name)
   local names = M.names()
   for _, n in ipairs(names) do
-    if n == name then return require("coral.run.modes." .. name) end
+    if n == name then return (require("coral.run.modes." .. name)) end
   end
   return nil, string.format("mode must be one of %s, got '%s'", table.concat(names, ", "), tostring(name))
 end

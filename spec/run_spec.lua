@@ -1,0 +1,73 @@
+-- coral.run as a whole: what a run records whatever the views (plan.json, the mode), and the
+-- paths over the plan that must not recurse (a 100,000-task chain declared dependents-first).
+local H = require "spec.helper"
+local cjson = require "cjson"
+local coral = require "coral"
+local journal = require "coral.records.journal"
+local summary_mod = require "coral.run.summary"
+
+-- A chain of n tasks declared dependents-first: t1 depends on t2, ..., t(n-1) on tn.
+local function chain(n)
+  local tasks = {}
+  for i = 1, n do
+    tasks[i] = { id = "t" .. i, agent = "a", cmd = "true", estimate = 1, depends_on = i < n and { "t" .. (i + 1) } or {} }
+  end
+  return tasks
+end
+
+describe("a run", function()
+  it("records its plan and its mode whatever the report options", function()
+    local dir = H.tmpdir()
+    local r = H.run({ "run", "full_stack", "x", "--agent", "sim", "--sim-scale", "0.001", "--no-report", "--dir", dir })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("mode dependency", r.stderr)
+    local ids = require("coral.records").run_ids(dir)
+    local run_dir = dir .. "/.coral/runs/" .. ids[1]
+    assert.is_nil(H.read_file(run_dir .. "/report.html"), "--no-report writes no report")
+    local plan = cjson.decode((assert(H.read_file(run_dir .. "/plan.json"))))
+    assert.are.equal(10, #plan.tasks)
+    assert.are.equal("full_stack", plan.name)
+    assert.are.equal("dependency", journal.read(run_dir)[1].mode)
+    -- a later report draws the recorded plan and names the mode
+    local rep = H.run({ "report", "--dir", dir })
+    assert.are.equal(0, rep.code, rep.stderr)
+    local html = assert(H.read_file(run_dir .. "/report.html"))
+    assert.truthy(html:find("<tr><th>Mode</th><td>dependency</td></tr>", 1, true))
+  end)
+
+  it("draws the plan it ran, not the recipe as it is today", function()
+    local dir = H.tmpdir()
+    local recipe = dir .. "/r.lua"
+    H.write_file(recipe, 'local coral = require "coral"\nreturn coral.plan { coral.task("first", "x", { cmd = "true" }) }\n')
+    local r = H.run({ recipe, "x", "--dir", dir, "--quiet", "--no-report" })
+    assert.are.equal(0, r.code, r.stderr)
+    H.write_file(recipe, 'local coral = require "coral"\nreturn coral.plan { coral.task("second", "y", { cmd = "true" }) }\n')
+    local st = H.run({ "status", "--dir", dir, "--json" })
+    local run = cjson.decode(st.stdout)
+    assert.are.same({ "first" }, run.order)
+  end)
+
+  it("takes the critical path of a 100,000-task chain declared dependents-first without recursion", function()
+    local n = 100000
+    local plan = coral.plan(chain(n))
+    local path, length = plan:critical_path()
+    assert.are.equal(n, #path)
+    assert.are.equal("tn", path[1]:gsub("%d+", "n"))
+    assert.are.equal(n, length)
+    -- the summary of a run of that plan (each task ran one second)
+    local state, spans = {}, {}
+    for i, t in ipairs(plan.tasks) do
+      state[t.id] = { task = t, status = "succeeded", first_start = n - i, finish = n - i + 1,
+                      attempts = { { n = 1, duration = 1, code = 0 } } }
+      spans[t.id] = 1
+    end
+    local s = summary_mod.of {
+      plan = plan, state = state, start_time = 0, finish_time = n, busy = n, max_workers = 4, max_parallel = 1,
+      phases = plan:phases(), mode = { name = "dependency" }, records = { id = "r", dir = "/nowhere" },
+    }
+    assert.are.equal(n, s.succeeded)
+    assert.are.equal(n, s.critical_path_seconds)
+    local measured = summary_mod.critical_path(plan.tasks, spans)
+    assert.are.equal(n, #measured)
+  end)
+end)
