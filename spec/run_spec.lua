@@ -47,6 +47,21 @@ describe("a run", function()
     assert.are.same({ "first" }, run.order)
   end)
 
+  it("blames the recipe file for a plan it returned by a tail call", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", 'local coral = require "coral"\n' ..
+      'return coral.plan { { agent = "a", cmd = "true", depends_on = { "zz" } } }\n')
+    for _, args in ipairs { { "run", dir .. "/r.lua" }, { dir .. "/r.lua" } } do
+      local argv = { table.unpack(args) }
+      for _, a in ipairs { "x", "--dir", dir } do argv[#argv + 1] = a end
+      local r = H.run(argv)
+      assert.are.equal(2, r.code)
+      assert.matches(dir:gsub("%p", "%%%0") .. "/r.lua: task 'a' depends on unknown task 'zz'\n$", r.stderr)
+      assert.is_nil(r.stderr:find("traceback", 1, true))
+    end
+    assert.is_nil(H.read_file(dir .. "/.coral/runs"), "nothing written")
+  end)
+
   it("takes the critical path of a 100,000-task chain declared dependents-first without recursion", function()
     local n = 100000
     local plan = coral.plan(chain(n))
