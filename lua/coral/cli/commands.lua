@@ -132,7 +132,7 @@ function M.run_plan(plan, opts, invocation)
   -- The live report is for plans a person watches; a big plan's report costs more to redraw
   -- than its tasks (5000 tasks: 0.45 s and 40 MB a time): `coral report` writes it after.
   local report = require "coral.view.report"
-  local live_report = not opts.no_report and #plan.tasks <= report.LIVE_MAX_TASKS and report.attach(runner, plan)
+  local live_report = not opts.no_report and #plan.tasks <= report.LIVE_MAX_TASKS and report.attach(runner)
   local resume = opts.resume
   if resume == true then
     -- --resume: the newest run of the project

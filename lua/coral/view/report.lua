@@ -569,15 +569,14 @@ function Live:on_event(e)
   end
 end
 
---- Keeps <run dir>/report.html up to date while `runner` runs: written when the run starts,
--- every opts.interval seconds (INTERVAL) and at the end, with a reload tag while it runs.
--- Also writes the plan as <run dir>/plan.json, so later reports can draw it. Chains the
--- runner's on_event. Returns an object whose close() stops the timer (call it if
--- execute_plan raises).
---- Plans with more tasks than this get no live report from `coral run` (see commands.lua).
+--- Plans with more tasks than this get no live report from `coral run` (see cli/commands.lua).
 M.LIVE_MAX_TASKS = 1000
 
-function M.attach(runner, plan, opts)
+--- Keeps <run dir>/report.html up to date while `runner` runs: written when the run starts,
+-- every opts.interval seconds (INTERVAL) and at the end, with a reload tag while it runs.
+-- Chains the runner's on_event. Returns an object whose close() stops the timer (call it if
+-- execute_plan raises).
+function M.attach(runner, opts)
   opts = opts or {}
   -- Say where the report is when the run shows its live view (a terminal), not in logs.
   local announce = opts.announce
@@ -585,7 +584,7 @@ function M.attach(runner, plan, opts)
     announce = runner.output == "live" or (runner.output == "auto" and require("coral.host").isatty(2))
   end
   local live = setmetatable({
-    project_dir = fsutil.absolute(runner.project_dir or "."), plan = plan,
+    project_dir = fsutil.absolute(runner.project_dir or "."),
     interval = opts.interval or M.INTERVAL, announce = announce,
   }, Live)
   local previous = runner.on_event
