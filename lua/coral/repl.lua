@@ -1,6 +1,7 @@
 --- The interactive prompt: `coral` on a terminal. Reads chunks with line editing, continues
 -- a chunk while it is incomplete (as lua does), prints the values of expressions readably,
 -- completes globals and table fields with Tab, keeps history under the user's home.
+local check = require "coral.check"
 local readline = require "coral.readline"
 local inspect = require "coral.inspect"
 local uv = require "luv"
@@ -101,6 +102,8 @@ end
 
 local function run_chunk(fn)
   local results = table.pack(xpcall(fn, function(err)
+    -- a mistake of the user's (a bad task, an unknown option) is its message: "where: what"
+    if check.is_user_error(err) then return tostring(err) end
     local msg = type(err) == "string" and err or inspect.format(err)
     return debug.traceback(msg, 2)
   end))
