@@ -93,15 +93,15 @@ describe("the lines reporter", function()
     assert.are.same({
       "[03:04:05] run r1: 3 tasks, mode dependency, 4 workers",
       "[03:04:05] run r2: 3 tasks, mode phased, 2 workers, plan full_stack",
-      "[03:04:05] start  a (attempt 1, pid 4242)",
-      "[03:04:05] start  a (attempt 2)",
-      "[03:04:05] submit a (attempt 1, job 42)",
-      "[03:04:05] adopt  a (attempt 1, job 43)",
-      "[03:04:05] ok     a (attempt 1, 2.5s)",
-      "[03:04:05] FAIL   b (attempt 2, 1m05s: exit code 1)",
-      "[03:04:05] FAIL   b (attempt 3, -)",
-      "[03:04:05] retry  b in 0.5s (attempt 2)",
-      "[03:04:05] skip   c: dependency 'b' failed",
+      "[03:04:05] start     a (attempt 1, pid 4242)",
+      "[03:04:05] start     a (attempt 2)",
+      "[03:04:05] submit    a (attempt 1, job 42)",
+      "[03:04:05] adopt     a (attempt 1, job 43)",
+      "[03:04:05] succeeded a (attempt 1, 2.5s)",
+      "[03:04:05] failed    b (attempt 2, 1m05s: exit code 1)",
+      "[03:04:05] timeout   b (attempt 3, -)",
+      "[03:04:05] retry     b in 0.5s (attempt 2)",
+      "[03:04:05] skipped   c: dependency 'b' failed",
       "[03:04:05] stopping: interrupted by SIGINT",
     }, lines_of(out:text()))
     -- every event is flushed at once, the done event too (it writes nothing)
@@ -125,11 +125,11 @@ describe("the lines reporter", function()
     local got = lines_of(r.stderr)
     assert.are.equal(6, #got, r.stderr)
     assert.matches("^%[%d%d:%d%d:%d%d%] run [%d-]+%-%x+: 3 tasks, mode dependency, 4 workers$", got[1])
-    assert.matches("^%[%d%d:%d%d:%d%d%] start  a %(attempt 1, pid %d+%)$", got[2])
-    assert.matches("^%[%d%d:%d%d:%d%d%] ok     a %(attempt 1, %d+%.%ds%)$", got[3])
-    assert.matches("^%[%d%d:%d%d:%d%d%] start  b %(attempt 1, pid %d+%)$", got[4])
-    assert.matches("^%[%d%d:%d%d:%d%d%] FAIL   b %(attempt 1, %d+%.%ds: exit code 3%)$", got[5])
-    assert.matches("^%[%d%d:%d%d:%d%d%] skip   c: dependency 'b' failed$", got[6])
+    assert.matches("^%[%d%d:%d%d:%d%d%] start     a %(attempt 1, pid %d+%)$", got[2])
+    assert.matches("^%[%d%d:%d%d:%d%d%] succeeded a %(attempt 1, %d+%.%ds%)$", got[3])
+    assert.matches("^%[%d%d:%d%d:%d%d%] start     b %(attempt 1, pid %d+%)$", got[4])
+    assert.matches("^%[%d%d:%d%d:%d%d%] failed    b %(attempt 1, %d+%.%ds: exit code 3%)$", got[5])
+    assert.matches("^%[%d%d:%d%d:%d%d%] skipped   c: dependency 'b' failed$", got[6])
   end)
 end)
 

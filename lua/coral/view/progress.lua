@@ -30,18 +30,18 @@ function Lines:event(e)
     out:write(string.format("[%s] run %s: %d tasks, mode %s, %d workers%s\n", when, e.run_id, e.tasks,
       e.mode, e.max_workers, e.plan and (", plan " .. e.plan) or ""))
   elseif e.event == "start" then
-    out:write(string.format("[%s] start  %s (attempt %d%s)\n", when, e.task, e.attempt,
+    out:write(string.format("[%s] start     %s (attempt %d%s)\n", when, e.task, e.attempt,
       e.pid and string.format(", pid %d", e.pid) or ""))
   elseif e.event == "submit" or e.event == "adopt" then
-    out:write(string.format("[%s] %-6s %s (attempt %d, job %s)\n", when, e.event, e.task, e.attempt, tostring(e.job_id)))
+    out:write(string.format("[%s] %-9s %s (attempt %d, job %s)\n", when, e.event, e.task, e.attempt, tostring(e.job_id)))
   elseif e.event == "end" then
-    out:write(string.format("[%s] %-6s %s (attempt %d, %s%s)\n", when,
-      e.outcome == "succeeded" and "ok" or "FAIL", e.task, e.attempt, fmt_duration(e.duration),
-      e.error and (": " .. e.error) or ""))
+    -- the attempt's outcome, in the words of coral.records.states
+    out:write(string.format("[%s] %-9s %s (attempt %d, %s%s)\n", when, e.outcome or "failed", e.task, e.attempt,
+      fmt_duration(e.duration), e.error and (": " .. e.error) or ""))
   elseif e.event == "retry" then
-    out:write(string.format("[%s] retry  %s in %.1fs (attempt %d)\n", when, e.task, e.delay, e.attempt))
+    out:write(string.format("[%s] retry     %s in %.1fs (attempt %d)\n", when, e.task, e.delay, e.attempt))
   elseif e.event == "skip" then
-    out:write(string.format("[%s] skip   %s: %s\n", when, e.task, e.reason))
+    out:write(string.format("[%s] skipped   %s: %s\n", when, e.task, e.reason))
   elseif e.event == "stopping" then
     out:write(string.format("[%s] stopping: %s\n", when, e.reason))
   end
