@@ -41,7 +41,7 @@ else
       state.agents = state.agents or {}
       local a = state.agents["worker-" .. worker] or { history = {} }
       state.agents["worker-" .. worker] = a
-      a.history[#a.history + 1] = { task = "bench update", status = "completed", duration = seq / 1000 }
+      a.history[#a.history + 1] = { task = "bench update", status = "succeeded", duration = seq / 1000 }
       while #a.history > 50 do table.remove(a.history, 1) end
       a.last_seq = seq
     end))

@@ -1,7 +1,7 @@
 --- Executors: where a task's process runs, one file each in this directory, found by name
--- (local.lua, slurm.lua). The runner only calls start(job, on_exit), the handle's cancel(),
+-- (local.lua, slurm.lua). The runner only calls start(spec, on_exit), the handle's cancel(),
 -- and recover() on resume when the executor has it; a cluster engine plugs in behind them.
---   job:     { argv = {...}, env = {K = v}, cwd, stdin = string|"pipe"|nil, stdout_path,
+--   spec:    { argv = {...}, env = {K = v}, cwd, stdin = string|"pipe"|nil, stdout_path,
 --              stderr_path, timeout, idle_timeout, kill_grace, on_stdout = fn(chunk),
 --              slurm = {...}, adopt = {job_id, start}, on_submit = fn(job_id) }
 --   on_exit: fn(info) with info = { code, signal, timed_out = nil|"timeout"|"idle", duration,

@@ -15,20 +15,20 @@ function M.new(opts)
   return setmetatable({ kill_grace = opts and opts.kill_grace or 5 }, Local)
 end
 
-function Local:start(job, on_exit)
-  local stdout = { file = job.stdout_path }
-  local stderr = { file = job.stderr_path }
-  if job.on_stdout then stdout.on_data = job.on_stdout end
+function Local:start(spec, on_exit)
+  local stdout = { file = spec.stdout_path }
+  local stderr = { file = spec.stderr_path }
+  if spec.on_stdout then stdout.on_data = spec.on_stdout end
   local p, err, code = proc.spawn {
-    argv = job.argv,
-    env = job.env,
-    cwd = job.cwd,
-    stdin = job.stdin,
+    argv = spec.argv,
+    env = spec.env,
+    cwd = spec.cwd,
+    stdin = spec.stdin,
     stdout = stdout,
     stderr = stderr,
-    timeout = job.timeout and job.timeout > 0 and job.timeout or nil,
-    idle_timeout = job.idle_timeout and job.idle_timeout > 0 and job.idle_timeout or nil,
-    kill_grace = job.kill_grace or self.kill_grace,
+    timeout = spec.timeout and spec.timeout > 0 and spec.timeout or nil,
+    idle_timeout = spec.idle_timeout and spec.idle_timeout > 0 and spec.idle_timeout or nil,
+    kill_grace = spec.kill_grace or self.kill_grace,
     on_exit = on_exit,
   }
   if not p then return nil, err, code end
