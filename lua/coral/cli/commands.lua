@@ -194,10 +194,19 @@ local function load_run(dir, id)
   return require("coral.view.timeline").load(run_dir)
 end
 
-local function coordination_path(env_name, file, opts)
-  local path = os.getenv(env_name)
-  if opts.dir or not path or path == "" then path = (opts.dir or ".") .. "/" .. file end
-  return path
+-- A command that appends its arguments, joined, to `file` of the project (or to the file the
+-- environment variable `env_name` names: an agent's run sets it) with `append(path, text, who)`.
+local function coordination_command(file, env_name, append)
+  return {
+    args = { "TEXT..." }, min = 1, max = math.huge, options = { DIR },
+    run = function(opts, args)
+      local path = os.getenv(env_name)
+      if opts.dir or not path or path == "" then path = (opts.dir or ".") .. "/" .. file end
+      local ok, err, code = append(path, table.concat(args, " "), os.getenv("CORAL_AGENT"))
+      if not ok then return fail(err, code == "EINTR" and EXIT_INTERRUPTED or EXIT_FAILED) end
+      return EXIT_OK
+    end,
+  }
 end
 
 --- The commands, in the order --help lists them.
@@ -343,28 +352,17 @@ M.LIST = {
       return EXIT_OK
     end,
   },
-  {
-    name = "note", args = { "TEXT..." }, min = 1, max = math.huge,
-    summary = "append a note to the project's scratchpad.md, under its lock",
-    options = { DIR },
-    run = function(opts, args)
-      local path = coordination_path("CORAL_SCRATCHPAD", "scratchpad.md", opts)
-      local ok, err, code = records.note(path, table.concat(args, " "), os.getenv("CORAL_AGENT"))
-      if not ok then return fail(err, code == "EINTR" and EXIT_INTERRUPTED or EXIT_FAILED) end
-      return EXIT_OK
-    end,
-  },
-  {
-    name = "log", args = { "TEXT..." }, min = 1, max = math.huge,
-    summary = "append a progress line to the project's activity_tracker.md, under its lock",
-    options = { DIR },
-    run = function(opts, args)
-      local path = coordination_path("CORAL_ACTIVITY", "activity_tracker.md", opts)
-      local ok, err, code = records.log(path, table.concat(args, " "), os.getenv("CORAL_AGENT"))
-      if not ok then return fail(err, code == "EINTR" and EXIT_INTERRUPTED or EXIT_FAILED) end
-      return EXIT_OK
-    end,
-  },
+  -- note and log: one locked append to a coordination file, from an agent or a person
+  (function()
+    local c = coordination_command("scratchpad.md", "CORAL_SCRATCHPAD", function(...) return records.note(...) end)
+    c.name, c.summary = "note", "append a note to the project's scratchpad.md, under its lock"
+    return c
+  end)(),
+  (function()
+    local c = coordination_command("activity_tracker.md", "CORAL_ACTIVITY", function(...) return records.log(...) end)
+    c.name, c.summary = "log", "append a progress line to the project's activity_tracker.md, under its lock"
+    return c
+  end)(),
 }
 
 --- name -> command
@@ -441,20 +439,23 @@ function M.usage(c)
   return table.concat(parts, " ")
 end
 
+--- Adds a help line to `lines`: `label` in a column `width` wide, then `text`; a longer label
+-- gets a line of its own.
+function M.two_columns(lines, label, text, width)
+  if #label <= width then
+    lines[#lines + 1] = string.format("  %-" .. width .. "s %s", label, text)
+  else
+    lines[#lines + 1] = "  " .. label
+    lines[#lines + 1] = string.format("  %-" .. width .. "s %s", "", text)
+  end
+end
+
 --- `coral COMMAND --help`.
 function M.help(c)
   local lines = { "usage: coral " .. M.usage(c), c.summary }
   if #c.options > 0 then
     lines[#lines + 1] = "options:"
-    for _, o in ipairs(c.options) do
-      local label = option_label(o)
-      if #label <= 20 then
-        lines[#lines + 1] = string.format("  %-20s %s", label, o.help)
-      else
-        lines[#lines + 1] = "  " .. label
-        lines[#lines + 1] = string.format("  %-20s %s", "", o.help)
-      end
-    end
+    for _, o in ipairs(c.options) do M.two_columns(lines, option_label(o), o.help, 20) end
   end
   if c.notes then lines[#lines + 1] = c.notes end
   return table.concat(lines, "\n") .. "\n"

@@ -46,15 +46,7 @@ function M.help()
   end
   lines[#lines + 1] = ""
   lines[#lines + 1] = "commands:"
-  for _, c in ipairs(commands.LIST) do
-    local usage = commands.usage(c)
-    if #usage <= 30 then
-      lines[#lines + 1] = string.format("  %-30s %s", usage, c.summary)
-    else
-      lines[#lines + 1] = "  " .. usage
-      lines[#lines + 1] = string.format("  %-30s %s", "", c.summary)
-    end
-  end
+  for _, c in ipairs(commands.LIST) do commands.two_columns(lines, commands.usage(c), c.summary, 30) end
   lines[#lines + 1] = "  (coral COMMAND --help for its options)"
   lines[#lines + 1] = ""
   lines[#lines + 1] = "environment:"
