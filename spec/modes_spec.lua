@@ -117,6 +117,38 @@ describe("execution modes", function()
     assert.is_nil(H.read_file(dir .. "/.coral/runs"), "nothing written")
   end)
 
+  it("pipeline: a failed upstream skips the consumers it started, by the failure policy, fan-in too", function()
+    local function plan()
+      return coral.plan {
+        t("up", "u", { id = "up", cmd = "echo a; sleep 0.3; exit 1" }),
+        t("up2", "u", { id = "up2", cmd = "echo b; sleep 0.6" }),
+        t("down", "d", { id = "down", cmd = "cat", depends_on = { "up", "up2" } }),
+        t("after", "a", { id = "after", cmd = "cat", depends_on = { "down" } }),
+      }
+    end
+    local s, events = run("pipeline", plan(), { on_failure = "skip" })
+    assert.are.equal("failed", s.results.up.status)
+    assert.are.equal("succeeded", s.results.up2.status)
+    for _, id in ipairs { "down", "after" } do
+      assert.are.equal("skipped", s.results[id].status)
+      assert.are.equal("dependency 'up' failed", s.results[id].error)
+    end
+    -- the consumers did start (pipeline) and were cancelled, then skipped
+    local ends = {}
+    for _, e in ipairs(events) do if e.event == "end" then ends[e.task] = e.outcome end end
+    assert.are.equal("cancelled", ends.down)
+    assert.is_true(require("coral.fsutil").read(s.run_dir .. "/summary.json") ~= nil)
+
+    s = run("pipeline", plan(), { on_failure = "stop" })
+    assert.are.equal("skipped", s.results.down.status)
+    assert.are.equal("failed", s.results.up2.status)
+    assert.matches("on_failure = stop", s.results.up2.error)
+
+    s = run("pipeline", plan(), { on_failure = "continue" })
+    assert.are.equal("failed", s.results.down.status)
+    assert.are.equal("upstream task 'up' failed", s.results.down.error)
+  end)
+
   it("can be added as one file", function()
     local tree = H.tmpdir()
     assert(require("coral.fsutil").mkdirs(tree .. "/lua/coral/run/modes"))

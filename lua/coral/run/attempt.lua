@@ -167,7 +167,7 @@ local function ended(run, st, a, info, result, driver, ctx)
   -- not a failure of the task, and --no-retry does not turn it into one.
   if result.rate_limited and retryable then st.rate_limits = (st.rate_limits or 0) + 1 end
   local counted = a.n - (st.rate_limits or 0)
-  local final = result.ok or not retryable or run.stopping
+  local final = result.ok or not retryable or run.stopping or st.skip_reason
     or (result.rate_limited and st.rate_limits > runner.rate_limit_retries)
     or (not result.rate_limited and counted >= max_attempts(run, task))
   run.records:activity {
@@ -178,7 +178,12 @@ local function ended(run, st, a, info, result, driver, ctx)
     attempts = math.max(a.n, max_attempts(run, task) + (st.rate_limits or 0)),
     retrying = not final,
   }
-  if result.ok then
+  if st.skip_reason then
+    -- The graph skipped it while it ran (its upstream failed): it stays skipped, whatever its
+    -- process did, and the graph is not told again.
+    st.finish = a.finish
+    run:skipped(st, st.skip_reason)
+  elseif result.ok then
     st.output_path = output_path
     st.status, st.finish = "succeeded", a.finish
     run.project_state:record(st)

@@ -120,8 +120,28 @@ function Run:release(st, ok, deferred)
   end
 end
 
+--- Skips a task that will not run: a dependency failed, or the run stopped first. A task that
+-- is already running (a pipeline consumer starts before its upstream ends) is stopped and
+-- skipped when its process has ended (run/attempt.lua).
 function Run:skip(st, why)
   if states.ended(st.status) then return end
+  if st.status == "running" then
+    st.skip_reason = why
+    st.cancelled = st.cancelled or ("cancelled: " .. why)
+    if st.handle then st.handle:cancel() end
+    return
+  end
+  self:skipped(st, why)
+end
+
+--- Records that a task is skipped (it is not running).
+function Run:skipped(st, why)
+  st.skip_reason = nil
+  if st.backoff_timer then
+    st.backoff_timer:close()
+    st.backoff_timer = nil
+    self.waiting = self.waiting - 1
+  end
   st.status, st.error = "skipped", why
   self:emit("skip", { task = st.task.id, agent = st.task.agent, reason = why })
   self.records:activity {
