@@ -54,6 +54,25 @@ describe("reliability", function()
     assert.is_true(finished >= 8)
     local summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
     assert.are.equal(30, summary.succeeded)
+    -- Every start has its end: the attempts coral lost end as interrupted, recorded by the
+    -- resume; the views and the summary then tell one story.
+    local open = {}
+    for line in H.read_file(run_dir .. "/journal.jsonl"):gmatch("[^\n]+") do
+      local e = cjson.decode(line)
+      local key = e.task and (e.task .. "#" .. tostring(e.attempt))
+      if e.event == "start" then open[key] = true elseif e.event == "end" then open[key] = nil end
+    end
+    assert.are.same({}, open)
+    local run = require("coral.view.timeline").load(run_dir)
+    assert.are.equal(30, run.figures.succeeded)
+    assert.are.equal(0, run.figures.failed)
+    assert.near(summary.speedup, run.figures.speedup, 1e-6)
+    local hist = require("coral.view.history").runs(dir)
+    assert.near(summary.speedup, hist[1].speedup, 1e-6)
+    for _, a in ipairs(run.attempts) do
+      assert.is_true(a.finish >= a.start and a.finish <= run.ended_at + 1e-3, a.task .. " ends after the run")
+      if a.outcome == "interrupted" then assert.is_true(a.n == 1, "only the first attempt was lost") end
+    end
   end)
 
   it("stops on Ctrl-C: exit 130, no process left, summary written, and resume completes", function()

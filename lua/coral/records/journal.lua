@@ -127,7 +127,10 @@ function M.replay(events)
         if a.outcome == "succeeded" then
           t.status, t.error, t.output = "succeeded", nil, e.output
         else
-          t.status, t.error = "failed", a.error or a.outcome
+          -- an attempt coral lost (its end recorded by the resume that found it) leaves the
+          -- task unfinished, not failed
+          t.status = a.outcome == "interrupted" and "interrupted" or "failed"
+          t.error = a.error or a.outcome
         end
       elseif e.event == "retry" then
         t.status = "retrying"

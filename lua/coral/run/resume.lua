@@ -22,10 +22,11 @@ function M.lock(paths)
 end
 
 --- Kills what is left of a run's processes: every process whose environment carries the run's
--- id (a task's group leader, its children, even orphaned grandchildren). Returns their count.
+-- id (a task's group leader, its children, even orphaned grandchildren). Returns the set of
+-- task ids that still had processes.
 function M.kill_leftovers(run_id)
   local mark = "CORAL_RUN_ID=" .. run_id .. "\0"
-  local victims = {}
+  local victims, tasks = {}, {}
   local dir = uv.fs_scandir("/proc")
   while dir do
     local name = uv.fs_scandir_next(dir)
@@ -33,7 +34,11 @@ function M.kill_leftovers(run_id)
     local pid = tonumber(name)
     if pid and pid ~= uv.os_getpid() then
       local env = fsutil.read("/proc/" .. name .. "/environ")
-      if env and env:find(mark, 1, true) then victims[#victims + 1] = pid end
+      if env and env:find(mark, 1, true) then
+        victims[#victims + 1] = pid
+        local task = env:match("%zCORAL_TASK_ID=([^%z]*)") or env:match("^CORAL_TASK_ID=([^%z]*)")
+        if task then tasks[task] = true end
+      end
     end
   end
   for _, pid in ipairs(victims) do uv.kill(pid, "sigkill") end
@@ -46,7 +51,20 @@ function M.kill_leftovers(run_id)
       uv.sleep(10)
     end
   end
-  return #victims
+  return tasks
+end
+
+-- When did an attempt that coral lost stop? Now, if its processes lived until this resume
+-- killed them; else at its last sign of life: the last write to its output files, or the last
+-- event of its session.
+local function lost_attempt_end(run, a, still_running, session_end)
+  if still_running then return fsutil.now() end
+  local t = math.max(a.start, session_end or a.start)
+  for _, kind in ipairs { "out", "err" } do
+    local st = uv.fs_stat(string.format("%s/attempt-%d.%s", records.task_dir(run.records.dir, a.task), a.n, kind))
+    if st then t = math.max(t, st.mtime.sec + st.mtime.nsec / 1e9) end
+  end
+  return t
 end
 
 --- Rebuilds `run`'s state from its journal before it goes on: succeeded tasks are not run
@@ -54,7 +72,6 @@ end
 -- unless `retry_failed`, skipped tasks are decided again.
 function M.restore(run, retry_failed)
   local past = journal.load(run.records.dir)
-  run.prior_wall = journal.session_time(past)
   -- An executor that can adopt (a cluster engine) takes back the jobs it still knows.
   local adopted = {}
   if run.executor.recover then
@@ -64,9 +81,8 @@ function M.restore(run, retry_failed)
       if run.state[id] and last and last.open then open[id] = { attempt = last.n } end
     end
     adopted = run.executor:recover(run.records.id, open)
-  else
-    run.killed_leftovers = M.kill_leftovers(run.records.id)
   end
+  local survivors = run.executor.recover and {} or M.kill_leftovers(run.records.id)
   local session_end = past.sessions[#past.sessions] and past.sessions[#past.sessions].last
   local outcome = {}
   for id, t in pairs(past.tasks) do
@@ -79,9 +95,17 @@ function M.restore(run, retry_failed)
           st.adopt = { job_id = adopted[id].job_id, start = a.start }
           copy = nil
         elseif a.open then
-          -- It was running when coral stopped and ran for real: kept, as interrupted.
-          journal.interrupt(past, a, session_end or a.start)
+          -- It was running when coral stopped and ran for real: its end is recorded now, as
+          -- interrupted, so that the journal has an end for every start.
+          journal.interrupt(past, a, lost_attempt_end(run, a, survivors[id], session_end))
+          local last_session = past.sessions[#past.sessions]
+          if last_session then last_session.last = math.max(last_session.last, a.finish) end
           copy.outcome, copy.finish, copy.duration = a.outcome, a.finish, a.duration
+          copy.error = "coral stopped while it ran"
+          run.records:event("end", { t = a.finish, task = id, agent = t.agent, attempt = a.n,
+            outcome = "interrupted", duration = a.duration, error = copy.error })
+          run.records:joblog { task = id, attempt = a.n, start = a.start, duration = a.duration,
+            outcome = "interrupted" }
         end
         st.attempts[#st.attempts + 1] = copy
       end
@@ -96,6 +120,8 @@ function M.restore(run, retry_failed)
       end
     end
   end
+  -- The earlier sessions' time, up to the end of the attempts they left running.
+  run.prior_wall = journal.session_time(past)
   -- Walk the graph: hand finished tasks back to it, queue the rest for the first pump.
   repeat
     local ids = run.g:ready()
