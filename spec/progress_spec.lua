@@ -225,9 +225,9 @@ describe("progress.summary_text", function()
     "  Worker Utilisation     83.4%",
     "  Run Dir                /p/.coral/runs/r1",
     "",
-    "  failed    b: exit code 1",
-    "  failed    d: ",
-    "  skipped   c: dependency 'b' failed",
+    "  failed      b: exit code 1",
+    "  failed      d: ",
+    "  skipped     c: dependency 'b' failed",
   }, "\n") .. "\n"
 
   it("prints the figures and lists the tasks that did not succeed, sorted", function()
@@ -279,7 +279,7 @@ describe("progress.summary_text", function()
     assert.are.equal("  Phases                 3", got[12])
     assert.are.equal("  Max Parallel           1", got[13])
     assert.are.equal("  Run Dir                " .. s.run_dir, got[16])
-    assert.are.same({ "", "  failed    b: exit code 3", "  skipped   c: dependency 'b' failed" },
+    assert.are.same({ "", "  failed      b: exit code 3", "  skipped     c: dependency 'b' failed" },
                     { got[17], got[18], got[19] })
     assert.are.equal(19, #got)
   end)

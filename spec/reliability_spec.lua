@@ -96,7 +96,11 @@ return coral.plan {
     local summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
     assert.are.equal("interrupted", summary.status)
     assert.are.same({}, H.leftover_processes())
-    -- resume: the interrupted tasks are cancelled failures; --retry-failed runs them again
+    -- the stopped tasks are unfinished, not failed: a plain resume runs them again
+    assert.are.equal("interrupted", summary.results.a.status)
+    assert.are.equal("interrupted", summary.results.b.status)
+    assert.are.equal(2, summary.interrupted_tasks)
+    assert.are.equal(0, summary.failed)
     H.write_file(dir .. "/r.lua", [[
 local coral = require "coral"
 local t = coral.task
@@ -106,8 +110,10 @@ return coral.plan {
   t("c", "after a", { id = "c", cmd = "true", depends_on = { "a" } }),
 }
 ]])
-    local resumed = H.run({ "resume", "--dir", dir, "--quiet", "--retry-failed" })
+    local resumed = H.run({ "resume", "--dir", dir, "--quiet" })
     assert.are.equal(0, resumed.code, resumed.stdout .. resumed.stderr)
+    summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
+    assert.are.equal(3, summary.succeeded)
   end)
 
   it("refuses a second run in the same project, naming the running one", function()

@@ -11,7 +11,8 @@ M.TASK = {
   succeeded = "an attempt succeeded; its output goes to its dependents",
   failed = "its last attempt failed and no retry is left",
   skipped = "not run: a dependency failed, or the run stopped first",
-  interrupted = "its attempt was running when coral was killed (resume runs it again)",
+  interrupted = "unfinished: its attempt was stopped by Ctrl-C, SIGTERM or SIGHUP, or coral was killed " ..
+    "while it ran (a plain resume runs it again)",
 }
 
 --- How one attempt ended.
@@ -21,8 +22,8 @@ M.ATTEMPT = {
   timeout = "killed after the task's timeout",
   ["idle-timeout"] = "killed after printing nothing for the task's idle_timeout",
   ["rate-limited"] = "the agent's API refused for a rate limit; retried on its own budget",
-  cancelled = "stopped by coral (Ctrl-C, on_failure = stop, a failed upstream in a pipeline)",
-  interrupted = "coral was killed while it ran",
+  cancelled = "stopped by coral (on_failure = stop, a failed upstream in a pipeline)",
+  interrupted = "stopped by Ctrl-C, SIGTERM or SIGHUP, or coral was killed while it ran",
   running = "still running (a live run)",
 }
 

@@ -110,8 +110,10 @@ local function cap_output(ctx, cap)
   end
 end
 
-local function outcome_of(result, info, st)
+local function outcome_of(result, info, st, run)
   if result.ok then return "succeeded" end
+  -- stopped by Ctrl-C, SIGTERM or SIGHUP: unfinished, not failed (resume runs it again)
+  if st.cancelled and run.interrupted and not st.skip_reason then return "interrupted" end
   if info and info.timed_out == "idle" then return "idle-timeout" end
   if info and info.timed_out then return "timeout" end
   if result.rate_limited then return "rate-limited" end
@@ -140,7 +142,7 @@ local function ended(run, st, a, info, result, driver, ctx)
       result = (driver.finish or drivers.default_finish)(task, info, ctx)
     end
   end
-  local outcome = outcome_of(result, info, st)
+  local outcome = outcome_of(result, info, st, run)
   a.outcome, a.code, a.signal = outcome, info and info.code, info and info.signal
   a.error = not result.ok and reason_of(result, info) or nil
   a.cpu_seconds, a.max_rss_kb = info and info.cpu_seconds, info and info.max_rss_kb
@@ -203,6 +205,10 @@ local function ended(run, st, a, info, result, driver, ctx)
       run.retry_queue[#run.retry_queue + 1] = st
       run:pump()
     end)
+  elseif outcome == "interrupted" then
+    -- The run is stopping: the graph need not hear of it; its dependents are skipped as not
+    -- reached, and resume decides them again.
+    st.status, st.finish, st.error = "interrupted", a.finish, a.error
   else
     st.status, st.finish, st.error = "failed", a.finish, a.error
     run.project_state:record(st)

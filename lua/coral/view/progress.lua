@@ -180,9 +180,12 @@ function M.summary_text(s)
     row("Run Dir", s.run_dir),
   }
   if s.interrupted then lines[#lines + 1] = row("Interrupted", "yes (" .. tostring(s.interrupted) .. ")") end
+  if (s.interrupted_tasks or 0) > 0 then
+    lines[#lines + 1] = row("Unfinished", int(s.interrupted_tasks) .. " (interrupted; coral resume runs them)")
+  end
   local failures = {}
   for id, r in pairs(s.results) do
-    if r.status ~= "succeeded" then failures[#failures + 1] = string.format("  %-9s %s: %s", r.status, id, r.error or "") end
+    if r.status ~= "succeeded" then failures[#failures + 1] = string.format("  %-11s %s: %s", r.status, id, r.error or "") end
   end
   table.sort(failures)
   if #failures > 0 then

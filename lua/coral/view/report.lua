@@ -399,7 +399,8 @@ local function summary_table(run)
   local rows = {}
   local function row(k, v) rows[#rows + 1] = string.format("<tr><th>%s</th><td>%s</td></tr>", esc(k), v) end
   row("Status", status_badge(run.status) .. (run.stopping and (" " .. esc(run.stopping)) or ""))
-  row("Tasks", string.format("%d: %d succeeded, %d failed, %d skipped%s", f.tasks, f.succeeded, f.failed, f.skipped,
+  row("Tasks", string.format("%d: %d succeeded, %d failed, %d skipped%s%s", f.tasks, f.succeeded, f.failed, f.skipped,
+    f.interrupted > 0 and string.format(", %d interrupted", f.interrupted) or "",
     (f.running + f.pending > 0) and string.format(", %d running, %d waiting", f.running, f.pending) or ""))
   row("Attempts", tostring(f.attempts) .. (#run.retries > 0 and string.format(" (%d retries)", #run.retries) or ""))
   row("Wall time", esc(fmt(f.wall)) .. (run.live and " so far" or ""))

@@ -162,11 +162,12 @@ function M.load(run_dir, opts)
   -- Figures: from summary.json when the run finished, else measured from the journal.
   local busy = 0
   for _, a in ipairs(run.attempts) do busy = busy + (a.duration or 0) end
-  local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0, pending = 0 }
+  local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0, pending = 0, interrupted = 0 }
   for _, tid in ipairs(run.order) do
     local st = run.tasks[tid].status
     if st == "succeeded" then counts.succeeded = counts.succeeded + 1
-    elseif st == "failed" or st == "interrupted" then counts.failed = counts.failed + 1
+    elseif st == "failed" then counts.failed = counts.failed + 1
+    elseif st == "interrupted" then counts.interrupted = counts.interrupted + 1
     elseif st == "skipped" then counts.skipped = counts.skipped + 1
     elseif st == "running" or st == "retrying" then counts.running = counts.running + 1
     else counts.pending = counts.pending + 1 end
@@ -175,7 +176,7 @@ function M.load(run_dir, opts)
   local wall = s and s.total_time_seconds or (run.ended_at - run.started)
   local max_workers = run.max_workers or (s and math.tointeger(s.max_workers))
   run.figures = {
-    tasks = #run.order, succeeded = counts.succeeded, failed = counts.failed,
+    tasks = #run.order, succeeded = counts.succeeded, failed = counts.failed, interrupted = counts.interrupted,
     skipped = counts.skipped, running = counts.running, pending = counts.pending,
     attempts = #run.attempts, wall = wall, sequential = busy,
     speedup = wall > 0 and busy / wall or 0, saved = busy - wall,
