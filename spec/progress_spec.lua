@@ -258,6 +258,17 @@ describe("progress.summary_text", function()
     assert.are.equal(17, #got)
   end)
 
+  it("gives the cost the agent CLIs reported, and the tasks left unfinished", function()
+    local s = summary()
+    s.total_cost_usd, s.interrupted, s.interrupted_tasks = 0.01234, "sigint", 2.0
+    s.results = { a = { status = "interrupted", error = "cancelled: interrupted by SIGINT" } }
+    local got = lines_of(progress.summary_text(s))
+    assert.are.equal("  Cost                   $0.0123 (as the agent CLIs reported it)", got[17])
+    assert.are.equal("  Interrupted            yes (sigint)", got[18])
+    assert.are.equal("  Unfinished             2 (interrupted; coral resume runs them)", got[19])
+    assert.are.equal("  interrupted a: cancelled: interrupted by SIGINT", got[21])
+  end)
+
   it("prints a real run's summary the same from the table and from summary.json", function()
     local coral = require "coral"
     local t = coral.task

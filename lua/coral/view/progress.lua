@@ -101,14 +101,16 @@ function Live:draw()
   local lines = {
     string.format("coral %s  phase %d/%d  %s%s  %d/%d", run.mode.name, run:current_phase(), #run.phases,
       string.rep("█", filled), string.rep("░", width - filled), ended, total),
-    string.format("  succeeded %d  failed %d  skipped %d  running %d  elapsed %s  eta ~%s",
-      counts.succeeded, counts.failed, counts.skipped, counts.running,
+    string.format("  succeeded %d  failed %d  skipped %d%s  running %d  elapsed %s  eta ~%s",
+      counts.succeeded, counts.failed, counts.skipped,
+      counts.interrupted and string.format("  interrupted %d", counts.interrupted) or "", counts.running,
       fmt_duration((now - self.started) / 1e9), fmt_duration(left / run.max_workers)),
   }
   for i = 1, math.min(#running, 12) do lines[#lines + 1] = running[i] end
   if #running > 12 then lines[#lines + 1] = string.format("  … and %d more", #running - 12) end
   local out = {}
-  if self.drawn > 0 then out[1] = string.format("\27[%dA", self.drawn) end
+  -- "\r" first: the terminal may have echoed something (^C) after the view, moving the column
+  if self.drawn > 0 then out[1] = string.format("\r\27[%dA", self.drawn) end
   for _, l in ipairs(lines) do out[#out + 1] = "\27[2K" .. l .. "\n" end
   -- Clear lines left over from a taller previous frame.
   for _ = #lines + 1, self.drawn do out[#out + 1] = "\27[2K\n" end
@@ -126,7 +128,7 @@ function Live:event(e)
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
     elseif e.event == "skip" then text = string.format("⏭ %s: %s", e.task, e.reason)
     else text = "stopping: " .. e.reason end
-    if self.drawn > 0 then self.out:write(string.format("\27[%dA\27[J", self.drawn)) end
+    if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
     self.out:write(text, "\n")
   end
@@ -179,6 +181,9 @@ function M.summary_text(s)
     row("Worker Utilisation", string.format("%.1f%%", s.worker_utilisation_percent)),
     row("Run Dir", s.run_dir),
   }
+  if s.total_cost_usd then
+    lines[#lines + 1] = row("Cost", string.format("$%.4f (as the agent CLIs reported it)", s.total_cost_usd))
+  end
   if s.interrupted then lines[#lines + 1] = row("Interrupted", "yes (" .. tostring(s.interrupted) .. ")") end
   if (s.interrupted_tasks or 0) > 0 then
     lines[#lines + 1] = row("Unfinished", int(s.interrupted_tasks) .. " (interrupted; coral resume runs them)")
