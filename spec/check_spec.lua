@@ -34,7 +34,8 @@ describe("coral.check", function()
     it("rejects an unknown option and lists the known ones, at the caller's line", function()
       local line
       local err = err_of(function() line = here(); api { nmae = "x" } end)
-      assert.are.equal(string.format("spec/check_spec.lua:%d: my.api: unknown option 'nmae' %s", line, KNOWN), err)
+      assert.are.equal(string.format("spec/check_spec.lua:%d: my.api: unknown option 'nmae' %s", line,
+        KNOWN:gsub("^%(", "(did you mean 'name'? ")), err)
     end)
 
     it("names a key that is not a string", function()

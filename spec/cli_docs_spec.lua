@@ -46,6 +46,6 @@ describe("the command line's declarations", function()
     local _, err = commands.runner_options { on_failure = "later" }
     assert.are.equal("option '--on-failure': on_failure must be one of skip, stop, continue, got 'later'", err)
     _, err = commands.runner_options { max_workers = 0 }
-    assert.are.equal("option '--max-workers' must be at least 1", err)
+    assert.are.equal("option '--max-workers' must be at least 1, got 0", err)
   end)
 end)

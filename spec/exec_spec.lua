@@ -216,7 +216,7 @@ describe("coral.exec.slurm", function()
       local ok, err = pcall(function() l = line(); slurm.new { partiton = "batch" } end)
       assert.is_false(ok)
       assert.are.equal("spec/exec_spec.lua:" .. l .. ": coral.exec.slurm: unknown option 'partiton' " ..
-        "(known: account, args, coral_bin, cpus, kill_grace, mem, partition, poll, qos, sbatch, scancel, squeue, " ..
+        "(did you mean 'partition'? known: account, args, coral_bin, cpus, kill_grace, mem, partition, poll, qos, sbatch, scancel, squeue, " ..
         "time)", tostring(err))
       ok, err = pcall(function() l = line(); slurm.new { cpus = "2" } end)
       assert.is_false(ok)
@@ -282,7 +282,7 @@ describe("coral.exec.slurm", function()
       assert.are.equal("the slurm executor cannot stream between tasks (pipeline mode): use another mode", err)
       handle, err = ex:start(job_in(dir, { slurm = { partiton = "x" } }), function() end)
       assert.is_nil(handle)
-      assert.matches("^task 'a': slurm: unknown option 'partiton' %(known: account, args, cpus", err)
+      assert.matches("^task 'a': slurm: unknown option 'partiton' %(did you mean 'partition'%? known: account, args, cpus", err)
     end)
 
     it("returns nil, message, code when sbatch cannot start", function()

@@ -105,6 +105,20 @@ describe("coral.plan", function()
         "coral.task: retries must be >= 0" },
       { "a negative timeout", function() return t("a", "x", { timeout = -0.5 }) end,
         "coral.task: timeout must be >= 0" },
+      { "a negative idle timeout", function() return t("a", "x", { idle_timeout = -1 }) end,
+        "coral.task: idle_timeout must be >= 0" },
+      { "a negative estimate", function() return t("a", "x", { estimate = -5 }) end,
+        "coral.task: estimate must be >= 0" },
+      { "a timeout that is not a number (NaN)", function() return t("a", "x", { timeout = 0 / 0 }) end,
+        "coral.task: option 'timeout' must be a number, got NaN" },
+      { "an empty id", function() return t { agent = "a", id = "" } end,
+        "coral.task: id must not be empty" },
+      { "an empty command list", function() return t("a", "x", { cmd = {} }) end,
+        "coral.task: cmd must not be an empty list" },
+      { "a command argument that is not a string", function() return t("a", "x", { cmd = { "echo", {} } }) end,
+        "coral.task: cmd[2] must be a string, got table" },
+      { "an environment value that is not a string", function() return t("a", "x", { env = { FOO = {} } }) end,
+        "coral.task: env[FOO] must be a string, got table" },
       { "a table with neither agent nor id", function() return t { task = "x" } end,
         "coral.task: a task needs an agent or an id" },
       { "a table with a wrong type", function() return t { agent = "a", retries = "2" } end,
@@ -122,9 +136,9 @@ describe("coral.plan", function()
     it("rejects an unknown option, listing the known ones", function()
       local line
       local err = err_of(function() line = here(); local _ = t("a", "x", { tiemout = 3 }) end)
-      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'tiemout' %(known: agent, cmd, .*timeout%)$", err)
+      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'tiemout' %(did you mean 'timeout'%? known: agent, cmd, .*timeout%)$", err)
       err = err_of(function() line = here(); local _ = t { agent = "a", dependson = { "b" } } end)
-      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'dependson' %(known: ", err)
+      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'dependson' %(did you mean 'depends_on'%? known: ", err)
     end)
   end)
 
@@ -147,7 +161,7 @@ describe("coral.plan", function()
       assert.are.equal("a demo project", p.description)
       local line
       local err = err_of(function() line = here(); local _ = P.plan({ t("a", "x") }, { nmae = "demo" }) end)
-      assert.are.equal(AT .. line .. ": coral.plan: unknown option 'nmae' (known: description, name)", err)
+      assert.are.equal(AT .. line .. ": coral.plan: unknown option 'nmae' (did you mean 'name'? known: description, name)", err)
       err = err_of(function() line = here(); local _ = P.plan({ t("a", "x") }, { name = 1 }) end)
       assert.are.equal(AT .. line .. ": coral.plan: option 'name' must be string, got integer", err)
     end)
@@ -210,7 +224,7 @@ describe("coral.plan", function()
       p = P.plan { { { agent = "a" } }, { { agent = "b" } } }
       assert.are.same({ "a" }, p.by_id.b.depends_on, "phases of plain tables")
       local err = err_of(function() line = here(); local _ = P.plan { { agent = "a", tiemout = 1 } } end)
-      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'tiemout' %(known: ", tostring(err))
+      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'tiemout' %(did you mean 'timeout'%? known: ", tostring(err))
       err = plan_err(function() line = here(); local _ = P.plan { { agent = "a", depends_on = { "zz" } } } end)
       assert.are.equal(AT .. line .. ": task 'a' depends on unknown task 'zz'", err)
     end)

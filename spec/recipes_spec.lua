@@ -59,8 +59,15 @@ describe("the recipe library", function()
     assert.are.same({ "ui-designer" }, fe.by_id["accessibility-specialist"].depends_on)
   end)
 
-  it("falls back to architect, full-stack engineer and QA for an unknown type, naming the known ones", function()
-    local r = H.run { "run", "spaceship", "x", "--show-plan" }
+  it("refuses an unknown type, naming the nearest and the known ones; --default-plan falls back", function()
+    local typo = H.run { "run", "ful_stack", "x", "--show-plan" }
+    assert.are.equal(2, typo.code)
+    assert.matches("^coral: unknown project type 'ful_stack' %(did you mean 'full_stack'%?%); known types: api, ",
+                   typo.stderr)
+    local none = H.run { "run", "spaceship", "x", "--show-plan" }
+    assert.are.equal(2, none.code)
+    assert.is_nil(none.stderr:find("did you mean", 1, true))
+    local r = H.run { "run", "spaceship", "x", "--show-plan", "--default-plan" }
     assert.are.equal(0, r.code)
     assert.matches("unknown project type 'spaceship'.*Known types: api, data_pipeline, ", r.stderr)
     assert.matches("3 tasks in 3 phases", r.stdout)

@@ -62,6 +62,38 @@ describe("a run", function()
     assert.is_nil(H.read_file(dir .. "/.coral/runs"), "nothing written")
   end)
 
+  it("refuses bad input before anything is written: exit 2, one line naming the culprit", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", 'local coral = require "coral"\nreturn { coral.task("a", "x", { cmd = "true" }) }\n')
+    local cases = {
+      { { "--timeout", "-1" }, "^coral: option '%-%-timeout' must be at least 0, got %-1\n$" },
+      { { "--retries", "-1" }, "^coral: option '%-%-retries' must be at least 0, got %-1\n$" },
+      { { "--idle-timeout", "-1" }, "^coral: option '%-%-idle%-timeout' must be at least 0, got %-1\n$" },
+      { { "--executor", "bogus" }, "^coral: unknown executor 'bogus' %(executors: local, slurm%)\n$" },
+      { { "--max-worker", "2" }, "did you mean '%-%-max%-workers'%?" },
+    }
+    for _, case in ipairs(cases) do
+      local args = { dir .. "/r.lua", "x", "--dir", dir, table.unpack(case[1]) }
+      local r = H.run(args)
+      assert.are.equal(2, r.code, table.concat(case[1], " "))
+      assert.matches(case[2], r.stderr)
+    end
+    assert.is_nil(H.read_file(dir .. "/.coral/runs"), "nothing written")
+    -- an empty plan, and a typo in execute_plan's options
+    local runner = coral.runner { project_dir = dir, output = "quiet" }
+    local ok, err = pcall(runner.execute_plan, runner, coral.plan {})
+    assert.is_false(ok)
+    assert.matches("the plan has no tasks: nothing to run$", tostring(err))
+    ok, err = pcall(runner.execute_plan, runner, coral.plan { coral.task("a", "x", { cmd = "true" }) }, { resme = "x" })
+    assert.is_false(ok)
+    assert.matches("execute_plan: unknown option 'resme' %(did you mean 'resume'%?", tostring(err))
+    assert.is_nil(H.read_file(dir .. "/.coral/runs"), "nothing written")
+    -- a script returning a bare list of tasks runs it
+    local r = H.run { dir .. "/r.lua", "x", "--dir", dir, "--quiet" }
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("Succeeded%s+1\n", r.stdout)
+  end)
+
   it("takes the critical path of a 100,000-task chain declared dependents-first without recursion", function()
     local n = 100000
     local plan = coral.plan(chain(n))

@@ -43,6 +43,42 @@ function M.where(level)
   return info.short_src .. ":" .. info.currentline
 end
 
+-- Edit distance (insertions, deletions, substitutions, and swaps of two neighbours).
+local function distance(a, b)
+  local prev2, prev = {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+      if i > 1 and j > 1 and a:byte(i) == b:byte(j - 1) and a:byte(i - 1) == b:byte(j) then
+        cur[j] = math.min(cur[j], prev2[j - 2] + 1)
+      end
+    end
+    prev2, prev = prev, cur
+  end
+  return prev[#b]
+end
+
+--- The word of `candidates` nearest to `word` (a typo: at most a third of its letters off),
+-- or nil.
+function M.nearest(word, candidates)
+  word = tostring(word)
+  local best, best_d
+  for _, c in ipairs(candidates) do
+    local d = distance(word:lower(), c:lower())
+    if d <= math.max(1, #word // 3) and (not best_d or d < best_d) then best, best_d = c, d end
+  end
+  return best
+end
+
+--- " (did you mean 'x'?)" for a typo of one of `candidates`, else "".
+function M.did_you_mean(word, candidates)
+  local near = M.nearest(word, candidates)
+  return near and string.format(" (did you mean '%s'?)", near) or ""
+end
+
 local function type_ok(value, want)
   for t in want:gmatch("[^|]+") do
     if t == "integer" then
@@ -80,12 +116,15 @@ function M.option_error(what, opts, spec)
       local known = {}
       for name in pairs(spec) do known[#known + 1] = name end
       table.sort(known)
-      return string.format("%s: unknown option '%s' (known: %s)", what, tostring(k), table.concat(known, ", "))
+      local near = M.nearest(k, known)
+      return string.format("%s: unknown option '%s' (%sknown: %s)", what, tostring(k),
+                           near and ("did you mean '" .. near .. "'? ") or "", table.concat(known, ", "))
     end
     if not type_ok(v, want) then
       return string.format("%s: option '%s' must be %s, got %s", what, k, want:gsub("|", " or "),
                            math.type(v) or type(v))
     end
+    if v ~= v then return string.format("%s: option '%s' must be a number, got NaN", what, k) end
   end
   return nil
 end

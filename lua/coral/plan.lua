@@ -37,8 +37,26 @@ local function new_task(spec)
       return nil, string.format("coral.task: depends_on[%d] must be a task id string, got %s", i, type(d))
     end
   end
-  if t.retries and t.retries < 0 then return nil, "coral.task: retries must be >= 0" end
-  if t.timeout and t.timeout < 0 then return nil, "coral.task: timeout must be >= 0" end
+  if t.id == "" then return nil, "coral.task: id must not be empty" end
+  if t.agent == "" then return nil, "coral.task: agent must not be empty" end
+  for _, k in ipairs { "retries", "timeout", "idle_timeout", "estimate" } do
+    if t[k] and t[k] < 0 then return nil, string.format("coral.task: %s must be >= 0", k) end
+  end
+  if type(t.cmd) == "table" then
+    if #t.cmd == 0 then return nil, "coral.task: cmd must not be an empty list" end
+    for i, a in ipairs(t.cmd) do
+      if type(a) ~= "string" and type(a) ~= "number" then
+        return nil, string.format("coral.task: cmd[%d] must be a string, got %s", i, type(a))
+      end
+    end
+  elseif t.cmd == "" then
+    return nil, "coral.task: cmd must not be empty"
+  end
+  for k, v in pairs(t.env or {}) do
+    if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+      return nil, string.format("coral.task: env[%s] must be a string, got %s", tostring(k), type(v))
+    end
+  end
   return t
 end
 

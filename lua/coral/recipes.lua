@@ -96,15 +96,22 @@ end
 
 --- Builds the plan of recipe `name` (library name or file path) for `description`.
 -- Raises a user error (coral.check) for a recipe that cannot be loaded or returns no plan;
--- errors inside the recipe carry its own file:line. An unknown name gives the default plan
--- with a warning that names the known types. opts: project_dir (its .coral/recipes/).
+-- errors inside the recipe carry its own file:line. An unknown name is a user error naming the
+-- nearest known types, or with opts.default_plan the default plan and a warning. opts:
+-- project_dir (its .coral/recipes/), default_plan.
 function M.plan(name, description, opts)
   local chunk, where = load_chunk(name, opts and opts.project_dir)
   if not chunk then
     if where then check.user_error(where) end
     if name:find("/") or name:match("%.lua$") then check.user_error("cannot open recipe " .. name) end
+    local known = M.names(opts and opts.project_dir)
+    if not (opts and opts.default_plan) then
+      check.user_error(string.format("unknown project type '%s'%s; known types: %s (--default-plan runs the " ..
+        "default plan: architect, full-stack engineer, QA)", name, check.did_you_mean(name, known),
+        table.concat(known, ", ")))
+    end
     io.stderr:write(string.format("coral: warning: unknown project type '%s'; using the default plan " ..
-      "(architect, full-stack engineer, QA). Known types: %s\n", name, table.concat(M.names(), ", ")))
+      "(architect, full-stack engineer, QA). Known types: %s\n", name, table.concat(known, ", ")))
     return default_plan(description)
   end
   local ok, value = xpcall(chunk, check.traceback, description, opts)

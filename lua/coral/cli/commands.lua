@@ -58,6 +58,8 @@ for _, o in ipairs {
   { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary",
     apply = function(r) if r.output ~= "json" then r.output = "quiet" end end },
   { flag = "--show-plan", key = "show_plan", kind = "flag", help = "print the plan and run nothing" },
+  { flag = "--default-plan", key = "default_plan", kind = "flag",
+    help = "for a project type the library does not have: the default plan (architect, full-stack engineer, QA)" },
   { flag = "--format", key = "format", kind = "string", value = "F",
     help = "the --show-plan format: text (default), dot, mermaid, json" },
   { flag = "--resume", key = "resume", kind = "flag",
@@ -86,15 +88,9 @@ function M.runner_options(opts)
       if o.runner then r[o.key] = v elseif o.apply then o.apply(r, v) end
     end
   end
+  local err = run_options.check(r, true)
+  if err then return nil, err end
   if opts.executor == "slurm" then r.executor = require("coral.exec.slurm").from_cli(opts) end
-  for _, o in ipairs(run_options.LIST) do
-    local err = o.flag and o.choices and r[o.key] ~= nil
-      and check.choice_error("option '" .. o.flag .. "'", o.key, r[o.key], o.choices)
-    if err then return nil, err end
-  end
-  local mode_ok, mode_err = require("coral.run.modes").get(r.mode or "dependency")
-  if not mode_ok then return nil, "option '--mode': " .. mode_err end
-  if r.max_workers and r.max_workers < 1 then return nil, "option '--max-workers' must be at least 1" end
   return r
 end
 
@@ -173,7 +169,7 @@ end
 --- Loads a recipe (library name or file) and runs it with the parsed options.
 local function run_recipe(name, description, opts, args)
   local ok, plan = pcall(require("coral.recipes").plan, name, description or "(no description)",
-                         { project_dir = opts.project_dir })
+                         { project_dir = opts.project_dir, default_plan = opts.default_plan })
   if not ok then return report_error(plan, EXIT_USAGE) end
   return M.run_plan(plan, opts, M.invocation(name, args))
 end
@@ -247,7 +243,7 @@ M.LIST = {
       if not ropts then return fail(positional) end
       ropts.resume = run_id
       local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)",
-                             { project_dir = ropts.project_dir })
+                             { project_dir = ropts.project_dir, default_plan = ropts.default_plan })
       if not ok then return report_error(plan, EXIT_USAGE) end
       return M.run_plan(plan, ropts, inv)
     end,
@@ -391,7 +387,12 @@ function M.parse(args, options)
       local name, inline = a:match("^(%-%-[^=]+)=(.*)$")
       name = name or a
       local o = by_flag[name]
-      if not o then return nil, "unknown option '" .. name .. "'" end
+      if not o then
+        local flags = {}
+        for flag in pairs(by_flag) do flags[#flags + 1] = flag end
+        table.sort(flags)
+        return nil, "unknown option '" .. name .. "'" .. check.did_you_mean(name, flags)
+      end
       if o.kind == "flag" then
         if inline then return nil, "option '" .. name .. "' takes no value" end
         opts[o.key] = true

@@ -63,14 +63,18 @@ function M.repl()
   return require("coral.repl").run()
 end
 
---- A script returned a value: a recipe, a plan or a function run as a recipe with the
+--- A script returned a value: a recipe, a plan, a list of tasks or a function run as a recipe with the
 -- script's arguments ("DESCRIPTION" [options], as `coral run` takes them). Other values are
 -- ignored. Returns an exit code.
 function M.script_result(value, script, ...)
   local recipes = require "coral.recipes"
   local plan_mod = require "coral.plan"
+  -- a bare list of tasks (or of phases) is a plan too
+  local first = type(value) == "table" and value[1]
+  local task_list = type(first) == "table"
+    and (getmetatable(first) == plan_mod.Task or getmetatable(first[1]) == plan_mod.Task)
   if not (getmetatable(value) == recipes.Recipe or getmetatable(value) == plan_mod.Plan
-          or type(value) == "function") then
+          or type(value) == "function" or task_list) then
     return 0
   end
   local opts, positional = commands.parse({ ... }, commands.RUN_OPTIONS)

@@ -40,24 +40,20 @@ Runner.__index = Runner
 --- Creates a runner. Its options and their defaults are declared in coral.run.options
 -- (docs/runner.md lists them).
 function M.new(opts)
-  check.options("coral.runner", opts, options.TYPES, 2)
+  local err = options.check(opts)
+  if err then check.fail(err, 2) end
   local self = setmetatable({}, Runner)
   for _, o in ipairs(options.LIST) do self[o.key] = options.default(o.key) end
   for k, v in pairs(opts or {}) do self[k] = v end
-  for _, o in ipairs(options.LIST) do
-    if o.choices then check.one_of("coral.runner", o.key, self[o.key], o.choices, 2) end
-  end
-  local _, merr = modes.get(self.mode)
-  if merr then check.fail("coral.runner: " .. merr, 2) end
-  if self.max_workers < 1 then check.fail("coral.runner: max_workers must be at least 1", 2) end
-  local _, err = drivers.get(self.driver, self.project_dir)
-  if err then check.fail("coral.runner: " .. err, 2) end
+  local _, derr = drivers.get(self.driver, self.project_dir)
+  if derr then check.fail("coral.runner: " .. derr, 2) end
   return self
 end
 
 --- A plan from the recipe library (or a recipe file) for a project description.
 function Runner:create_parallel_plan(recipe_name, description)
-  return require("coral.recipes").plan(recipe_name, description)
+  -- the API of the tool coral replaces: an unknown type gets the default plan, with a warning
+  return require("coral.recipes").plan(recipe_name, description, { default_plan = true })
 end
 
 -- {{{ one run
@@ -294,8 +290,13 @@ end
 --- Runs a plan (or a raw list of phases) to the end and returns the summary table.
 -- opts: description, invocation (how the command line started it, for resume), resume (a
 -- run id to continue), retry_failed, roles (a role resolver), run_id.
+local EXECUTE_OPTIONS = { description = "string", invocation = "table", resume = "string", retry_failed = "boolean",
+                          roles = "function", run_id = "string" }
+
 function Runner:execute_plan(plan, opts)
+  check.options("execute_plan", opts, EXECUTE_OPTIONS, 2)
   if getmetatable(plan) ~= plan_mod.Plan then plan = plan_mod.plan(plan) end
+  if #plan.tasks == 0 then check.user_error("the plan has no tasks: nothing to run", plan.where) end
   opts = opts or {}
   local project_dir = fsutil.absolute(self.project_dir)
   local Mode = assert(modes.get(self.mode))
