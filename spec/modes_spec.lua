@@ -105,6 +105,9 @@ describe("execution modes", function()
     })
     assert.are.equal(2, s.succeeded)
     assert.are.equal("ONE\nTWO\n", H.read_file(s.results.down.output_file))
+    -- the consumer ran beside its producer: the critical path is no longer than the run
+    assert.is_true(s.critical_path_seconds <= s.total_time_seconds + 1e-3,
+      string.format("critical path %.3f s, wall %.3f s", s.critical_path_seconds, s.total_time_seconds))
     local dir = H.tmpdir()
     local remote = { name = "remote", start = function() error("must not start") end }
     local ok, err = pcall(function()

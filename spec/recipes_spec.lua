@@ -59,6 +59,21 @@ describe("the recipe library", function()
     assert.are.same({ "ui-designer" }, fe.by_id["accessibility-specialist"].depends_on)
   end)
 
+  it("lists each recipe with its summary, and warns of one that does not load", function()
+    local dir = H.tmpdir()
+    assert(require("coral.fsutil").mkdirs(dir .. "/.coral/recipes"))
+    H.write_file(dir .. "/.coral/recipes/mine.lua", '-- mine: the header comment\n' ..
+      'local coral = require "coral"\nreturn coral.recipe { summary = "the recipe\'s own summary", ' ..
+      'plan = function() return coral.plan { coral.task("a", "x", { cmd = "true" }) } end }\n')
+    H.write_file(dir .. "/.coral/recipes/broken.lua", "return coral.plan {\n")
+    local r = H.run({ "recipes" }, { cwd = dir })
+    assert.are.equal(1, r.code)
+    assert.matches("\nmine%s+the recipe's own summary\n", r.stdout)
+    assert.matches("\nfull_stack%s+a web application: architecture", r.stdout)
+    assert.is_nil(r.stdout:find("broken", 1, true))
+    assert.matches("^coral: warning: recipe broken does not load: [^\n]*broken%.lua:2: ", r.stderr)
+  end)
+
   it("refuses an unknown type, naming the nearest and the known ones; --default-plan falls back", function()
     local typo = H.run { "run", "ful_stack", "x", "--show-plan" }
     assert.are.equal(2, typo.code)

@@ -102,11 +102,11 @@ describe("a run", function()
     assert.are.equal("tn", path[1]:gsub("%d+", "n"))
     assert.are.equal(n, length)
     -- the summary of a run of that plan (each task ran one second)
-    local state, spans = {}, {}
+    local state, times = {}, {}
     for i, t in ipairs(plan.tasks) do
       state[t.id] = { task = t, status = "succeeded", first_start = n - i, finish = n - i + 1,
                       attempts = { { n = 1, duration = 1, code = 0 } } }
-      spans[t.id] = 1
+      times[t.id] = { start = n - i, finish = n - i + 1 }
     end
     local s = summary_mod.of {
       plan = plan, state = state, start_time = 0, finish_time = n, busy = n, max_workers = 4, max_parallel = 1,
@@ -114,7 +114,7 @@ describe("a run", function()
     }
     assert.are.equal(n, s.succeeded)
     assert.are.equal(n, s.critical_path_seconds)
-    local measured = summary_mod.critical_path(plan.tasks, spans)
+    local measured = summary_mod.critical_path(plan.tasks, times)
     assert.are.equal(n, #measured)
   end)
 end)

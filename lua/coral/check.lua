@@ -25,9 +25,18 @@ end
 --- Raises a user error blaming the code `level` levels up, as error(message, level) would:
 -- 1 is the function that called fail, 2 its caller (a recipe line), and so on.
 function M.fail(message, level)
+  M.user_error(message, M.blame((level or 1) + 1))
+end
+
+--- Where to blame the code `level` levels up (1: the caller of blame): its "file:line"; when a
+-- tail call (`return coral.plan {...}`) left no frame there, the script coral runs
+-- (`coral recipe.lua`), if any; else nil.
+function M.blame(level)
   local info = debug.getinfo((level or 1) + 1, "Sl")
-  local where = info and info.currentline >= 0 and (info.short_src .. ":" .. info.currentline) or nil
-  M.user_error(message, where)
+  if info and info.currentline >= 0 then return info.short_src .. ":" .. info.currentline end
+  local arg = rawget(_G, "arg")
+  local script = type(arg) == "table" and arg[0]
+  return type(script) == "string" and script:match("%.lua$") and script or nil
 end
 
 --- A message handler for xpcall: a user error as it is, any other error with a traceback.

@@ -117,13 +117,9 @@ M.user_error = check.user_error
 ---@param opts? {name?: string, description?: string}
 function M.plan(spec, opts)
   if getmetatable(spec) == Plan then return spec end
-  -- `return coral.plan {...}` is a tail call: the recipe's frame is gone. Blame the script
-  -- coral runs (`coral recipe.lua`), if any; coral.recipes blames the recipe file it loaded.
-  local where = check.where(1)
-  if where == "?" then
-    local script = rawget(_G, "arg") and rawget(_G, "arg")[0]
-    where = type(script) == "string" and script:match("%.lua$") and script or nil
-  end
+  -- `return coral.plan {...}` is a tail call: the recipe's frame is gone, and the script coral
+  -- runs is blamed (coral.recipes blames the recipe file it loaded).
+  local where = check.blame(2)
   if type(spec) ~= "table" then
     check.fail("coral.plan: expected a list of phases or of tasks, got " .. type(spec), 2)
   end

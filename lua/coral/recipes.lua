@@ -69,11 +69,19 @@ local function load_chunk(name, project_dir)
   return chunk, where
 end
 
---- A recipe's header comment (the lines starting with -- at the top): what it is for.
+--- What a recipe is for: the `summary` of the coral.recipe{} it returns, else its header
+-- comment (the first line starting with -- at the top, without the recipe's own name). Returns
+-- nil and the error for a recipe that does not load (a syntax error, an error at its top level).
 function M.summary(name, project_dir)
   local where = M.sources(project_dir)[name]
   local text = where == "built-in" and host.embedded("recipes/" .. name .. ".lua") or (where and fsutil.read(where))
   if not text then return "" end
+  local chunk, err = load_chunk(name, project_dir)
+  if not chunk then return nil, err end
+  -- Loading a recipe runs its top level only (coral.recipe{} or a function); its plan is not built.
+  local ok, value = pcall(chunk, "(listing)", {})
+  if not ok then return nil, tostring(value):match("^[^\n]*") end
+  if getmetatable(value) == M.Recipe and value.summary then return value.summary end
   local first = text:match("^%-%-%s*([^\n]*)") or ""
   -- Headers start with the recipe's own name ("-- api: a backend API ..."); the listing has it.
   local short = name:match("([^/]+)$")

@@ -318,10 +318,17 @@ M.LIST = {
     options = {},
     run = function()
       local recipes = require "coral.recipes"
+      local broken = 0
       for _, name in ipairs(recipes.names(".")) do
-        io.stdout:write(string.format("%-16s %s\n", name, recipes.summary(name, ".")))
+        local summary, err = recipes.summary(name, ".")
+        if summary then
+          io.stdout:write(string.format("%-16s %s\n", name, summary))
+        else
+          broken = broken + 1
+          io.stderr:write("coral: warning: recipe ", name, " does not load: ", err, "\n")
+        end
       end
-      return EXIT_OK
+      return broken == 0 and EXIT_OK or EXIT_FAILED
     end,
   },
   {

@@ -5,22 +5,35 @@ local dag = require "coral.dag"
 
 local M = {}
 
---- The measured critical path: the chain, along dependencies, of tasks whose measured spans
--- (first start to end, retries and backoff included) add up to the most. `spans`: task id ->
--- seconds, for the tasks that ran; `tasks`: the plan's tasks (id, depends_on). Computed by
--- coral.dag, without recursion.
+--- The measured critical path: the chain, along dependencies, of the time each task added
+-- after its dependencies had ended (from the later of its first start and their last end to
+-- its own end; retries and backoff count). For a task that waited for its dependencies this
+-- is its span; a pipeline consumer, which runs beside its upstream, adds only what it ran
+-- after it, so the path is never longer than the run. `times`: task id -> { start, finish }
+-- for the tasks that ran; `tasks`: the plan's tasks (id, depends_on). Computed by coral.dag,
+-- without recursion.
 ---@return string[] path, number seconds
-function M.critical_path(tasks, spans)
+function M.critical_path(tasks, times)
   local g = dag.new()
   for _, t in ipairs(tasks) do
-    assert(g:add(t.id, t.depends_on, { weight = spans[t.id] or 0 }))
+    local weight = 0
+    local own = times[t.id]
+    if own then
+      local from = own.start
+      for _, d in ipairs(t.depends_on) do
+        local up = times[d]
+        if up and up.finish > from then from = up.finish end
+      end
+      weight = math.max(0, own.finish - from)
+    end
+    assert(g:add(t.id, t.depends_on, { weight = weight }))
   end
   assert(g:validate())
   local path, length = g:critical_path()
   g:close()
-  -- Tasks that never ran (no span) add nothing: they are not on the path that was measured.
-  while #path > 0 and spans[path[#path]] == nil do path[#path] = nil end
-  while #path > 0 and spans[path[1]] == nil do table.remove(path, 1) end
+  -- Tasks that never ran add nothing: they are not on the path that was measured.
+  while #path > 0 and times[path[#path]] == nil do path[#path] = nil end
+  while #path > 0 and times[path[1]] == nil do table.remove(path, 1) end
   return path, length
 end
 
@@ -44,7 +57,7 @@ function M.of(run)
   -- A resumed run counts the time of its earlier sessions too.
   local wall = run.finish_time - run.start_time + (run.prior_wall or 0)
   local sequential, succeeded, failed, skipped, unfinished = 0, 0, 0, 0, 0
-  local results, total_cost, spans = {}, nil, {}
+  local results, total_cost, times = {}, nil, {}
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
     local duration = 0
@@ -58,7 +71,7 @@ function M.of(run)
     local last = st.attempts[#st.attempts]
     local usage, cost = usage_of(st.attempts)
     if cost then total_cost = (total_cost or 0) + cost end
-    spans[t.id] = (st.first_start and st.finish) and (st.finish - st.first_start) or nil
+    if st.first_start and st.finish then times[t.id] = { start = st.first_start, finish = st.finish } end
     results[t.id] = {
       agent = t.agent, task = t.task, status = status,
       attempts = #st.attempts, exit_code = last and last.code, signal = last and last.signal,
@@ -68,7 +81,7 @@ function M.of(run)
     }
   end
   local total = #run.plan.tasks
-  local _, critical_seconds = M.critical_path(run.plan.tasks, spans)
+  local _, critical_seconds = M.critical_path(run.plan.tasks, times)
   return {
     run_id = run.records.id, run_dir = run.records.dir, plan = run.plan.name,
     project = run.description, mode = run.mode.name, max_workers = run.max_workers,

@@ -139,10 +139,10 @@ function M.load(run_dir, opts)
 
   run.lanes = assign_lanes(run.attempts)
   if run.has_plan then
-    local spans = {}
+    local times = {}
     for _, tid in ipairs(run.order) do
       local t = run.tasks[tid]
-      spans[tid] = (t.first_start and t.finish) and (t.finish - t.first_start) or nil
+      if t.first_start and t.finish then times[tid] = { start = t.first_start, finish = t.finish } end
     end
     local tasks = {}
     for _, tid in ipairs(run.order) do
@@ -150,7 +150,7 @@ function M.load(run_dir, opts)
       for _, d in ipairs(run.tasks[tid].depends_on) do if run.tasks[d] then deps[#deps + 1] = d end end
       tasks[#tasks + 1] = { id = tid, depends_on = deps }
     end
-    run.critical, run.critical_seconds = summary_mod.critical_path(tasks, spans)
+    run.critical, run.critical_seconds = summary_mod.critical_path(tasks, times)
     -- a path of tasks that took no time says nothing
     if run.critical_seconds <= 0 then run.critical = {} end
   else
