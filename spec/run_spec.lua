@@ -94,6 +94,39 @@ describe("a run", function()
     assert.matches("Succeeded%s+1\n", r.stdout)
   end)
 
+  it("gives a task its dependencies' outputs: CORAL_INPUT_<ID>, CORAL_INPUTS, CORAL_TASK_DIR", function()
+    local dir = H.tmpdir()
+    local plan = coral.plan {
+      -- fails once, then succeeds: its output is its second attempt's stdout
+      coral.task("gen", "g", { id = "gen-data", retries = 1,
+        cmd = "if [ -e once ]; then mkdir -p out; echo 42 > out/data.txt; echo second; else touch once; echo first; exit 1; fi",
+        outputs = { "out/data.txt" } }),
+      coral.task("use", "u", { id = "use", inputs = { "./out/data.txt" }, cmd =
+        'echo "$CORAL_INPUT_GEN_DATA"; cat "$CORAL_INPUT_GEN_DATA"; cat "$CORAL_INPUTS"; echo "$CORAL_TASK_DIR"' }),
+      coral.task("liar", "l", { id = "liar", cmd = "true", outputs = { "never.txt" }, retries = 0 }),
+    }
+    assert.are.same({ "gen-data" }, plan.by_id.use.depends_on)   -- found from the files it reads
+    assert.matches("use +u  <%- gen%-data %(reads its out/data.txt%)", plan:to_text())
+    local s = coral.runner({ project_dir = dir, output = "quiet", backoff = { base = 0.01 } }):execute_plan(plan)
+    assert.are.equal("succeeded", s.results.use.status)
+    local out = H.read_file(s.results.use.output_file)
+    local lines = {}
+    for l in out:gmatch("[^\n]+") do lines[#lines + 1] = l end
+    local task_dir = s.run_dir .. "/tasks/use"
+    assert.are.equal(s.run_dir .. "/tasks/gen-data/attempt-2.out", lines[1])
+    assert.are.equal("second", lines[2])
+    local inputs = cjson.decode(lines[3])
+    assert.are.same({ ["gen-data"] = { status = "succeeded", output = s.run_dir .. "/tasks/gen-data/attempt-2.out",
+                                       outputs = { dir .. "/out/data.txt" } } }, inputs)
+    assert.are.equal(task_dir, lines[4])
+    assert.are.equal("failed", s.results.liar.status)
+    assert.are.equal("declared outputs missing: never.txt", s.results.liar.error)
+    -- declarations are checked when the task is made
+    local ok, err = pcall(coral.task, "x", "y", { outputs = { "../outside" } })
+    assert.is_false(ok)
+    assert.matches("coral.task: outputs%[1%] '%.%./outside' must be a path inside the project", tostring(err))
+  end)
+
   it("takes the critical path of a 100,000-task chain declared dependents-first without recursion", function()
     local n = 100000
     local plan = coral.plan(chain(n))

@@ -17,7 +17,7 @@ local TASK_OPTIONS = {
   id = "string", agent = "string", task = "string", depends_on = "list",
   timeout = "number", idle_timeout = "number", retries = "integer", priority = "integer",
   estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
-  cwd = "string", env = "table", model = "string", slurm = "table",
+  cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
 }
 
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
@@ -51,6 +51,19 @@ local function new_task(spec)
     end
   elseif t.cmd == "" then
     return nil, "coral.task: cmd must not be empty"
+  end
+  for _, key in ipairs { "inputs", "outputs" } do
+    local paths = {}
+    for i, path in ipairs(t[key] or {}) do
+      if type(path) ~= "string" or path == "" then
+        return nil, string.format("coral.task: %s[%d] must be a path, got %s", key, i, type(path))
+      end
+      if path:sub(1, 1) == "/" or ("/" .. path .. "/"):find("/%.%./") then
+        return nil, string.format("coral.task: %s[%d] '%s' must be a path inside the project", key, i, path)
+      end
+      paths[i] = path:gsub("^%./", ""):gsub("/+", "/")
+    end
+    if t[key] then t[key] = paths end
   end
   for k, v in pairs(t.env or {}) do
     if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
@@ -186,6 +199,33 @@ function M.plan(spec, opts)
   end
   for _, t in ipairs(self.tasks) do t.depends_on = t.depends_on or {} end
 
+  -- A task that reads a file another task declares as its output depends on that task.
+  local producer = {}
+  for _, t in ipairs(self.tasks) do
+    for _, o in ipairs(t.outputs or {}) do
+      if producer[o] and producer[o] ~= t then
+        plan_error(t.where, string.format("task '%s' declares output '%s', which task '%s' declares too",
+                                          t.id, o, producer[o].id))
+      end
+      producer[o] = t
+    end
+  end
+  for _, t in ipairs(self.tasks) do
+    for _, i in ipairs(t.inputs or {}) do
+      local up = producer[i]
+      if up and up ~= t then
+        local known = false
+        for _, d in ipairs(t.depends_on) do if d == up.id then known = true end end
+        if not known then
+          t.depends_on = { table.unpack(t.depends_on) }
+          t.depends_on[#t.depends_on + 1] = up.id
+          t.input_deps = t.input_deps or {}
+          t.input_deps[up.id] = i
+        end
+      end
+    end
+  end
+
   self:validate()
   return self
 end
@@ -320,7 +360,11 @@ function Plan:to_text()
     lines[#lines + 1] = string.format("Phase %d:", p)
     for _, id in ipairs(ids) do
       local t = self.by_id[id]
-      local deps = #t.depends_on > 0 and ("  <- " .. table.concat(t.depends_on, ", ")) or ""
+      local names = {}
+      for i, d in ipairs(t.depends_on) do
+        names[i] = t.input_deps and t.input_deps[d] and (d .. " (reads its " .. t.input_deps[d] .. ")") or d
+      end
+      local deps = #names > 0 and ("  <- " .. table.concat(names, ", ")) or ""
       lines[#lines + 1] = string.format("  %s %-24s %s%s", on_path[id] and "*" or "-", id,
                                         short(t.task, 48), deps)
     end

@@ -37,10 +37,16 @@ return coral.recipe {
     if #tasks == 0 then
       error("no test suite found in " .. dir .. " (looked for the marker files in recipes/examples/test_suites.lua)", 0)
     end
-    -- The report lists each suite's result from the run's files.
+    -- The report lists each suite's result: coral gives a task the output of each dependency in
+    -- CORAL_INPUT_<ID> (a failed suite's: the stdout of its last attempt) and all of them, with
+    -- their status, in the JSON file $CORAL_INPUTS.
+    local lines = {}
+    for _, id in ipairs(ids) do
+      local var = "CORAL_INPUT_" .. id:upper():gsub("[^%w]", "_")
+      lines[#lines + 1] = string.format('echo "== %s"; tail -n 3 "$%s"', id, var)
+    end
     tasks[#tasks + 1] = t { id = "report", agent = "tests", depends_on = ids, task = "summarise the suites",
-      cmd = [[for f in "$CORAL_RUN_DIR"/tasks/test-*/attempt-1.out; do
-  d=$(dirname "$f"); echo "== $(basename "$d")"; tail -n 3 "$f"; done]] }
+      cmd = table.concat(lines, "\n") }
     return coral.plan(tasks, { name = "examples/test_suites" })
   end,
 }

@@ -94,7 +94,7 @@ function M.task_dir(run_dir, task_id)
 end
 
 --- Path of a task's file: kind "prompt" (prompt.md), "out"/"err" (attempt-N.out/.err),
--- "output" (the final text, output.md).
+-- "output" (the final text, output.md), "inputs" (inputs.json), or "dir" (the task's dir).
 function Records:task_path(task_id, kind, attempt)
   -- Made once per task (several paths are asked for each attempt).
   self.task_dirs = self.task_dirs or {}
@@ -106,8 +106,10 @@ function Records:task_path(task_id, kind, attempt)
     if not ok and code ~= "EEXIST" then error("create directory " .. dir .. ": " .. err, 0) end
     self.task_dirs[task_id] = dir
   end
+  if kind == "dir" then return dir end
   if kind == "prompt" then return dir .. "/prompt.md" end
   if kind == "output" then return dir .. "/output.md" end
+  if kind == "inputs" then return dir .. "/inputs.json" end
   return string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
 end
 

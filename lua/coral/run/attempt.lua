@@ -26,6 +26,39 @@ function M.driver_for(run, task)
   return drivers.get(run.runner.driver, run.project_dir)
 end
 
+--- The name of the variable that gives a task dependency `id`'s output: CORAL_INPUT_<ID>,
+-- upper-cased, every other character than a letter or digit as "_".
+function M.input_variable(id)
+  return "CORAL_INPUT_" .. id:upper():gsub("[^%w]", "_")
+end
+
+-- The output a dependency hands on: its final output once it succeeded, else (a failed one,
+-- under on_failure = continue) the stdout of its last attempt.
+local function output_of(run, dst)
+  if dst.output_path then return dst.output_path end
+  local last = dst.attempts[#dst.attempts]
+  return last and run.records:task_path(dst.task.id, "out", last.n) or nil
+end
+
+-- Data flow: what a task is given of its dependencies, as inputs.json (CORAL_INPUTS) and one
+-- variable per dependency. Written at each attempt's start, as the dependencies are then.
+local function add_inputs(run, st, env)
+  local task = st.task
+  if #task.depends_on == 0 then return end
+  local inputs = {}
+  for _, d in ipairs(task.depends_on) do
+    local dst = run.state[d]
+    local output = output_of(run, dst)
+    local outputs = {}
+    for i, o in ipairs(dst.task.outputs or {}) do outputs[i] = run.project_dir .. "/" .. o end
+    inputs[d] = { status = dst.status, output = output, outputs = outputs }
+    if output then env[M.input_variable(d)] = output end
+  end
+  local path = run.records:task_path(task.id, "inputs")
+  assert(fsutil.write_file(path, require("coral.json").encode(inputs) .. "\n", PRIVATE_FILE))
+  env.CORAL_INPUTS = path
+end
+
 local function task_env(run, st)
   local r, task = run.records, st.task
   local bin_dir = host.exe and host.exe:match("^(.*)/[^/]*$")
@@ -34,7 +67,9 @@ local function task_env(run, st)
     CORAL_AGENT = task.agent, CORAL_PROJECT_DIR = run.project_dir, CORAL_RUN_DIR = r.dir,
     CORAL_SCRATCHPAD = r.paths.scratchpad, CORAL_ACTIVITY = r.paths.activity,
     CORAL_BIN = host.exe, CORAL_ATTEMPT = tostring(#st.attempts),
+    CORAL_TASK_DIR = r:task_path(task.id, "dir"),
   }
+  add_inputs(run, st, env)
   if bin_dir then env.PATH = bin_dir .. ":" .. (os.getenv("PATH") or "/usr/bin:/bin") end
   for k, v in pairs(run.runner.env or {}) do env[k] = v end
   for k, v in pairs(task.env or {}) do env[k] = v end
@@ -140,6 +175,17 @@ local function ended(run, st, a, info, result, driver, ctx)
       result = { ok = false, error = st.cancelled, retryable = false }
     else
       result = (driver.finish or drivers.default_finish)(task, info, ctx)
+    end
+  end
+  if result.ok and task.outputs then
+    -- A task that says it writes files has not succeeded until they are there.
+    local missing = {}
+    for _, o in ipairs(task.outputs) do
+      if not uv.fs_stat(run.project_dir .. "/" .. o) then missing[#missing + 1] = o end
+    end
+    if #missing > 0 then
+      result = { ok = false, error = "declared outputs missing: " .. table.concat(missing, ", "),
+                 usage = result.usage, cost_usd = result.cost_usd }
     end
   end
   local outcome = outcome_of(result, info, st, run)
