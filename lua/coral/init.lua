@@ -21,11 +21,17 @@ M.plan = plan.plan
 M.runner = run.new
 M.modes = run.modes
 
---- Declares a recipe: { summary = "what it is for", plan = function(description, opts) -> plan }.
+--- Declares a recipe: { summary = "what it is for", plan = function(description, params) -> plan,
+-- params = { ... } }.
+-- params = { name = { default =, help =, type = "string" | "number" | "integer" | "boolean" } }:
+-- the recipe's plan gets them, checked and typed, as plan(description, params).
 function M.recipe(spec)
-  require("coral.check").options("coral.recipe", spec,
-    { name = "string", summary = "string", plan = "function", types = "table" }, 2)
-  if type(spec.plan) ~= "function" then require("coral.check").fail("coral.recipe: plan must be a function", 2) end
+  local check = require "coral.check"
+  check.options("coral.recipe", spec,
+    { name = "string", summary = "string", plan = "function", types = "table", params = "table" }, 2)
+  if type(spec.plan) ~= "function" then check.fail("coral.recipe: plan must be a function", 2) end
+  local err = require("coral.recipes").params_error(spec.params)
+  if err then check.fail("coral.recipe: " .. err, 2) end
   return setmetatable(spec, require("coral.recipes").Recipe)
 end
 

@@ -132,14 +132,120 @@ function M.plan(name, description, opts)
   return value
 end
 
---- Turns what a recipe chunk returned into a plan.
+-- {{{ parameters
+
+local PARAM_TYPES = { string = true, number = true, integer = true, boolean = true }
+local A_TYPE = { string = "a string", number = "a number", integer = "a whole number",
+                 boolean = "true or false (yes, no, 1, 0)" }
+local PARAM_FIELDS = { default = "string|number|boolean", help = "string", type = "string" }
+
+local function type_of(v)
+  return math.type(v) == "integer" and "integer" or type(v)
+end
+
+--- What is wrong with a recipe's `params` declaration, or nil.
+function M.params_error(params)
+  if params == nil then return nil end
+  for name, p in pairs(params) do
+    if type(name) ~= "string" or not name:match("^[%a_][%w_]*$") or name == "project_dir" then
+      return string.format("params: '%s' is not a parameter name (letters, digits and _; not project_dir)",
+                           tostring(name))
+    end
+    local err = check.option_error("params." .. name, p, PARAM_FIELDS)
+    if err then return err end
+    if type(p) ~= "table" then return "params." .. name .. " must be a table { default =, help =, type = }" end
+    local t = p.type or (p.default ~= nil and type_of(p.default)) or "string"
+    if not PARAM_TYPES[t] then
+      return string.format("params.%s: type must be one of string, number, integer, boolean, got '%s'", name, t)
+    end
+    local d = p.default
+    if d ~= nil and not (type_of(d) == t or (t == "number" and type(d) == "number")) then
+      return string.format("params.%s: default must be %s, got %s", name, A_TYPE[t], type_of(d))
+    end
+  end
+  return nil
+end
+
+-- `value` (text from the command line, or a value from a params file) as a `want`, or nil.
+local function convert(value, want)
+  if type(value) == "string" and want ~= "string" then
+    if want == "boolean" then
+      local b = ({ ["true"] = true, yes = true, ["1"] = true, ["false"] = false, no = false, ["0"] = false })[value]
+      if b == nil then return nil end
+      return b
+    end
+    value = tonumber(value)
+    if value == nil then return nil end
+  end
+  if want == "integer" then return math.tointeger(value) end
+  if want == "number" then return type(value) == "number" and value or nil end
+  if want == "boolean" then return type(value) == "boolean" and value or nil end
+  return type(value) == "string" and value or (type(value) == "number" and tostring(value)) or nil
+end
+
+--- The parameters a recipe gets: its declared ones, from `given` (name -> value) or their
+-- defaults, checked and typed; plus project_dir. A recipe without declarations (a function)
+-- gets `given` as it is. Raises a user error for an unknown, missing or ill-typed one.
+function M.params(declared, given, recipe, project_dir)
+  local out = {}
+  if declared then
+    local names = {}
+    for n in pairs(declared) do names[#names + 1] = n end
+    table.sort(names)
+    for n, v in pairs(given) do
+      if not declared[n] then
+        check.user_error(string.format("no parameter '%s'%s (its parameters: %s)", n,
+          check.did_you_mean(n, names), #names > 0 and table.concat(names, ", ") or "none"), recipe)
+      end
+      local p = declared[n]
+      local want = p.type or (p.default ~= nil and type_of(p.default)) or "string"
+      out[n] = convert(v, want)
+      if out[n] == nil then
+        check.user_error(string.format("parameter '%s' must be %s, got '%s'", n, A_TYPE[want], tostring(v)), recipe)
+      end
+    end
+    for n, p in pairs(declared) do
+      if out[n] == nil then out[n] = p.default end
+    end
+  else
+    for n, v in pairs(given) do out[n] = v end
+  end
+  out.project_dir = project_dir
+  return out
+end
+
+--- The --help lines of a recipe's parameters (none: an empty list).
+function M.params_help(name, project_dir)
+  local chunk = load_chunk(name, project_dir)
+  if not chunk then return {} end
+  local ok, value = pcall(chunk, "(help)", {})
+  if not (ok and getmetatable(value) == M.Recipe and value.params) then return {} end
+  local lines, names = {}, {}
+  for n in pairs(value.params) do names[#names + 1] = n end
+  table.sort(names)
+  for _, n in ipairs(names) do
+    local p = value.params[n]
+    lines[#lines + 1] = { n .. "=" .. (p.type or (p.default ~= nil and type_of(p.default)) or "string"):upper(),
+      (p.help or "") .. (p.default ~= nil and (" (" .. tostring(p.default) .. ")") or "") }
+  end
+  return lines
+end
+
+-- }}}
+
+--- Turns what a recipe chunk returned into a plan. opts.params: the parameters given (name ->
+-- value), checked against the recipe's declaration.
 function M.to_plan(value, name, description, opts)
   local plan_mod = require "coral.plan"
+  local given = opts and opts.params or {}
+  local project_dir = opts and opts.project_dir
   local p = value
   if getmetatable(value) == M.Recipe then
-    p = value.plan(description, opts)
+    p = value.plan(description, M.params(value.params or {}, given, name, project_dir))
   elseif type(value) == "function" then
-    p = value(description, opts)
+    p = value(description, M.params(nil, given, name, project_dir))
+  elseif next(given) then
+    check.user_error("takes no parameters (it returns a plan, not coral.recipe{ params = ... })", name)
   end
   if getmetatable(p) ~= plan_mod.Plan then
     if type(p) == "table" then p = plan_mod.plan(p)

@@ -57,6 +57,10 @@ for _, o in ipairs {
     apply = function(r) r.output = "json" end },
   { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary",
     apply = function(r) if r.output ~= "json" then r.output = "quiet" end end },
+  { flag = "--param", key = "param", kind = "string", value = "NAME=VALUE", many = true,
+    help = "a parameter of the recipe (repeatable; coral run TYPE --help lists them)" },
+  { flag = "--params", key = "params_file", kind = "string", value = "FILE",
+    help = "the recipe's parameters from a JSON or YAML file (--param wins)" },
   { flag = "--show-plan", key = "show_plan", kind = "flag", help = "print the plan and run nothing" },
   { flag = "--default-plan", key = "default_plan", kind = "flag",
     help = "for a project type the library does not have: the default plan (architect, full-stack engineer, QA)" },
@@ -166,10 +170,42 @@ function M.invocation(name, args)
   return { recipe = name, args = kept, cwd = uv.cwd() }
 end
 
+--- The recipe parameters of parsed options: --params FILE, then each --param NAME=VALUE, then
+-- `extra` (NAME=VALUE words after a recipe file's description). Returns name -> value (values
+-- from the command line are text; the recipe's declaration types them), or nil and an error.
+function M.params(opts, extra)
+  local params = {}
+  if opts.params_file then
+    local text = fsutil.read(opts.params_file)
+    if not text then return nil, "--params: cannot read " .. opts.params_file end
+    local value, err
+    if opts.params_file:match("%.ya?ml$") then
+      value, err = require("coral.records.yaml").decode(text)
+    else
+      value, err = require("cjson.safe").decode(text)
+    end
+    if type(value) ~= "table" then
+      return nil, string.format("--params: %s is not a table of parameters%s", opts.params_file,
+                                err and (": " .. tostring(err)) or "")
+    end
+    for k, v in pairs(value) do params[k] = v end
+  end
+  for _, list in ipairs { opts.param or {}, extra or {} } do
+    for _, kv in ipairs(list) do
+      local k, v = kv:match("^([%a_][%w_]*)=(.*)$")
+      if not k then return nil, "a parameter is NAME=VALUE, got '" .. kv .. "'" end
+      params[k] = v
+    end
+  end
+  return params
+end
+
 --- Loads a recipe (library name or file) and runs it with the parsed options.
 local function run_recipe(name, description, opts, args)
+  local params, perr = M.params(opts)
+  if not params then io.stderr:write("coral: ", perr, "\n"); return EXIT_USAGE end
   local ok, plan = pcall(require("coral.recipes").plan, name, description or "(no description)",
-                         { project_dir = opts.project_dir, default_plan = opts.default_plan })
+                         { project_dir = opts.project_dir, default_plan = opts.default_plan, params = params })
   if not ok then return report_error(plan, EXIT_USAGE) end
   return M.run_plan(plan, opts, M.invocation(name, args))
 end
@@ -216,6 +252,16 @@ M.LIST = {
     run = function(opts, args, raw)
       return run_recipe(args[1], args[2], opts, { table.unpack(raw, 2) })
     end,
+    -- coral run TYPE --help: the recipe's parameters too
+    help_extra = function(raw)
+      local name = raw[1]
+      if not name or name:sub(1, 1) == "-" then return nil end
+      local lines = require("coral.recipes").params_help(name, ".")
+      if #lines == 0 then return nil end
+      local out = { "parameters of " .. name .. " (--param NAME=VALUE):" }
+      for _, l in ipairs(lines) do M.two_columns(out, l[1], l[2], 20) end
+      return table.concat(out, "\n") .. "\n"
+    end,
   },
   {
     name = "resume", args = { "[RUN]" },
@@ -242,8 +288,10 @@ M.LIST = {
       local ropts, positional = M.parse(rargs, RUN_OPTIONS)
       if not ropts then return fail(positional) end
       ropts.resume = run_id
+      local params, perr = M.params(ropts, { table.unpack(positional, 2) })
+      if not params then return fail(perr) end
       local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)",
-                             { project_dir = ropts.project_dir, default_plan = ropts.default_plan })
+                             { project_dir = ropts.project_dir, default_plan = ropts.default_plan, params = params })
       if not ok then return report_error(plan, EXIT_USAGE) end
       return M.run_plan(plan, ropts, inv)
     end,
@@ -419,7 +467,12 @@ function M.parse(args, options)
           if not n then return nil, "option '" .. name .. "' needs a number, got '" .. v .. "'" end
           v = n
         end
-        opts[o.key] = v
+        if o.many then
+          opts[o.key] = opts[o.key] or {}
+          table.insert(opts[o.key], v)
+        else
+          opts[o.key] = v
+        end
       end
     else
       positional[#positional + 1] = a
@@ -499,7 +552,7 @@ function M.dispatch(c, raw)
   for _, a in ipairs(raw) do
     if a == "--" then break end
     if a == "-h" or a == "--help" then
-      io.stdout:write(M.help(c))
+      io.stdout:write(M.help(c), c.help_extra and c.help_extra(raw) or "")
       return EXIT_OK
     end
   end

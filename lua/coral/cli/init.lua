@@ -82,10 +82,13 @@ function M.script_result(value, script, ...)
     io.stderr:write("coral: ", positional, " (try 'coral run --help')\n")
     return commands.EXIT_USAGE
   end
-  if #positional > 1 then
-    io.stderr:write("coral: unexpected argument '", positional[2], "' (try 'coral run --help')\n")
+  -- after the description, NAME=VALUE words are the recipe's parameters
+  local params, perr = commands.params(opts, { table.unpack(positional, 2) })
+  if not params then
+    io.stderr:write("coral: ", perr, " (try 'coral run --help')\n")
     return commands.EXIT_USAGE
   end
+  opts.params = params
   local ok, plan = xpcall(recipes.to_plan, require("coral.check").traceback, value, script,
                           positional[1] or "(no description)", opts)
   if not ok then return commands.report_error(plan, commands.EXIT_USAGE) end
