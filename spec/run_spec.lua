@@ -127,6 +127,39 @@ describe("a run", function()
     assert.matches("coral.task: outputs%[1%] '%.%./outside' must be a path inside the project", tostring(err))
   end)
 
+  it("runs a task only when its condition says so; a skip by condition is not a failure", function()
+    local dir = H.tmpdir()
+    local seen
+    local plan = coral.plan {
+      coral.task("check", "c", { id = "check", cmd = "echo deploy-no" }),
+      coral.task("deploy", "d", { id = "deploy", cmd = "true", depends_on = { "check" }, when = function(results)
+        seen = results
+        local f = assert(io.open(results.check.output))
+        local text = f:read("a")
+        f:close()
+        return text:find("deploy%-yes") ~= nil
+      end }),
+      coral.task("announce", "a", { id = "announce", cmd = "true", depends_on = { "deploy" } }),
+      coral.task("always", "w", { id = "always", cmd = "true", depends_on = { "check" }, when = function() return true end }),
+    }
+    local s = coral.runner({ project_dir = dir, output = "quiet" }):execute_plan(plan)
+    assert.are.equal("succeeded", s.status)
+    assert.are.equal("succeeded", seen.check.status)
+    assert.are.equal("skipped", s.results.deploy.status)
+    assert.are.equal("condition", s.results.deploy.error)
+    assert.are.equal("skipped", s.results.announce.status)
+    assert.are.equal("dependency 'deploy' was skipped (condition)", s.results.announce.error)
+    assert.are.equal("succeeded", s.results.always.status)
+    assert.are.equal(2, s.skipped_by_condition)
+    -- a condition that raises is a failure of the task, not retried
+    s = coral.runner({ project_dir = dir, output = "quiet" }):execute_plan(coral.plan {
+      coral.task("bad", "b", { id = "bad", cmd = "true", when = function() error("no way to tell", 0) end }),
+    })
+    assert.are.equal("failed", s.status)
+    assert.are.equal("its condition raised an error: no way to tell", s.results.bad.error)
+    assert.are.equal(1, s.results.bad.attempts)
+  end)
+
   it("takes the critical path of a 100,000-task chain declared dependents-first without recursion", function()
     local n = 100000
     local plan = coral.plan(chain(n))

@@ -18,6 +18,7 @@ local TASK_OPTIONS = {
   timeout = "number", idle_timeout = "number", retries = "integer", priority = "integer",
   estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
   cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
+  when = "function",
 }
 
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.

@@ -156,7 +156,7 @@ function M.run_plan(plan, opts, invocation)
     io.stdout:write(require("coral.view.progress").summary_text(summary))
   end
   if summary.interrupted then return EXIT_INTERRUPTED end
-  return (summary.failed + summary.skipped == 0) and EXIT_OK or EXIT_FAILED
+  return summary.status == "succeeded" and EXIT_OK or EXIT_FAILED
 end
 
 --- What `coral resume` needs to rebuild a run: the recipe (a path made absolute) and the

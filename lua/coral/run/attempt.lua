@@ -265,8 +265,27 @@ end
 
 --- Starts the next attempt of a task: composes its prompt (an agent's, once), asks its driver
 -- for the process, starts it through the executor, and records the start.
+-- A task's condition: `when(results)` with results = { [dependency id] = { status, output } }
+-- decides whether it runs at all. Returns true (run it), or false and why not.
+local function condition(run, st)
+  local results = {}
+  for _, d in ipairs(st.task.depends_on) do
+    local dst = run.state[d]
+    results[d] = { status = dst.status, output = output_of(run, dst), error = dst.error }
+  end
+  local ok, value = pcall(st.task.when, results)
+  if not ok then return nil, "its condition raised an error: " .. tostring(value) end
+  if not value then return false, "condition" end
+  return true
+end
+
 function M.start(run, st)
   local task = st.task
+  local go, why = true, nil
+  if task.when and #st.attempts == 0 and not st.adopt then
+    go, why = condition(run, st)
+    if go == false then return run:skip_by_condition(st, why) end
+  end
   local n = #st.attempts + 1
   -- An attempt adopted on resume (a cluster job still known to the executor) keeps its start.
   local adopt = st.adopt
@@ -278,6 +297,9 @@ function M.start(run, st)
   run.running = run.running + 1
   if run.running > run.max_parallel then run.max_parallel = run.running end
 
+  if go == nil then   -- the condition raised: a mistake in the recipe, not worth a retry
+    return ended(run, st, a, nil, { ok = false, error = why, retryable = false })
+  end
   local driver, derr = M.driver_for(run, task)
   -- An agent gets a prompt (composed once, read back for a retry); a command does not.
   local prompt_text

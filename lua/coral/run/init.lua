@@ -130,6 +130,18 @@ function Run:skip(st, why)
   self:skipped(st, why)
 end
 
+--- A task whose condition (`when`) said no, or failed: skipped, and its dependents with it,
+-- whatever the failure policy (a condition is not a failure).
+function Run:skip_by_condition(st, why)
+  st.by_condition = true
+  self:skipped(st, why)
+  for _, sid in ipairs(self.g:done(st.task.id, false) or {}) do
+    self.state[sid].by_condition = true
+    self:skip(self.state[sid], string.format("dependency '%s' was skipped (%s)", st.task.id, why))
+  end
+  self:pump()
+end
+
 --- Records that a task is skipped (it is not running).
 function Run:skipped(st, why)
   st.skip_reason = nil

@@ -56,7 +56,7 @@ end
 function M.of(run)
   -- A resumed run counts the time of its earlier sessions too.
   local wall = run.finish_time - run.start_time + (run.prior_wall or 0)
-  local sequential, succeeded, failed, skipped, unfinished = 0, 0, 0, 0, 0
+  local sequential, succeeded, failed, skipped, unfinished, by_condition = 0, 0, 0, 0, 0, 0
   local results, total_cost, times = {}, nil, {}
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
@@ -65,7 +65,9 @@ function M.of(run)
     sequential = sequential + duration
     local status = st.status == "pending" and "skipped" or st.status
     if status == "succeeded" then succeeded = succeeded + 1
-    elseif status == "skipped" then skipped = skipped + 1
+    elseif status == "skipped" then
+      skipped = skipped + 1
+      if st.by_condition then by_condition = by_condition + 1 end
     elseif status == "interrupted" then unfinished = unfinished + 1
     else failed = failed + 1 end
     local last = st.attempts[#st.attempts]
@@ -85,8 +87,11 @@ function M.of(run)
   return {
     run_id = run.records.id, run_dir = run.records.dir, plan = run.plan.name,
     project = run.description, mode = run.mode.name, max_workers = run.max_workers,
-    status = run.interrupted and "interrupted" or ((failed + skipped + unfinished == 0) and "succeeded" or "failed"),
+    -- a task its condition skipped (and what depended on it) is the plan's choice, not a failure
+    status = run.interrupted and "interrupted"
+      or ((failed + skipped - by_condition + unfinished == 0) and "succeeded" or "failed"),
     tasks = total, succeeded = succeeded, failed = failed, skipped = skipped, interrupted_tasks = unfinished,
+    skipped_by_condition = by_condition,
     success_rate = total > 0 and succeeded / total * 100 or 0,
     total_time_seconds = wall, sequential_estimate_seconds = sequential,
     time_saved_seconds = sequential - wall,
