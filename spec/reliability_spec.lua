@@ -116,6 +116,27 @@ return coral.plan {
     assert.are.equal(3, summary.succeeded)
   end)
 
+  it("ends a script that runs a plan itself on Ctrl-C too: exit 130, one line, the records kept", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/s.lua", string.format([[
+local coral = require "coral"
+local s = coral.runner({ project_dir = %q, output = "quiet" }):execute_plan(coral.plan {
+  coral.task("a", "x", { id = "a", cmd = "sleep 30" }) })
+print("the script went on after the run", s.status)
+]], dir))
+    local r = start({ dir .. "/s.lua" })
+    wait_until(function() return journal_count(dir, "start") >= 1 end)
+    uv.kill(r.pid, "sigint")
+    assert.are.equal(130, wait_for(r, 15))
+    local output = table.concat(r.output)   -- stdout and stderr, as they came
+    assert.are.equal("coral: interrupted by SIGINT\n", output)
+    local _, run_dir = journal_count(dir, "start")
+    local summary = cjson.decode(H.read_file(run_dir .. "/summary.json"))
+    assert.are.equal("interrupted", summary.status)
+    assert.are.equal("interrupted", summary.results.a.status)
+    assert.are.same({}, H.leftover_processes())
+  end)
+
   it("refuses a second run in the same project, naming the running one", function()
     local dir = H.tmpdir()
     H.write_file(dir .. "/r.lua", 'local t = require("coral").task\nreturn require("coral").plan { t("s", "x", { cmd = "sleep 3" }) }\n')

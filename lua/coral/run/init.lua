@@ -273,6 +273,13 @@ function Run:execute(opts)
   self.lock:unlock()
   collectgarbage(self.gc_mode)
   uv.run("nowait")
+  if self.interrupted and not opts.invocation then
+    -- A script of the user's that ran the plan is interrupted too, as lua.c interrupts one: the
+    -- signal again, now to the host's handler, raises "interrupted by SIG..." in the script,
+    -- which ends it with exit 130 (the command line, which passes an invocation, prints the
+    -- summary and exits 130 itself).
+    uv.kill(uv.os_getpid(), self.interrupted)
+  end
   return summary
 end
 
