@@ -122,9 +122,9 @@ return coral.plan {
     local dir, env = project(api)
     local plan = recipe(dir, [[
 return coral.plan {
-  t { id = "c500", agent = "a", task = "SERVER-ERROR please", driver = "claude", retries = 1 },
-  t { id = "c400", agent = "a", task = "BAD-REQUEST please", driver = "claude", retries = 1 },
-  t { id = "x500", agent = "a", task = "SERVER-ERROR please", driver = "codex-local", retries = 0 },
+  t { id = "c500", agent = "qa-testing", task = "SERVER-ERROR please", driver = "claude", retries = 1 },
+  t { id = "c400", agent = "qa-testing", task = "BAD-REQUEST please", driver = "claude", retries = 1 },
+  t { id = "x500", agent = "qa-testing", task = "SERVER-ERROR please", driver = "codex-local", retries = 0 },
 }
 ]])
     local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--max-workers", "3" }, { env = env, cwd = dir, timeout = 180 })
@@ -153,8 +153,8 @@ return coral.plan {
     local dir, env = project(api)
     local plan = recipe(dir, [[
 return coral.plan {
-  t { id = "c", agent = "a", task = "LIMITED-CLAUDE", driver = "claude" },
-  t { id = "x", agent = "a", task = "LIMITED-CODEX", driver = "codex-local" },
+  t { id = "c", agent = "qa-testing", task = "LIMITED-CLAUDE", driver = "claude" },
+  t { id = "x", agent = "qa-testing", task = "LIMITED-CODEX", driver = "codex-local" },
 }
 ]])
     -- --no-retry: a rate limit has its own budget, so it is retried even then.
@@ -178,8 +178,8 @@ return coral.plan {
     local dir, env = project(api)
     local plan = recipe(dir, [[
 return coral.plan {
-  t { id = "c", agent = "a", task = "hang", driver = "claude" },
-  t { id = "x", agent = "a", task = "hang", driver = "codex-local" },
+  t { id = "c", agent = "qa-testing", task = "hang", driver = "claude" },
+  t { id = "x", agent = "qa-testing", task = "hang", driver = "codex-local" },
 }
 ]])
     local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--retries", "0", "--idle-timeout", "4" },

@@ -127,6 +127,19 @@ describe("a run", function()
     assert.matches("coral.task: outputs%[1%] '%.%./outside' must be a path inside the project", tostring(err))
   end)
 
+  it("refuses a task an agent CLI would run under a role that does not exist, naming the nearest", function()
+    local dir = H.tmpdir()
+    local runner = coral.runner { project_dir = dir, output = "quiet" }
+    local ok, err = pcall(runner.execute_plan, runner, coral.plan {
+      coral.task("backend-devloper", "build it", { id = "api", driver = "claude" }),
+      coral.task("anyone", "a command needs no role", { id = "cmd", cmd = "true" }),
+    })
+    assert.is_false(ok)
+    assert.matches("run_spec%.lua:%d+: task 'api': no agent role 'backend%-devloper' %(did you mean " ..
+                   "'backend%-developer'%?%), and the claude driver runs an agent that needs one", tostring(err))
+    assert.is_nil(H.read_file(dir .. "/.coral/runs"), "nothing written")
+  end)
+
   it("runs a task only when its condition says so; a skip by condition is not a failure", function()
     local dir = H.tmpdir()
     local seen

@@ -94,7 +94,6 @@ function M.now()
   return sec + usec / 1e6
 end
 
---- Is `name` an executable on PATH? Returns its path.
 --- The last `limit` bytes of a file (all of a smaller one); "" when it cannot be read.
 function M.tail(path, limit)
   local f = io.open(path, "rb")
@@ -106,6 +105,7 @@ function M.tail(path, limit)
   return data
 end
 
+--- Is `name` an executable on PATH? Returns its path.
 function M.which(name)
   if name:find("/") then return is_executable(name) and name or nil end
   for dir in (os.getenv("PATH") or ""):gmatch("[^:]+") do

@@ -251,6 +251,8 @@ end
 
 --- Sets estimates from history: a table task id -> seconds.
 function Plan:set_estimates(estimates)
+  -- none (a project's first run): the weights stay as they are, and so does the analysis
+  if next(estimates) == nil and not self.estimates then return end
   self.estimates = estimates
   self.analysis, self.checked_graph = nil, nil
 end

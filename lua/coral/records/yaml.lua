@@ -10,13 +10,15 @@ local function unicode_escape(c)
 end
 
 local function quote(s)
+  -- Most strings (ids, times, paths) need no escape at all: say so in one scan.
+  if not s:find('[%c"\\\128-\255]') then return '"' .. s .. '"' end
   local valid = utf8.len(s) ~= nil
   local text = s:gsub('[%c"\\\128-\255]', function(c)
     if ESCAPES[c] then return ESCAPES[c] end
     if c:byte() >= 128 and valid then return c end
     return string.format("\\x%02X", c:byte())
   end)
-  if valid then
+  if valid and text:find("[\194\239]") then
     -- YAML allows neither the C1 controls (U+0080..U+009F, NEL among them: a reader folds it
     -- into a space) nor U+FFFE and U+FFFF unescaped; LibYAML refuses the file.
     text = text:gsub("\194[\128-\159]", unicode_escape):gsub("\239\191[\190\191]", unicode_escape)

@@ -295,11 +295,18 @@ local function preflight(run, project_dir)
   if not uv.fs_access(project_dir, "W") then
     check.user_error(string.format("project dir %s is not writable", project_dir))
   end
-  if not run.executor.on_this_machine then return end
+  local known_roles
   for _, t in ipairs(run.plan.tasks) do
     local driver, derr = attempt.driver_for(run, t)
     if not driver then check.user_error(derr, t.where) end
-    if driver.program and not fsutil.which(driver.program) then
+    -- A real agent gets its role's prompt: a role name with a typo would give it a generic one.
+    if driver.program and run.roles and not run.roles(t) then
+      known_roles = known_roles or require("coral.agents").load(project_dir).order
+      check.user_error(string.format("task '%s': no agent role '%s'%s, and the %s driver runs an agent that " ..
+        "needs one ('coral agents' lists the roles; a project adds its own in .coral/agents/)", t.id, t.agent,
+        check.did_you_mean(t.agent, known_roles), driver.name), t.where)
+    end
+    if run.executor.on_this_machine and driver.program and not fsutil.which(driver.program) then
       check.user_error(string.format("task '%s' needs the %s CLI (driver %s), which is not on PATH; " ..
         "install it, or choose another driver with --agent (sim, prompt, ...)", t.id, driver.program, driver.name))
     end
