@@ -238,12 +238,12 @@ describe("coral.exec.slurm", function()
   describe("sbatch_args", function()
     it("builds the arguments from the executor's defaults and the task's slurm table", function()
       local ex = slurm.new { partition = "batch", cpus = 2, qos = "low", args = "--nice=5 --hold" }
-      local job = { cwd = "/work/a dir", stdout_path = "/r/tasks/a/attempt-2.out", stderr_path = "/r/50%/attempt-2.err",
+      local job = { cwd = "/srv/a dir", stdout_path = "/r/tasks/a/attempt-2.out", stderr_path = "/r/50%/attempt-2.err",
                     stdin_path = "/r/tasks/a/attempt-2.in", timeout = 90,
                     slurm = { cpus = 4, mem = "4G", account = "proj", args = { "--gres=gpu:1" } } }
       assert.are.same({
         "sbatch", "--parsable", "--export=ALL", "--job-name=coral.a", "--comment=coral:r1:2:a",
-        "--chdir=/work/a dir", "--output=/r/tasks/a/attempt-2.out", "--error=/r/50%%/attempt-2.err",
+        "--chdir=/srv/a dir", "--output=/r/tasks/a/attempt-2.out", "--error=/r/50%%/attempt-2.err",
         "--input=/r/tasks/a/attempt-2.in", "--partition=batch", "--cpus-per-task=4", "--mem=4G",
         "--account=proj", "--qos=low",
         "--time=3",  -- (90 s + 5 s of grace) in minutes, rounded up, plus one
