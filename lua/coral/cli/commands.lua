@@ -247,8 +247,8 @@ M.LIST = {
     name = "run", args = { "TYPE", '"DESCRIPTION"' }, min = 1, missing = "a project type (see 'coral recipes')",
     summary = "run a plan from the recipe library (or a recipe file) for a project",
     options = RUN_OPTIONS,
-    notes = "exit status: 0 all tasks succeeded, 1 a task failed or was skipped, 2 usage or recipe error,\n" ..
-            "130 interrupted",
+    notes = "exit status: 0 all tasks succeeded (or a when condition skipped them), 1 a task failed or was\n" ..
+            "skipped otherwise, 2 usage or recipe error, 130 interrupted",
     run = function(opts, args, raw)
       return run_recipe(args[1], args[2], opts, { table.unpack(raw, 2) })
     end,
