@@ -164,6 +164,9 @@ describe("a run", function()
     assert.are.equal("dependency 'deploy' was skipped (condition)", s.results.announce.error)
     assert.are.equal("succeeded", s.results.always.status)
     assert.are.equal(2, s.skipped_by_condition)
+    local run = require("coral.view.timeline").load(s.run_dir)
+    assert.are.equal("deploy was skipped by its condition (when); on resume the condition is asked again",
+                     require("coral.view.status").why(run, "deploy"))
     -- a condition that raises is a failure of the task, not retried
     s = coral.runner({ project_dir = dir, output = "quiet" }):execute_plan(coral.plan {
       coral.task("bad", "b", { id = "bad", cmd = "true", when = function() error("no way to tell", 0) end }),

@@ -65,6 +65,10 @@ function M.why(run, task)
       waiting[#waiting + 1] = d .. " (" .. (dt and #dt.attempts > 0 and dt.status or "not started") .. ")"
     end
   end
+  if t.status == "skipped" and t.error == "condition" then
+    return string.format("%s was skipped by its condition (when); on resume the condition is asked again%s", task,
+      #waiting > 0 and (", once these finish: " .. table.concat(waiting, ", ")) or "")
+  end
   if t.status == "skipped" then
     return string.format("%s was skipped because %s; on resume it runs once its dependencies succeed%s", task,
       t.error or "a dependency failed", #waiting > 0 and (": waiting for " .. table.concat(waiting, ", ")) or "")
