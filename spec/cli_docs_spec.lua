@@ -25,6 +25,18 @@ describe("the command line's declarations", function()
     end
   end)
 
+  it("and the state words of coral.records.states are the tables of docs/runner.md's States", function()
+    local doc = assert(H.read_file(H.root .. "/docs/runner.md"))
+    local section = assert(doc:match("\n## States\n(.-)\n## "), "no States section")
+    local states = require "coral.records.states"
+    for _, group in ipairs { "TASK", "ATTEMPT", "RUN" } do
+      for word in pairs(states[group]) do
+        assert.truthy(section:find("\n| `" .. word .. "`", 1, true) or section:find(", `" .. word .. "` |", 1, true),
+          "docs/runner.md's States does not name the " .. group:lower() .. " state " .. word)
+      end
+    end
+  end)
+
   it("give each command's --help every option it parses, and a usage error for the others", function()
     for _, c in ipairs(commands.LIST) do
       local r = H.run { c.name, "--help" }

@@ -20,6 +20,8 @@ M.task = plan.task
 M.plan = plan.plan
 M.runner = run.new
 M.modes = run.modes
+--- The environment variable that gives a task the output of its dependency `id`.
+M.input_variable = require("coral.run.attempt").input_variable
 
 --- Declares a recipe: { summary = "what it is for", plan = function(description, params) -> plan,
 -- params = { ... } }.

@@ -42,8 +42,7 @@ return coral.recipe {
     -- their status, in the JSON file $CORAL_INPUTS.
     local lines = {}
     for _, id in ipairs(ids) do
-      local var = "CORAL_INPUT_" .. id:upper():gsub("[^%w]", "_")
-      lines[#lines + 1] = string.format('echo "== %s"; tail -n 3 "$%s"', id, var)
+      lines[#lines + 1] = string.format('echo "== %s"; tail -n 3 "$%s"', id, coral.input_variable(id))
     end
     tasks[#tasks + 1] = t { id = "report", agent = "tests", depends_on = ids, task = "summarise the suites",
       cmd = table.concat(lines, "\n") }

@@ -227,6 +227,24 @@ function M.read_plan(run_dir)
   return plan
 end
 
+--- The summary a run wrote when it ended (decoded summary.json), or nil (still going, killed).
+function M.read_summary(run_dir)
+  local text = fsutil.read(run_dir .. "/summary.json")
+  local summary = text and require("cjson.safe").decode(text)
+  return type(summary) == "table" and summary or nil
+end
+
+--- The last sign of life of attempt `n` of a task: the latest of `since` and the last write to
+-- its stdout and stderr files.
+function M.last_write(run_dir, task_id, n, since)
+  local t = since
+  for _, kind in ipairs { "out", "err" } do
+    local st = uv.fs_stat(string.format("%s/attempt-%d.%s", M.task_dir(run_dir, task_id), n, kind))
+    if st then t = math.max(t, st.mtime.sec + st.mtime.nsec / 1e9) end
+  end
+  return t
+end
+
 function Records:write_summary(summary)
   must(fsutil.write_atomic(self.summary_path, cjson.encode(summary) .. "\n", PRIVATE_FILE))
 end

@@ -1,6 +1,6 @@
 --- The one vocabulary of task, attempt and run states. The journal, summary.json, the JSON
--- lines, status, the report, history and the project state all use these words; the table is
--- also in docs/runner.md.
+-- lines, status, the report, history and the project state all use these words; docs/runner.md
+-- has the same tables for readers (spec/cli_docs_spec.lua checks it names every word here).
 local M = {}
 
 --- What a task is: waiting for its dependencies, running, waiting to retry, or ended.

@@ -59,12 +59,7 @@ end
 -- event of its session.
 local function lost_attempt_end(run, a, still_running, session_end)
   if still_running then return fsutil.now() end
-  local t = math.max(a.start, session_end or a.start)
-  for _, kind in ipairs { "out", "err" } do
-    local st = uv.fs_stat(string.format("%s/attempt-%d.%s", records.task_dir(run.records.dir, a.task), a.n, kind))
-    if st then t = math.max(t, st.mtime.sec + st.mtime.nsec / 1e9) end
-  end
-  return t
+  return records.last_write(run.records.dir, a.task, a.n, math.max(a.start, session_end or a.start))
 end
 
 --- Rebuilds `run`'s state from its journal before it goes on: succeeded tasks are not run

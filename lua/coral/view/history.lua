@@ -16,10 +16,9 @@ function M.runs(project_dir)
   local out = {}
   for _, id in ipairs(records.run_ids(project_dir)) do
     local dir = records.paths(project_dir).runs .. "/" .. id
-    local text = fsutil.read(dir .. "/summary.json")
-    local s = text and require("cjson.safe").decode(text)
+    local s = records.read_summary(dir)
     local row = { id = id }
-    if type(s) == "table" and s.total_time_seconds then
+    if s and s.total_time_seconds then
       row.plan, row.started, row.status = s.plan, s.started, states.normalize(s.status)
       row.wall, row.speedup = s.total_time_seconds, s.speedup
       row.tasks = math.tointeger(s.tasks or s.total_agents)

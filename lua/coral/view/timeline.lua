@@ -14,24 +14,6 @@ local M = {}
 -- carry 0.1 ms and an attempt without a start event is placed from its end and duration.
 local LANE_SLACK = 0.005
 
-local function read_json(path)
-  local text = fsutil.read(path)
-  if not text then return nil end
-  local v = require("cjson.safe").decode(text)
-  return type(v) == "table" and v or nil
-end
-
--- When did a killed run's last attempt stop? At the latest of the last journal event and the
--- last write to the attempt's output files.
-local function last_sign_of_life(run_dir, a, fallback)
-  local t = fallback
-  for _, kind in ipairs { "out", "err" } do
-    local st = uv.fs_stat(string.format("%s/attempt-%d.%s", records.task_dir(run_dir, a.task), a.n, kind))
-    if st then t = math.max(t, st.mtime.sec + st.mtime.nsec / 1e9) end
-  end
-  return t
-end
-
 local function is_live(run_dir, id)
   local project = run_dir:match("^(.*)/%.coral/runs/[^/]+$")
   if not project then return false end
@@ -71,8 +53,7 @@ function M.load(run_dir, opts)
   local id = run_dir:match("([^/]+)/*$")
   local run = journal.load(run_dir)
   run.id, run.dir = id, run_dir
-  run.summary = read_json(run_dir .. "/summary.json")
-  run.invocation = read_json(run_dir .. "/invocation.json")
+  run.summary = records.read_summary(run_dir)
   run.plan_name, run.final_status = run.plan, run.status
   run.phases = {}
   -- The plan the run recorded: every task (those that never started too), in plan order.
@@ -123,7 +104,8 @@ function M.load(run_dir, opts)
         a.duration = a.finish - a.start
         t.finish = math.max(t.finish or 0, a.finish)
       else
-        journal.interrupt(run, a, last_sign_of_life(run_dir, a, run.ended or last_t or a.start))
+        -- it died with coral: at its last sign of life
+        journal.interrupt(run, a, records.last_write(run_dir, a.task, a.n, run.ended or last_t or a.start))
       end
     end
   end

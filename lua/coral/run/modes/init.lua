@@ -66,11 +66,4 @@ function M.extend(base, class)
   return setmetatable(class, { __index = require("coral.run.modes." .. base) })
 end
 
---- One line per mode: its name and summary.
-function M.summaries()
-  local out = {}
-  for _, n in ipairs(M.names()) do out[#out + 1] = { name = n, summary = M.get(n).summary } end
-  return out
-end
-
 return M
