@@ -18,7 +18,7 @@ local TASK_OPTIONS = {
   timeout = "number", idle_timeout = "number", retries = "integer", priority = "integer",
   estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
   cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
-  when = "function",
+  when = "function", force = "boolean",
 }
 
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
@@ -457,17 +457,24 @@ function Plan:to_mermaid()
   return table.concat(out, "\n") .. "\n"
 end
 
---- The plan as JSON: tasks with their dependencies, phases and the critical path.
-function Plan:to_json()
+--- The plan as JSON: tasks with their dependencies, phases and the critical path. `more(task)`,
+-- if given, returns more fields of a task (a run adds each task's definition).
+function Plan:to_json(more)
   local tasks = {}
   local phase_of = self:phase_of()
   for _, t in ipairs(self.tasks) do
-    tasks[#tasks + 1] = {
+    local entry = {
       id = t.id, agent = t.agent, task = t.task,
       depends_on = t.depends_on,
       estimate = self:estimate(t), priority = t.priority or 0,
       phase = phase_of[t.id],
     }
+    if more then
+      for k, v in pairs(more(t)) do
+        if entry[k] == nil then entry[k] = v end
+      end
+    end
+    tasks[#tasks + 1] = entry
   end
   local path, length = self:critical_path()
   local text = require("coral.json").encode {

@@ -30,6 +30,7 @@ local JSON = { flag = "--json", key = "json", kind = "flag", help = "JSON instea
 
 local function kind_of(type_)
   if type_ == "integer" or type_ == "number" then return type_ end
+  if type_ == "boolean|list" then return "flag_or_list" end
   return "string"
 end
 
@@ -211,6 +212,46 @@ local function run_recipe(name, description, opts, args)
 end
 M.run_recipe = run_recipe
 
+--- The plan of a run started from the command line, built again from its recorded invocation
+-- (`inv`) for project `dir`, with more command-line `flags`. Returns the plan and the parsed
+-- options, or nil and the exit code (the error printed).
+function M.rebuild(inv, dir, flags)
+  local rargs = { table.unpack(inv.args) }
+  rargs[#rargs + 1] = "--dir"
+  rargs[#rargs + 1] = fsutil.absolute(dir)
+  for _, f in ipairs(flags or {}) do rargs[#rargs + 1] = f end
+  local ropts, positional = M.parse(rargs, RUN_OPTIONS)
+  if not ropts then
+    io.stderr:write("coral: ", positional, "\n")
+    return nil, EXIT_USAGE
+  end
+  local params, perr = M.params(ropts, { table.unpack(positional, 2) })
+  if not params then
+    io.stderr:write("coral: ", perr, "\n")
+    return nil, EXIT_USAGE
+  end
+  local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)",
+                         { project_dir = ropts.project_dir, default_plan = ropts.default_plan, params = params })
+  if not ok then return nil, report_error(plan, EXIT_USAGE) end
+  return plan, ropts
+end
+
+-- The definition of each task of the run in `run_dir` as its recipe declares it now (digests,
+-- run/uptodate.lua), for `coral why`; nil when the run was not started from the command line
+-- or its recipe no longer builds.
+local function current_definitions(run_dir, dir)
+  local inv = records.read_invocation(run_dir)
+  if not (inv and inv.recipe) then return nil end
+  local plan, ropts = M.rebuild(inv, dir)
+  if not plan then return nil end
+  local runner = M.runner_options(ropts) or {}
+  runner.driver = runner.driver or run_options.default("driver")
+  local uptodate = require "coral.run.uptodate"
+  local out = {}
+  for _, t in ipairs(plan.tasks) do out[t.id] = uptodate.digests(uptodate.definition(t, runner)) end
+  return out
+end
+
 -- }}}
 -- {{{ the commands
 
@@ -279,20 +320,13 @@ M.LIST = {
         return fail(string.format("run %s was started from Lua, not from the command line; resume it with " ..
           "runner:execute_plan(plan, { resume = \"%s\" })", run_id, run_id))
       end
-      local rargs = { table.unpack(inv.args) }
-      rargs[#rargs + 1] = "--dir"
-      rargs[#rargs + 1] = fsutil.absolute(dir)
+      local flags = {}
       for _, k in ipairs { "retry_failed", "quiet", "json" } do
-        if opts[k] then rargs[#rargs + 1] = "--" .. k:gsub("_", "-") end
+        if opts[k] then flags[#flags + 1] = "--" .. k:gsub("_", "-") end
       end
-      local ropts, positional = M.parse(rargs, RUN_OPTIONS)
-      if not ropts then return fail(positional) end
+      local plan, ropts = M.rebuild(inv, dir, flags)
+      if not plan then return ropts end
       ropts.resume = run_id
-      local params, perr = M.params(ropts, { table.unpack(positional, 2) })
-      if not params then return fail(perr) end
-      local ok, plan = pcall(require("coral.recipes").plan, inv.recipe, positional[1] or "(no description)",
-                             { project_dir = ropts.project_dir, default_plan = ropts.default_plan, params = params })
-      if not ok then return report_error(plan, EXIT_USAGE) end
       return M.run_plan(plan, ropts, inv)
     end,
   },
@@ -303,7 +337,7 @@ M.LIST = {
     run = function(opts, args)
       local run, err = load_run(opts.dir or ".", args[2])
       if not run then return fail(err) end
-      local text, werr = require("coral.view.status").why(run, args[1])
+      local text, werr = require("coral.view.status").why(run, args[1], current_definitions(run.dir, opts.dir or "."))
       if not text then return fail(werr) end
       io.stdout:write(text, "\n")
       return EXIT_OK
@@ -451,6 +485,15 @@ function M.parse(args, options)
       if o.kind == "flag" then
         if inline then return nil, "option '" .. name .. "' takes no value" end
         opts[o.key] = true
+      elseif o.kind == "flag_or_list" then
+        -- --force: all; --force=a,b: those (repeatable); a separate word is never its value
+        if not inline then
+          opts[o.key] = true
+        elseif opts[o.key] ~= true then
+          opts[o.key] = opts[o.key] or {}
+          for item in inline:gmatch("[^,]+") do table.insert(opts[o.key], item) end
+          if inline:find("^,*$") then return nil, "option '" .. name .. "=' needs task ids" end
+        end
       else
         local v = inline
         if v == nil then
@@ -483,8 +526,10 @@ function M.parse(args, options)
 end
 
 local function option_label(o)
-  local label = o.flag .. (o.value and (" " .. o.value) or "")
-  if o.short then label = o.short .. (o.value and (" " .. o.value) or "") .. ", " .. label end
+  -- "--force[=ID,...]": an optional value is written against its flag
+  local value = o.value and ((o.value:sub(1, 1) == "[" and "" or " ") .. o.value) or ""
+  local label = o.flag .. value
+  if o.short then label = o.short .. value .. ", " .. label end
   return label
 end
 

@@ -215,8 +215,8 @@ end
 
 --- The plan the run executes (tasks, dependencies, estimates, phases, critical path), written
 -- when the run starts so that views draw the plan of the run, not today's recipe.
-function Records:write_plan(plan)
-  must(fsutil.write_atomic(self.dir .. "/plan.json", plan:to_json(), PRIVATE_FILE))
+function Records:write_plan(plan, more)
+  must(fsutil.write_atomic(self.dir .. "/plan.json", plan:to_json(more), PRIVATE_FILE))
 end
 
 --- The plan a run recorded (decoded plan.json), or nil.
@@ -284,6 +284,7 @@ function Records:activity(entry)
   local status
   if entry.outcome == "succeeded" then status = "✅ Succeeded"
   elseif entry.outcome == "skipped" then status = "⏭ Skipped: " .. (entry.reason or "")
+  elseif entry.outcome == "up_to_date" then status = "✔ Up to date: " .. (entry.reason or "")
   else status = "❌ Failed: " .. (entry.reason or entry.outcome) end
   local lines = {
     string.format("\n### [%s] %s (%s)", fsutil.timestamp(entry.when, "%Y-%m-%d %H:%M"), entry.agent, entry.mode),

@@ -57,7 +57,8 @@ M.interrupt = interrupt
 --              ended, status (the done event's), stopping, last_event, tasks, order,
 --              attempts (every attempt, in the order they began), retries }
 --   task:    { id, agent, status (a task state), attempts, first_start, finish, error, output,
---              last (its last event but submit/adopt) }
+--              since (up_to_date: the run of the success it stands on), rerun (why a resume
+--              runs it again), last (its last event but submit/adopt) }
 --   attempt: { task, agent, n, start, finish, duration, outcome, exit, signal, error, pid,
 --              job_id, open (no end yet: running, or lost with a killed coral) }
 -- Attempts left open by an earlier session that coral lost are closed as interrupted at that
@@ -137,6 +138,11 @@ function M.replay(events)
         run.retries[#run.retries + 1] = { task = e.task, attempt = e.attempt, delay = e.delay, reason = e.reason }
       elseif e.event == "skip" then
         t.status, t.error = "skipped", e.reason
+      elseif e.event == "up_to_date" then
+        t.status, t.finish, t.output, t.error, t.since = "up_to_date", e.t, e.output, nil, e.since
+      elseif e.event == "rerun" then
+        -- a resume found its definition (or a dependency's) changed: it runs again
+        t.status, t.finish, t.error, t.rerun = "pending", nil, nil, e.reason
       end
       if e.event ~= "submit" and e.event ~= "adopt" then t.last = e end
     end

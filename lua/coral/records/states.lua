@@ -11,6 +11,8 @@ M.TASK = {
   succeeded = "an attempt succeeded; its output goes to its dependents",
   failed = "its last attempt failed and no retry is left",
   skipped = "not run: a dependency failed, or the run stopped first",
+  up_to_date = "not run: its declared outputs are as its last success left them, its inputs are not newer, " ..
+    "and its definition is unchanged (--force runs it)",
   interrupted = "unfinished: its attempt was stopped by Ctrl-C, SIGTERM or SIGHUP, or coral was killed " ..
     "while it ran (a plain resume runs it again)",
 }
@@ -46,7 +48,7 @@ end
 
 --- True when a task in `state` will not change any more in this run.
 function M.ended(state)
-  return state == "succeeded" or state == "failed" or state == "skipped"
+  return state == "succeeded" or state == "failed" or state == "skipped" or state == "up_to_date"
 end
 
 return M

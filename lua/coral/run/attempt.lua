@@ -5,6 +5,7 @@ local drivers = require "coral.drivers"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
 local prompt = require "coral.prompt"
+local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
 
 local M = {}
@@ -235,6 +236,7 @@ local function ended(run, st, a, info, result, driver, ctx)
     st.output_path = output_path
     st.status, st.finish = "succeeded", a.finish
     run.project_state:record(st)
+    if task.outputs then run.project_state:record_built(task.id, uptodate.record(run, st, st.input_stamps)) end
     run:release(st, true)
   elseif not final then
     st.status = "retrying"
@@ -286,6 +288,12 @@ function M.start(run, st)
     go, why = condition(run, st)
     if go == false then return run:skip_by_condition(st, why) end
   end
+  if task.outputs and #st.attempts == 0 and not st.adopt and not run.mode.runs_every_task
+     and not uptodate.forced(task, run.runner.force) then
+    local entry, stale = uptodate.check(run, st)
+    if entry then return run:up_to_date(st, entry) end
+    st.stale = stale
+  end
   local n = #st.attempts + 1
   -- An attempt adopted on resume (a cluster job still known to the executor) keeps its start.
   local adopt = st.adopt
@@ -293,6 +301,8 @@ function M.start(run, st)
   local a = { n = n, start = adopt and adopt.start or fsutil.now(), mono_start = uv.hrtime() }
   st.attempts[n] = a
   st.status = "running"
+  -- its inputs as this attempt found them: recorded with its success, for the next up-to-date check
+  if task.outputs then st.input_stamps = uptodate.stamps(run.project_dir, task.inputs) end
   if not st.first_start then st.first_start = a.start end
   run.running = run.running + 1
   if run.running > run.max_parallel then run.max_parallel = run.running end
@@ -346,7 +356,9 @@ function M.start(run, st)
   if adopt then
     run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
   else
-    run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid })
+    -- stale: why a task that declares outputs is not up to date (its first attempt only)
+    run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
+                        stale = n == 1 and st.stale or nil })
   end
   run.mode:started(st)
 end

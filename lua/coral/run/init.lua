@@ -25,6 +25,7 @@ local records = require "coral.records"
 local resume = require "coral.run.resume"
 local states = require "coral.records.states"
 local summary_mod = require "coral.run.summary"
+local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
 
 local M = {}
@@ -142,6 +143,22 @@ function Run:skip_by_condition(st, why)
   self:pump()
 end
 
+--- A task that need not run: what it makes is up to date (run/uptodate.lua). Its dependents
+-- go on as after a success, with the output its last success recorded.
+function Run:up_to_date(st, entry)
+  local task = st.task
+  st.status, st.finish = "up_to_date", fsutil.now()
+  if type(entry.output) == "string" and uv.fs_stat(entry.output) then st.output_path = entry.output end
+  self:emit("up_to_date", { task = task.id, agent = task.agent, since = entry.run_id, output = st.output_path })
+  self.records:activity {
+    when = st.finish, agent = task.agent, id = task.id, task = task.task, mode = self.mode.label,
+    group = self:group_label(task), deps = task.depends_on, outcome = "up_to_date",
+    reason = "since run " .. tostring(entry.run_id),
+  }
+  self:release(st, true)
+  self:pump()
+end
+
 --- Records that a task is skipped (it is not running).
 function Run:skipped(st, why)
   st.skip_reason = nil
@@ -245,6 +262,7 @@ function Run:execute(opts)
   self:emit("run", { run_id = self.records.id, plan = plan.name, project = self.description,
                      tasks = #plan.tasks, mode = self.mode.name, max_workers = self.max_workers,
                      resumed = opts.resume and true or nil })
+  for _, r in ipairs(self.reruns or {}) do self:emit("rerun", r) end
   self.project_state:flush()
   self:watch_signals()
 
@@ -295,6 +313,16 @@ local function preflight(run, project_dir)
   if not uv.fs_access(project_dir, "W") then
     check.user_error(string.format("project dir %s is not writable", project_dir))
   end
+  local force = run.runner.force
+  if type(force) == "table" then
+    for _, id in ipairs(force) do
+      if type(id) ~= "string" or not run.state[id] then
+        local ids = {}
+        for _, t in ipairs(run.plan.tasks) do ids[#ids + 1] = t.id end
+        check.user_error(string.format("force: no task '%s' in the plan%s", tostring(id), check.did_you_mean(id, ids)))
+      end
+    end
+  end
   local known_roles
   for _, t in ipairs(run.plan.tasks) do
     local driver, derr = attempt.driver_for(run, t)
@@ -342,6 +370,7 @@ function Runner:execute_plan(plan, opts)
   local paths = records.paths(project_dir)
   local state, err = records.read_state(paths.state)
   if state then plan:set_estimates(project_state.estimates(state, plan)) end
+  run.built = state and type(state.built) == "table" and state.built or {}
   if not state and err then io.stderr:write("coral: warning: ", err, "\n") end
 
   run.mode:check(plan)
@@ -362,7 +391,9 @@ function Runner:execute_plan(plan, opts)
     run.records = records.open(project_dir, opts.resume or opts.run_id)
     run.records:write_owner()
     if opts.invocation and not opts.resume then run.records:write_invocation(opts.invocation) end
-    run.records:write_plan(plan)
+    -- the plan this run's tasks ran under: a resume reruns what was changed since
+    if opts.resume then run.previous_plan = records.read_plan(run.records.dir) end
+    run.records:write_plan(plan, function(t) return uptodate.recorded(t, self) end)
     run.project_state = project_state.new(run)
     run.reporter = progress.new(self.output, run)
     run.start_time = fsutil.now()

@@ -38,6 +38,8 @@ M.LIST = {
     help = "bytes kept of each stream of an attempt, 0 = all" },
   { key = "executor", type = "string|table", flag = "--executor", value = "E",
     help = "local (default) or slurm: each task a Slurm batch job (docs/slurm.md)" },
+  { key = "force", type = "boolean|list", flag = "--force", value = "[=ID,...]",
+    help = "run tasks that are up to date: all, or the tasks named (--force=a,b)" },
   { key = "output", type = "string", default = "auto", choices = { "auto", "live", "lines", "json", "quiet" } },
   { key = "backoff", type = "table", default = { base = 0.5, factor = 2, max = 30, jitter = 0.25 } },
   { key = "on_event", type = "function" },

@@ -50,7 +50,14 @@ local ProjectState = {}
 ProjectState.__index = ProjectState
 
 function M.new(run)
-  return setmetatable({ run = run, pending = {}, dirty = true }, ProjectState)
+  return setmetatable({ run = run, pending = {}, built = {}, dirty = true }, ProjectState)
+end
+
+--- Records the success of a task that declares outputs (run/uptodate.lua's record), written
+-- with the next flush to the state's `built` table.
+function ProjectState:record_built(id, entry)
+  self.built[id] = entry
+  self.dirty = true
 end
 
 --- Adds the history entry of a task that ended (succeeded or failed); written with the next flush.
@@ -79,8 +86,8 @@ end
 function ProjectState:flush(final)
   if not self.dirty and not final then return end
   self.dirty = false
-  local pending, run = self.pending, self.run
-  self.pending = {}
+  local pending, built, run = self.pending, self.built, self.run
+  self.pending, self.built = {}, {}
   local _, warning = run.records:update_state(function(state)
     state.project = run.description or state.project
     state.project_dir = run.project_dir
@@ -97,6 +104,10 @@ function ProjectState:flush(final)
       a.history[#a.history + 1] = h.entry
       a.status, a.last_run = h.entry.status, h.entry.run_id
       while #a.history > M.HISTORY_MAX do table.remove(a.history, 1) end
+    end
+    if next(built) then
+      if type(state.built) ~= "table" then state.built = {} end
+      for id, entry in pairs(built) do state.built[id] = entry end
     end
     -- This run's handoffs: the outputs of finished tasks that other tasks depend on.
     state.handoffs = {}

@@ -4,6 +4,8 @@ local coord = require "coral.coord"
 local fsutil = require "coral.fsutil"
 local journal = require "coral.records.journal"
 local records = require "coral.records"
+local states = require "coral.records.states"
+local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
 
 local M = {}
@@ -62,6 +64,23 @@ local function lost_attempt_end(run, a, still_running, session_end)
   return records.last_write(run.records.dir, a.task, a.n, math.max(a.start, session_end or a.start))
 end
 
+--- The finished tasks of a resumed run whose definition differs from the one its plan.json
+-- recorded: id -> "its cmd changed since it ran".
+function M.changed_definitions(run)
+  local out = {}
+  local previous = run.previous_plan
+  if not previous then return out end
+  for _, old in ipairs(previous.tasks) do
+    local st = type(old) == "table" and run.state[old.id]
+    -- plan.json of a coral before definitions were recorded has no driver: nothing to compare
+    if st and old.driver then
+      local fields = uptodate.changed(uptodate.digests(old), uptodate.digests(uptodate.definition(st.task, run.runner)))
+      if #fields > 0 then out[old.id] = "its " .. uptodate.join(fields) .. " changed since it ran" end
+    end
+  end
+  return out
+end
+
 --- Rebuilds `run`'s state from its journal before it goes on: succeeded tasks are not run
 -- again, tasks that were running or waiting to retry start again, failed tasks stay failed
 -- unless `retry_failed`, skipped tasks are decided again.
@@ -105,9 +124,9 @@ function M.restore(run, retry_failed)
         st.attempts[#st.attempts + 1] = copy
       end
       st.first_start = t.first_start
-      if t.status == "succeeded" then
-        outcome[id] = "succeeded"
-        st.output_path = t.output or run.records:task_path(id, "output")
+      if t.status == "succeeded" or t.status == "up_to_date" then
+        outcome[id] = t.status
+        st.output_path = t.output or (t.status == "succeeded" and run.records:task_path(id, "output")) or nil
         st.finish, st.resumed = t.finish, true
       elseif t.status == "failed" and not retry_failed then
         outcome[id] = "failed"
@@ -117,13 +136,25 @@ function M.restore(run, retry_failed)
   end
   -- The earlier sessions' time, up to the end of the attempts they left running.
   run.prior_wall = journal.session_time(past)
-  -- Walk the graph: hand finished tasks back to it, queue the rest for the first pump.
+  -- Walk the graph: hand finished tasks back to it, queue the rest for the first pump. A
+  -- finished task whose definition changed since runs again; so does what depends on it, as
+  -- the graph does not release it before its changed dependency has run.
+  local changed = M.changed_definitions(run)
+  run.reruns = {}
+  local function again(st, why)
+    st.finish, st.resumed, st.output_path = nil, nil, nil
+    run.reruns[#run.reruns + 1] = { task = st.task.id, agent = st.task.agent, reason = why }
+  end
   repeat
     local ids = run.g:ready()
     for _, id in ipairs(ids) do
       local st = run.state[id]
-      if outcome[id] == "succeeded" then
-        st.status = "succeeded"
+      local finished = outcome[id] == "succeeded" or outcome[id] == "up_to_date"
+      if finished and changed[id] then
+        again(st, changed[id])
+        run.retry_queue[#run.retry_queue + 1] = st
+      elseif finished then
+        st.status = outcome[id]
         run.g:done(id, true)
       elseif outcome[id] == "failed" then
         st.status = "failed"
@@ -133,6 +164,17 @@ function M.restore(run, retry_failed)
       end
     end
   until #ids == 0
+  for _, t in ipairs(run.plan.tasks) do
+    local st = run.state[t.id]
+    if (outcome[t.id] == "succeeded" or outcome[t.id] == "up_to_date") and st.status == "pending" and st.finish then
+      for _, d in ipairs(t.depends_on) do
+        if not states.ended(run.state[d].status) then
+          again(st, string.format("its dependency '%s' runs again", d))
+          break
+        end
+      end
+    end
+  end
 end
 
 return M

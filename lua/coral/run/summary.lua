@@ -56,7 +56,7 @@ end
 function M.of(run)
   -- A resumed run counts the time of its earlier sessions too.
   local wall = run.finish_time - run.start_time + (run.prior_wall or 0)
-  local sequential, succeeded, failed, skipped, unfinished, by_condition = 0, 0, 0, 0, 0, 0
+  local sequential, succeeded, failed, skipped, unfinished, by_condition, up_to_date = 0, 0, 0, 0, 0, 0, 0
   local results, total_cost, times = {}, nil, {}
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
@@ -65,6 +65,7 @@ function M.of(run)
     sequential = sequential + duration
     local status = st.status == "pending" and "skipped" or st.status
     if status == "succeeded" then succeeded = succeeded + 1
+    elseif status == "up_to_date" then up_to_date = up_to_date + 1
     elseif status == "skipped" then
       skipped = skipped + 1
       if st.by_condition then by_condition = by_condition + 1 end
@@ -91,8 +92,9 @@ function M.of(run)
     status = run.interrupted and "interrupted"
       or ((failed + skipped - by_condition + unfinished == 0) and "succeeded" or "failed"),
     tasks = total, succeeded = succeeded, failed = failed, skipped = skipped, interrupted_tasks = unfinished,
-    skipped_by_condition = by_condition,
-    success_rate = total > 0 and succeeded / total * 100 or 0,
+    skipped_by_condition = by_condition, up_to_date = up_to_date,
+    -- a task up to date is as good as one that succeeded
+    success_rate = total > 0 and (succeeded + up_to_date) / total * 100 or 0,
     total_time_seconds = wall, sequential_estimate_seconds = sequential,
     time_saved_seconds = sequential - wall,
     efficiency_gain_percent = sequential > 0 and (sequential - wall) / sequential * 100 or 0,

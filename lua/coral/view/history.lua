@@ -22,13 +22,14 @@ function M.runs(project_dir)
       row.plan, row.started, row.status = s.plan, s.started, states.normalize(s.status)
       row.wall, row.speedup = s.total_time_seconds, s.speedup
       row.tasks = math.tointeger(s.tasks or s.total_agents)
-      row.ok = math.tointeger(s.succeeded or s.successful)
+      -- done: succeeded, or up to date (as good, without running)
+      row.ok = math.tointeger((s.succeeded or s.successful or 0) + (s.up_to_date or 0))
     else
       -- No summary: a run still going, or one that was killed; measure it from its journal.
       local run = timeline.load(dir)
       row.plan, row.started, row.status = run.plan_name, run.started, run.status
       row.wall, row.speedup = run.figures.wall, run.figures.speedup
-      row.tasks, row.ok = run.figures.tasks, run.figures.succeeded
+      row.tasks, row.ok = run.figures.tasks, run.figures.succeeded + run.figures.up_to_date
     end
     out[#out + 1] = row
   end

@@ -30,8 +30,8 @@ function Lines:event(e)
     out:write(string.format("[%s] run %s: %d tasks, mode %s, %d workers%s\n", when, e.run_id, e.tasks,
       e.mode, e.max_workers, e.plan and (", plan " .. e.plan) or ""))
   elseif e.event == "start" then
-    out:write(string.format("[%s] start     %s (attempt %d%s)\n", when, e.task, e.attempt,
-      e.pid and string.format(", pid %d", e.pid) or ""))
+    out:write(string.format("[%s] start     %s (attempt %d%s)%s\n", when, e.task, e.attempt,
+      e.pid and string.format(", pid %d", e.pid) or "", e.stale and (": " .. e.stale) or ""))
   elseif e.event == "submit" or e.event == "adopt" then
     out:write(string.format("[%s] %-9s %s (attempt %d, job %s)\n", when, e.event, e.task, e.attempt, tostring(e.job_id)))
   elseif e.event == "end" then
@@ -42,6 +42,10 @@ function Lines:event(e)
     out:write(string.format("[%s] retry     %s in %.1fs (attempt %d)\n", when, e.task, e.delay, e.attempt))
   elseif e.event == "skip" then
     out:write(string.format("[%s] skipped   %s: %s\n", when, e.task, e.reason))
+  elseif e.event == "up_to_date" then
+    out:write(string.format("[%s] up to date %s (since run %s)\n", when, e.task, tostring(e.since)))
+  elseif e.event == "rerun" then
+    out:write(string.format("[%s] rerun     %s: %s\n", when, e.task, e.reason))
   elseif e.event == "stopping" then
     out:write(string.format("[%s] stopping: %s\n", when, e.reason))
   end
@@ -82,7 +86,7 @@ function Live:draw()
     end
   end
   local total = #run.plan.tasks
-  local ended = counts.succeeded + counts.failed + counts.skipped
+  local ended = counts.succeeded + counts.failed + counts.skipped + (counts.up_to_date or 0)
   local width = 30
   local filled = total > 0 and math.floor(ended / total * width + 0.5) or width
   -- ETA from estimates: the estimated work left spread over the workers, corrected by how
@@ -101,8 +105,9 @@ function Live:draw()
   local lines = {
     string.format("coral %s  phase %d/%d  %s%s  %d/%d", run.mode.name, run:current_phase(), #run.phases,
       string.rep("█", filled), string.rep("░", width - filled), ended, total),
-    string.format("  succeeded %d  failed %d  skipped %d%s  running %d  elapsed %s  eta ~%s",
-      counts.succeeded, counts.failed, counts.skipped,
+    string.format("  succeeded %d%s  failed %d  skipped %d%s  running %d  elapsed %s  eta ~%s",
+      counts.succeeded, counts.up_to_date and string.format("  up to date %d", counts.up_to_date) or "",
+      counts.failed, counts.skipped,
       counts.interrupted and string.format("  interrupted %d", counts.interrupted) or "", counts.running,
       fmt_duration((now - self.started) / 1e9), fmt_duration(left / run.max_workers)),
   }
@@ -122,11 +127,13 @@ function Live:draw()
 end
 
 function Live:event(e)
-  if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping" then
+  if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
+     or e.event == "rerun" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
     elseif e.event == "skip" then text = string.format("⏭ %s: %s", e.task, e.reason)
+    elseif e.event == "rerun" then text = string.format("↻ %s runs again: %s", e.task, e.reason)
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
@@ -181,6 +188,9 @@ function M.summary_text(s)
     row("Worker Utilisation", string.format("%.1f%%", s.worker_utilisation_percent)),
     row("Run Dir", s.run_dir),
   }
+  if (s.up_to_date or 0) > 0 then   -- after "Succeeded"
+    table.insert(lines, 5, row("Up To Date", int(s.up_to_date) .. " (not run: their outputs are up to date)"))
+  end
   if s.total_cost_usd then
     lines[#lines + 1] = row("Cost", string.format("$%.4f (as the agent CLIs reported it)", s.total_cost_usd))
   end
@@ -190,7 +200,7 @@ function M.summary_text(s)
   end
   local failures = {}
   for id, r in pairs(s.results) do
-    if r.status ~= "succeeded" then failures[#failures + 1] = string.format("  %-11s %s: %s", r.status, id, r.error or "") end
+    if r.status ~= "succeeded" and r.status ~= "up_to_date" then failures[#failures + 1] = string.format("  %-11s %s: %s", r.status, id, r.error or "") end
   end
   table.sort(failures)
   if #failures > 0 then

@@ -189,7 +189,7 @@ end
 -- {{{ the plan graph
 
 local STATUS_FILL = {
-  succeeded = "#dff3e3", failed = "#f9dcdb", interrupted = "#ebe2f5", skipped = "#eeeeee",
+  succeeded = "#dff3e3", failed = "#f9dcdb", interrupted = "#ebe2f5", skipped = "#eeeeee", up_to_date = "#eef7ef",
   running = "#dcebf8", retrying = "#fdebd3", pending = "#ffffff",
 }
 
@@ -346,6 +346,7 @@ td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 .status-interrupted,.status-killed{background:#ebe2f5;color:#553c7b}
 .status-running,.status-retrying{background:#dcebf8;color:#1d5d94}
 .status-skipped,.status-pending{background:#eee;color:#555}
+.status-up_to_date{background:#eef7ef;color:#3d6b47}
 .scroll{overflow-x:auto}
 svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#333}
 #gantt .lane-label{text-anchor:end;fill:#52606d}
@@ -399,7 +400,8 @@ local function summary_table(run)
   local rows = {}
   local function row(k, v) rows[#rows + 1] = string.format("<tr><th>%s</th><td>%s</td></tr>", esc(k), v) end
   row("Status", status_badge(run.status) .. (run.stopping and (" " .. esc(run.stopping)) or ""))
-  row("Tasks", string.format("%d: %d succeeded, %d failed, %d skipped%s%s", f.tasks, f.succeeded, f.failed, f.skipped,
+  row("Tasks", string.format("%d: %d succeeded, %s%d failed, %d skipped%s%s", f.tasks, f.succeeded,
+    f.up_to_date > 0 and string.format("%d up to date, ", f.up_to_date) or "", f.failed, f.skipped,
     f.interrupted > 0 and string.format(", %d interrupted", f.interrupted) or "",
     (f.running + f.pending > 0) and string.format(", %d running, %d waiting", f.running, f.pending) or ""))
   row("Attempts", tostring(f.attempts) .. (#run.retries > 0 and string.format(" (%d retries)", #run.retries) or ""))

@@ -40,13 +40,44 @@ local function when(ts)
   return ts and os.date("%Y-%m-%d %H:%M:%S", math.floor(ts)) or "?"
 end
 
+-- The first task of `id` and what it depends on (directly or not) whose definition changed
+-- since it ran, as a resume will find it (`current`: id -> digests of the recipe's definitions
+-- now): that task's id and "cmd and env"; or nil.
+local function changed(run, id, current, seen)
+  seen = seen or {}
+  if seen[id] then return nil end
+  seen[id] = true
+  local t = run.tasks[id]
+  if not (current and t and t.recorded and t.recorded.driver and current[id]) then return nil end
+  local uptodate = require "coral.run.uptodate"
+  local fields = uptodate.changed(uptodate.digests(t.recorded), current[id])
+  if #fields > 0 then return id, uptodate.join(fields) end
+  for _, d in ipairs(t.depends_on or {}) do
+    local root, what = changed(run, d, current, seen)
+    if root then return root, what end
+  end
+  return nil
+end
+
 --- Why `task` will or will not run when the run is resumed; nil and an error for a task the
--- run does not have.
-function M.why(run, task)
+-- run does not have. `current` (optional): the definitions the recipe declares now (digests by
+-- task id, coral.run.uptodate), so that a task edited since it ran is said to run again.
+function M.why(run, task, current)
   local t = run.tasks[task]
   if not t then return nil, string.format("no task '%s' in run %s", task, run.id) end
   local n = #t.attempts
-  if t.status == "succeeded" then
+  if t.status == "succeeded" or t.status == "up_to_date" then
+    local root, what = changed(run, task, current)
+    if root then
+      local because = root == task and string.format("its %s changed since it ran", what)
+        or string.format("it depends on '%s', whose %s changed since it ran", root, what)
+      return string.format("%s will run again on resume: %s (it %s at %s)", task, because,
+        t.status == "succeeded" and "succeeded" or "was up to date", when(t.finish))
+    end
+    if t.status == "up_to_date" then
+      return string.format("%s will not run again: it was up to date at %s (its outputs as run %s left them, " ..
+        "its inputs not newer, its definition unchanged); --force runs it", task, when(t.finish), tostring(t.since))
+    end
     return string.format("%s will not run again: it finished successfully at %s (attempt %d)", task, when(t.finish), n)
   elseif t.status == "failed" then
     return string.format("%s will not run on resume unless --retry-failed is given: it failed at %s with %s " ..
@@ -61,7 +92,7 @@ function M.why(run, task)
   local waiting = {}
   for _, d in ipairs(t.depends_on or {}) do
     local dt = run.tasks[d]
-    if not dt or dt.status ~= "succeeded" then
+    if not dt or (dt.status ~= "succeeded" and dt.status ~= "up_to_date") then
       waiting[#waiting + 1] = d .. " (" .. (dt and #dt.attempts > 0 and dt.status or "not started") .. ")"
     end
   end
@@ -73,7 +104,11 @@ function M.why(run, task)
     return string.format("%s was skipped because %s; on resume it runs once its dependencies succeed%s", task,
       t.error or "a dependency failed", #waiting > 0 and (": waiting for " .. table.concat(waiting, ", ")) or "")
   end
-  if #waiting > 0 then return task .. " will run on resume once these finish: " .. table.concat(waiting, ", ") end
+  local again = t.rerun and (" (it runs again: " .. t.rerun .. ")") or ""
+  if #waiting > 0 then
+    return task .. " will run on resume once these finish: " .. table.concat(waiting, ", ") .. again
+  end
+  if t.rerun then return task .. " will run on resume: " .. t.rerun end
   return task .. " will run on resume: it has not started yet and nothing it needs is missing"
 end
 

@@ -69,7 +69,7 @@ function M.load(run_dir, opts)
         t = { id = pt.id, agent = pt.agent or pt.id, status = "pending", attempts = {} }
         run.tasks[pt.id] = t
       end
-      t.text, t.phase = pt.task or "", pt.phase
+      t.text, t.phase, t.recorded = pt.task or "", pt.phase, pt
       t.depends_on = type(pt.depends_on) == "table" and pt.depends_on or {}
       order[#order + 1] = pt.id
     end
@@ -144,13 +144,14 @@ function M.load(run_dir, opts)
   -- Figures: from summary.json when the run finished, else measured from the journal.
   local busy = 0
   for _, a in ipairs(run.attempts) do busy = busy + (a.duration or 0) end
-  local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0, pending = 0, interrupted = 0 }
+  local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0, pending = 0, interrupted = 0, up_to_date = 0 }
   for _, tid in ipairs(run.order) do
     local st = run.tasks[tid].status
     if st == "succeeded" then counts.succeeded = counts.succeeded + 1
     elseif st == "failed" then counts.failed = counts.failed + 1
     elseif st == "interrupted" then counts.interrupted = counts.interrupted + 1
     elseif st == "skipped" then counts.skipped = counts.skipped + 1
+    elseif st == "up_to_date" then counts.up_to_date = counts.up_to_date + 1
     elseif st == "running" or st == "retrying" then counts.running = counts.running + 1
     else counts.pending = counts.pending + 1 end
   end
@@ -159,7 +160,7 @@ function M.load(run_dir, opts)
   local max_workers = run.max_workers or (s and math.tointeger(s.max_workers))
   run.figures = {
     tasks = #run.order, succeeded = counts.succeeded, failed = counts.failed, interrupted = counts.interrupted,
-    skipped = counts.skipped, running = counts.running, pending = counts.pending,
+    skipped = counts.skipped, running = counts.running, pending = counts.pending, up_to_date = counts.up_to_date,
     attempts = #run.attempts, wall = wall, sequential = busy,
     speedup = wall > 0 and busy / wall or 0, saved = busy - wall,
     max_workers = max_workers, lanes = run.lanes,

@@ -7,6 +7,8 @@ local Pipeline = require("coral.run.modes").extend("dependency", {
   name = "pipeline",
   label = "PIPELINE",
   summary = "dependents start while their dependencies run, reading their output on stdin",
+  -- a dependent reads its upstream's stream: a task up to date from an earlier run has none
+  runs_every_task = true,
 })
 
 function Pipeline:init()
