@@ -1,7 +1,7 @@
 -- Runs every `-- example` block of the docs, so the documentation cannot drift from the code.
 local H = require("spec.helper").guard(_ENV)
 
-local DOCS = { "docs/runner.md", "docs/dag.md", "docs/report.md" }
+local DOCS = { "README.md", "docs/runner.md", "docs/dag.md", "docs/report.md" }
 
 for _, doc in ipairs(DOCS) do
   describe(doc, function()
