@@ -356,11 +356,50 @@ static int host_exit(lua_State *L) {
   return 0;
 }
 
+/* nil, err = host.exec(path, argv): replaces coral with the program at `path`, given the
+ * strings of the list `argv` (argv[1] its name), in coral's environment and working directory:
+ * `coral resume` runs a script again this way, so the script keeps coral's pid, terminal and
+ * process group, and Ctrl-C and the exit status are the script's own with no coral in between
+ * to relay them. Like host.exit it first stops every child and closes the loop, so nothing the
+ * host started outlives it. It returns only when `path` cannot be run (checked before anything
+ * is stopped); an exec that fails after that (out of memory) is reported and ends coral, 1. */
+static int host_exec(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  const char **argv;
+  lua_Integer n, i;
+  coral_checknargs(L, 2);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  n = luaL_len(L, 2);
+  luaL_argcheck(L, n >= 1, 2, "the list needs the program's name first");
+  /* A userdata, not malloc: a bad element below raises, and the collector frees it. */
+  argv = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *argv, 0);
+  for (i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
+      return luaL_error(L, "bad argument #2 to 'exec' (argv[%d] is not a string)", (int)i);
+    argv[i - 1] = lua_tostring(L, -1);   /* kept alive by the table */
+    lua_pop(L, 1);
+  }
+  argv[n] = NULL;
+  if (access(path, X_OK) != 0) {
+    int e = errno;
+    lua_pushnil(L);
+    lua_pushfstring(L, "exec %s: %s", path, strerror(e));
+    return 2;
+  }
+  coral_shutdown(L);
+  fflush(NULL);
+  execv(path, (char *const *)argv);
+  fprintf(stderr, "coral: exec %s: %s\n", path, strerror(errno));
+  exit(EXIT_FAILURE);
+  return 0;
+}
+
 static const luaL_Reg host_functions[] = {
   { "embedded", host_embedded },
   { "embedded_files", host_embedded_files },
   { "isatty", host_isatty },
   { "exit", host_exit },
+  { "exec", host_exec },
   { "catch_signals", host_catch_signals },
   { NULL, NULL }
 };

@@ -217,6 +217,25 @@ static int script_result(lua_State *L, char **args, int nargs) {
   return code;
 }
 
+/* Tells coral.cli that the script file argv[script] starts:
+ * script_start(noptions, options..., script, args...), the interpreter's options before it and
+ * its arguments after it, as given. The runs a script starts record them, so that
+ * `coral resume` can run it again the same way. Returns 0 after reporting an error. */
+static int script_start(lua_State *L, char **argv, int argc, int script) {
+  int i, status;
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "coral.cli");
+  status = docall(L, 1, 1);
+  if (report(L, status) != LUA_OK)
+    return 0;
+  lua_getfield(L, -1, "script_start");
+  lua_remove(L, -2);
+  lua_pushinteger(L, script - 1);
+  for (i = 1; i < argc; i++)
+    lua_pushstring(L, argv[i]);
+  return report(L, docall(L, argc, 0)) == LUA_OK;
+}
+
 /* Runs the loop until no handle is active, reporting a callback's error like a script's. */
 static int run_loop(lua_State *L) {
   lua_getglobal(L, "require");
@@ -269,6 +288,8 @@ static int pmain(lua_State *L) {
     } else {
       /* Pass the script's own arguments as `...`, as lua does. */
       int nargs = argc - o.script - 1, i;
+      if (strcmp(script, "-") != 0 && !script_start(L, argv, argc, o.script))
+        return 0;
       status = luaL_loadfile(L, strcmp(script, "-") == 0 ? NULL : script);
       if (status == LUA_OK) {
         for (i = 0; i < nargs; i++)

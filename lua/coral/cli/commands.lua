@@ -307,6 +307,9 @@ M.LIST = {
   {
     name = "resume", args = { "[RUN]" },
     summary = "continue the last or a given run: finished tasks are not run again",
+    notes = "A run that a script file started (coral script.lua, whose code calls execute_plan) is continued\n" ..
+            "by running the script again, in the directory and with the arguments it had: each of its\n" ..
+            "execute_plan calls continues its own run, in order (--json and --quiet are the script's to choose).",
     options = { DIR, { flag = "--retry-failed", key = "retry_failed", kind = "flag", help = "run the failed tasks again too" },
                 { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary" },
                 { flag = "--json", key = "json", kind = "flag", help = "JSON lines, then the summary" } },
@@ -317,8 +320,20 @@ M.LIST = {
       local run_id = run_dir:match("([^/]+)$")
       local inv = records.read_invocation(run_dir)
       if not inv then
-        return fail(string.format("run %s was started from Lua, not from the command line; resume it with " ..
-          "runner:execute_plan(plan, { resume = \"%s\" })", run_id, run_id))
+        return fail(string.format("run %s was started from Lua (coral -e, standard input or the REPL), not " ..
+          "from the command line or a script file; resume it with runner:execute_plan(plan, { resume = \"%s\" })",
+          run_id, run_id))
+      end
+      if inv.script then
+        -- The script runs again and chooses its runners' output itself.
+        for _, k in ipairs { "quiet", "json" } do
+          if opts[k] then
+            return fail(string.format("option '--%s': run %s was started by the script %s, whose runners " ..
+              "choose their own output", k, run_id, tostring(inv.script)))
+          end
+        end
+        local _, serr = require("coral.run.script").resume(run_id, inv, opts.retry_failed)
+        return fail(serr)
       end
       local flags = {}
       for _, k in ipairs { "retry_failed", "quiet", "json" } do

@@ -1,6 +1,6 @@
 --- The command line above the interpreter options: subcommands (`coral run ...`, declared in
 -- coral.cli.commands), --help, script results and the REPL. src/main.c calls is_command,
--- main, help, repl and script_result.
+-- main, help, repl, script_start and script_result.
 local commands = require "coral.cli.commands"
 local host = require "coral.host"
 
@@ -58,8 +58,21 @@ function M.help()
   return 0
 end
 
+--- The script file `script` starts (src/main.c calls this just before it runs): the first
+-- `noptions` values are coral's options before it, the rest its arguments.
+function M.script_start(noptions, ...)
+  local all = { ... }
+  local options, args = {}, {}
+  for i = 1, noptions do options[i] = all[i] end
+  for i = noptions + 2, #all do args[#args + 1] = all[i] end
+  require("coral.run.script").start(all[noptions + 1], args, options)
+end
+
 --- Runs the REPL until end of input.
 function M.repl()
+  -- `coral -i script.lua`: what is typed in the REPL is no part of the script's execution
+  local script = package.loaded["coral.run.script"]
+  if script then script.stop() end
   return require("coral.repl").run()
 end
 

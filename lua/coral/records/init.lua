@@ -213,6 +213,17 @@ function M.read_invocation(run_dir)
   return text and require("cjson.safe").decode(text) or nil
 end
 
+--- The newest run of `project_dir` that call `call` of script execution `execution` started
+-- (its invocation says so: coral.run.script), or nil.
+function M.find_script_run(project_dir, execution, call)
+  local ids = M.run_ids(project_dir)
+  for i = #ids, 1, -1 do
+    local inv = M.read_invocation(M.paths(project_dir).runs .. "/" .. ids[i])
+    if type(inv) == "table" and inv.execution == execution and inv.call == call then return ids[i] end
+  end
+  return nil
+end
+
 --- The plan the run executes (tasks, dependencies, estimates, phases, critical path), written
 -- when the run starts so that views draw the plan of the run, not today's recipe.
 function Records:write_plan(plan, more)

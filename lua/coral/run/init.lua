@@ -9,6 +9,7 @@
 --   run/modes/*.lua        the execution modes
 --   run/project_state.lua  each agent's history in .coral/project_state.yaml, and estimates
 --   run/resume.lua         the run lock, and a run rebuilt from its journal
+--   run/script.lua         a script that calls execute_plan itself, and its resume
 --   run/summary.lua        the summary of a run
 local attempt = require "coral.run.attempt"
 local check = require "coral.check"
@@ -23,6 +24,7 @@ local progress = require "coral.view.progress"
 local project_state = require "coral.run.project_state"
 local records = require "coral.records"
 local resume = require "coral.run.resume"
+local script = require "coral.run.script"
 local states = require "coral.records.states"
 local summary_mod = require "coral.run.summary"
 local uptodate = require "coral.run.uptodate"
@@ -353,6 +355,9 @@ function Runner:execute_plan(plan, opts)
   if #plan.tasks == 0 then check.user_error("the plan has no tasks: nothing to run", plan.where) end
   opts = opts or {}
   local project_dir = fsutil.absolute(self.project_dir)
+  -- A call from a script run as `coral script.lua`: its run records how to run the script
+  -- again, and on `coral resume` it continues the run it started before (run/script.lua).
+  opts = script.call_options(opts, project_dir)
   local Mode = assert(modes.get(self.mode))
   local run = setmetatable({
     runner = self, plan = plan, project_dir = project_dir,
@@ -390,7 +395,8 @@ function Runner:execute_plan(plan, opts)
   local ok, result = xpcall(function()
     run.records = records.open(project_dir, opts.resume or opts.run_id)
     run.records:write_owner()
-    if opts.invocation and not opts.resume then run.records:write_invocation(opts.invocation) end
+    local invocation = opts.invocation or opts.script_invocation
+    if invocation and not opts.resume then run.records:write_invocation(invocation) end
     -- the plan this run's tasks ran under: a resume reruns what was changed since
     if opts.resume then run.previous_plan = records.read_plan(run.records.dir) end
     run.records:write_plan(plan, function(t) return uptodate.recorded(t, self) end)
