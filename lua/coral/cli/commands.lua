@@ -256,9 +256,12 @@ M.LIST = {
     help_extra = function(raw)
       local name = raw[1]
       if not name or name:sub(1, 1) == "-" then return nil end
-      local lines = require("coral.recipes").params_help(name, ".")
+      local recipes = require "coral.recipes"
+      local lines = recipes.params_help(name, ".")
       if #lines == 0 then return nil end
-      local out = { "parameters of " .. name .. " (--param NAME=VALUE):" }
+      local ok, real = pcall(recipes.resolve, name, ".")
+      local alias = ok and real ~= name and ("; " .. name .. " is its alias") or ""
+      local out = { "parameters of " .. (ok and real or name) .. " (--param NAME=VALUE" .. alias .. "):" }
       for _, l in ipairs(lines) do M.two_columns(out, l[1], l[2], 20) end
       return table.concat(out, "\n") .. "\n"
     end,
@@ -362,19 +365,26 @@ M.LIST = {
   },
   {
     name = "recipes", args = {},
-    summary = "list the recipe library",
+    summary = "list the recipe library, each recipe with its aliases",
     options = {},
     run = function()
       local recipes = require "coral.recipes"
       local broken = 0
+      local aliases = recipes.aliases(".")
       for _, name in ipairs(recipes.names(".")) do
         local summary, err = recipes.summary(name, ".")
         if summary then
-          io.stdout:write(string.format("%-16s %s\n", name, summary))
+          local also = aliases.of[name] or {}
+          io.stdout:write(string.format("%-16s %s%s\n", name, summary,
+                                        #also > 0 and (" (aliases: " .. table.concat(also, ", ") .. ")") or ""))
         else
           broken = broken + 1
           io.stderr:write("coral: warning: recipe ", name, " does not load: ", err, "\n")
         end
+      end
+      if aliases.conflict then
+        broken = broken + 1
+        io.stderr:write("coral: ", tostring(aliases.conflict), "\n")
       end
       return broken == 0 and EXIT_OK or EXIT_FAILED
     end,
