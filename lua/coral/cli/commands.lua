@@ -395,21 +395,26 @@ M.LIST = {
     options = { DIR },
     notes = "Roles come from coral (built in), ~/.claude/agents/*.md, and the project's .claude/agents/*.md\n" ..
             "and .coral/agents/*.md, later ones overriding earlier ones with the same id. A task's agent\n" ..
-            "name picks its role; its prompt starts with the role's text.",
+            "name picks its role; its prompt starts with the role's text. A role file with a mistake in its\n" ..
+            "front matter is exit 2 here and for every command that loads the roles, naming its file:line.",
     max = 2,
     run = function(opts, args)
       local agents = require "coral.agents"
       local dir = opts.dir or "."
       if args[1] == "show" then
         if not args[2] then return fail("agents show needs a role id (see 'coral agents')") end
-        local text, err = agents.show(args[2], dir)
+        -- a role file's mistake raises a user error (its file:line): exit 2
+        local ok, text, err = pcall(agents.show, args[2], dir)
+        if not ok then return report_error(text, EXIT_USAGE) end
         if not text then return fail(err) end
         io.stdout:write(text)
         return EXIT_OK
       elseif args[1] then
         return fail("unknown agents subcommand '" .. args[1] .. "' (try 'coral agents --help')")
       end
-      io.stdout:write(agents.list_text(dir))
+      local ok, text = pcall(agents.list_text, dir)
+      if not ok then return report_error(text, EXIT_USAGE) end
+      io.stdout:write(text)
       return EXIT_OK
     end,
   },
