@@ -7,6 +7,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "a backend API: architecture, API design + data models, backend + security, QA + deployment",
+  aliases = { "api_service", "backend", "rest_api" },
   plan = function(description)
     return coral.plan({
       { t("project-architect", "Design the service architecture, technology stack and module boundaries of the API",

@@ -7,6 +7,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "a data pipeline: architecture, storage + ingestion, transformations, quality, orchestration, monitoring",
+  aliases = { "etl", "etl_pipeline" },
   plan = function(description)
     return coral.plan({
       { t("project-architect", "Design the pipeline: sources, sinks, batch or streaming, volumes, latency and freshness targets",

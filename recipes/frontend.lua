@@ -6,6 +6,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "a web frontend: UI design + architecture, components + accessibility, integration + testing",
+  aliases = { "frontend_app", "spa", "web_frontend" },
   plan = function(description)
     return coral.plan({
       { t("ui-designer", "Design the UI: user flows, screens with all their states, components, design tokens",

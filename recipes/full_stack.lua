@@ -7,6 +7,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "a web application: architecture, requirements, design, backend, frontend, QA, deployment",
+  aliases = { "full_stack_app", "fullstack", "web_app" },
   plan = function(description)
     return coral.plan({
       { t("project-architect", "Design the system architecture, technology stack and module boundaries",

@@ -8,6 +8,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "one service of a larger system: contracts, data, implementation, security, deployment, SLOs",
+  aliases = { "microservices" },
   plan = function(description)
     return coral.plan({
       { t("project-architect", "Define the service boundary: responsibilities, neighbours, sync and async contracts, failure modes",

@@ -8,6 +8,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "an ML feature in a product: framing, data, training + serving, integration, checks, deployment",
+  aliases = { "machine_learning", "ml_model" },
   plan = function(description)
     return coral.plan({
       { t("project-architect", "Place the ML feature in the product: user value, where it runs, interfaces, fallbacks",

@@ -7,6 +7,7 @@ local t = coral.task
 
 return coral.recipe {
   summary = "a mobile app and its backend: design, app + backend, accessibility, security, QA, release",
+  aliases = { "mobile", "mobile_application" },
   plan = function(description)
     return coral.plan({
       { t("project-architect", "Design the app architecture: platforms, framework, offline strategy, backend services",

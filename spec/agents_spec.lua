@@ -130,15 +130,116 @@ Body text.
     assert.are.equal("Just a prompt.", plain.prompt)
     local bad, err = agents.parse("---\nname reviewer\n---\nx\n", "bad.md", "bad")
     assert.is_nil(bad)
-    assert.are.equal("bad.md: front matter line 1: expected 'key: value', got 'name reviewer'", err)
+    assert.are.equal("bad.md:2: front matter: expected 'key: value', got 'name reviewer'", tostring(err))
   end)
 
-  it("warns about a role file it cannot read, and lists the rest", function()
-    local dir, home = H.tmpdir(), H.tmpdir()
-    H.write_file(mkdirs(dir, ".coral", "agents") .. "/broken.md", "---\n: nothing\n---\n")
-    local r = H.run({ "agents", "--dir", dir }, { env = clean_env(home), cwd = home })
-    assert.are.equal(0, r.code)
-    assert.matches("coral: warning: .*broken.md: front matter line 1", r.stderr)
-    assert.matches("project%-architect", r.stdout)
+  it("reads a Claude Code subagent's YAML: continued scalars, lists at column 0, nested blocks", function()
+    local role = assert(agents.parse([[
+---
+name: reviewer
+description: Reviews code
+  for defects
+tools:
+- Read
+- Grep
+color: purple
+hooks:
+  PreToolUse:
+    - matcher: "Bash"
+      hooks:
+        - type: command
+mcpServers:
+  - name: x
+    url: y
+---
+Body.
+]], "r.md", "r", true))
+    assert.are.equal("Reviews code for defects", role.description)
+    assert.are.same({ "Read", "Grep" }, role.tools)
+    assert.are.equal("purple", role.fields.color)
+    assert.are.equal("Body.", role.prompt)
+    -- a line that only looks like the closing '---' does not end the front matter
+    role = assert(agents.parse("---\ndescription: a---b\n---\nBody.\n", "d.md", "d"))
+    assert.are.equal("a---b", role.description)
+  end)
+end)
+
+-- A project with .coral/agents/NAME (or .claude/agents/NAME) holding `text`; the coral command
+-- `args` run in it with a clean home. Returns the result and the project dir.
+local function role_project(sub, name, text)
+  local dir = H.tmpdir()
+  H.write_file(mkdirs(dir, sub, "agents") .. "/" .. name, text)
+  return dir, clean_env(H.tmpdir())
+end
+
+local function with_role_file(sub, name, text, args)
+  local dir, env = role_project(sub, name, text)
+  return H.run(args, { env = env, cwd = dir }), dir
+end
+
+-- Role files with a mistake, the line of it and what the error says.
+local BROKEN = {
+  { "---\nname: qa-testing\ndescripton: tests\n---\nX\n", 3,
+    "unknown key 'descripton' %(did you mean 'description'%? a role file's keys: description, driver, id, " ..
+    "model, name, tools; a Claude Code subagent, with keys of its own, goes in %.claude/agents/%)" },
+  { "---\nname: qa-testing\ndescription:\n  - a\n  - b\n---\nX\n", 3, "description must be text, got a list" },
+  { "---\nname: qa-testing\ndescription: tests\n\nX\n", 1,
+    "the front matter that starts here is not closed: no '%-%-%-' line after it" },
+  { "---\nid: qa-testing\nmodel: a\nname qa\n---\nX\n", 4, "front matter: expected 'key: value', got 'name qa'" },
+  { "---\nid: qa-testing\nmodel: a\nmodel: b\n---\nX\n", 4, "front matter: 'model' is given twice %(first on line 3%)" },
+  { "---\nid: qa-testing\ndriver: bogus\n---\nX\n", 3, "driver: unknown driver 'bogus' %(known: auto, " },
+}
+
+describe("a role file with a mistake", function()
+  it("stops `coral run` before it writes anything, blaming the role file's line (exit 2)", function()
+    for _, case in ipairs(BROKEN) do
+      local r, dir = with_role_file(".coral", "qa.md", case[1],
+                                    { "run", "full_stack", "x", "--agent", "sim", "--sim-scale", "0.001" })
+      assert.are.equal(2, r.code, case[3] .. ": " .. r.stdout .. r.stderr)
+      assert.matches("^coral: %.coral/agents/qa%.md:" .. case[2] .. ": " .. case[3], r.stderr)
+      assert.are.same({ ".coral" }, H.entries(dir))
+      assert.are.same({ "agents" }, H.entries(dir .. "/.coral"))
+    end
+  end)
+
+  it("stops `coral agents`, `coral agents show`, a recipe file and a script the same way", function()
+    local broken = BROKEN[1]
+    local pattern = "%.coral/agents/qa%.md:3: " .. broken[3]
+    local r = with_role_file(".coral", "qa.md", broken[1], { "agents" })
+    assert.are.equal(2, r.code)
+    assert.matches("^coral: " .. pattern .. "\n$", r.stderr)
+    assert.are.equal("", r.stdout)
+    r = with_role_file(".coral", "qa.md", broken[1], { "agents", "show", "qa-testing" })
+    assert.are.equal(2, r.code)
+    assert.matches("^coral: " .. pattern, r.stderr)
+    local dir, env = role_project(".coral", "qa.md", broken[1])
+    H.write_file(dir .. "/recipe.lua", 'local coral = require "coral"\nreturn coral.recipe { plan = function(d)\n' ..
+      '  return coral.plan { coral.task("qa-testing", d) } end }\n')
+    H.write_file(dir .. "/script.lua", 'local coral = require "coral"\n' ..
+      'coral.runner { driver = "sim", output = "quiet" }:execute_plan(coral.plan { coral.task("qa-testing", "t") })\n')
+    r = H.run({ "recipe.lua", "x", "--agent", "sim" }, { env = env, cwd = dir })
+    assert.are.equal(2, r.code)
+    assert.matches("^coral: " .. pattern, r.stderr)
+    r = H.run({ "script.lua" }, { env = env, cwd = dir })
+    assert.are.equal(2, r.code)
+    assert.matches("^" .. pattern, r.stderr)
+    assert.are.same({ ".coral", "recipe.lua", "script.lua" }, H.entries(dir))
+  end)
+
+  it("in .claude/agents is blamed on it too, though keys coral does not know are Claude Code's", function()
+    local r = with_role_file(".claude", "reviewer.md", "---\nname: reviewer\ncolor: blue\ndescription: x\n---\nX\n",
+                             { "agents" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("\nreviewer%s+x %[claude%]\n", r.stdout)
+    local dir
+    r, dir = with_role_file(".claude", "reviewer.md", "---\nname: reviewer\ntools:\n  Read: yes\n---\nX\n",
+                            { "run", "full_stack", "x", "--agent", "sim" })
+    assert.are.equal(2, r.code)
+    assert.matches("^coral: %.claude/agents/reviewer%.md:3: tools must be a list %(Read, Edit or %[Read, Edit%]%), " ..
+                   "got a nested block\n$", r.stderr)
+    assert.are.same({ ".claude" }, H.entries(dir))
+    r = with_role_file(".claude", "reviewer.md", "---\nname: reviewer\n", { "agents" })
+    assert.are.equal(2, r.code)
+    assert.matches("^coral: %.claude/agents/reviewer%.md:1: the front matter that starts here is not closed", r.stderr)
   end)
 end)

@@ -159,6 +159,129 @@ describe("the recipe library", function()
   end)
 end)
 
+-- The project types of the tool coral replaces, as each library recipe declares them.
+local ALIASES = {
+  full_stack = { "full_stack_app", "fullstack", "web_app" }, api = { "api_service", "backend", "rest_api" },
+  frontend = { "frontend_app", "spa", "web_frontend" }, microservice = { "microservices" },
+  mobile_app = { "mobile", "mobile_application" }, data_pipeline = { "etl", "etl_pipeline" },
+  ml_feature = { "machine_learning", "ml_model" },
+}
+
+-- A project recipe `name` with these aliases and one parameter, `shards` command tasks.
+local function shards_recipe(dir, name, aliases)
+  assert(require("coral.fsutil").mkdirs(dir .. "/.coral/recipes"))
+  H.write_file(dir .. "/.coral/recipes/" .. name .. ".lua", string.format([[
+local coral = require "coral"
+return coral.recipe {
+  summary = "n shards of a job",
+  aliases = { %s },
+  params = { shards = { default = 2, type = "integer", help = "how many shards" } },
+  plan = function(description, p)
+    local tasks = {}
+    for i = 1, p.shards do tasks[i] = coral.task("w", description, { id = "s" .. i, cmd = "true" }) end
+    return coral.plan(tasks)
+  end,
+}
+]], '"' .. table.concat(aliases, '", "') .. '"'))
+end
+
+describe("recipe aliases", function()
+  it("runs full_stack as `coral run full_stack_app` with the simulated agent", function()
+    local dir = H.tmpdir()
+    local r = H.run({ "run", "full_stack_app", "x", "--agent", "sim", "--sim-scale", "0.001", "--dir", dir,
+                      "--quiet" }, { timeout = 120 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s = summary_of(dir)
+    assert.are.equal(10, s.succeeded)
+    assert.matches("%(full_stack%)", r.stdout)
+    assert.truthy(s.results["devops-deployment"])
+  end)
+
+  it("gives each library recipe its aliases: each plans the recipe, and `coral recipes` lists them", function()
+    local listing = H.run { "recipes" }
+    assert.are.equal(0, listing.code, listing.stderr)
+    for name, aliases in pairs(ALIASES) do
+      assert.matches("\n" .. name .. "%s+[^\n]* %(aliases: " .. table.concat(aliases, ", ") .. "%)\n", "\n" .. listing.stdout)
+      for _, alias in ipairs(aliases) do
+        local r = H.run { "run", alias, "x", "--show-plan", "--format", "json" }
+        assert.are.equal(0, r.code, alias .. ": " .. r.stderr)
+        assert.are.equal(name, cjson.decode(r.stdout).name, alias)
+        assert.are.equal(LIBRARY[name], #cjson.decode(r.stdout).tasks, alias)
+      end
+    end
+    local typo = H.run { "run", "full_stak_app", "x", "--show-plan" }
+    assert.are.equal(2, typo.code)
+    assert.matches("^coral: unknown project type 'full_stak_app' %(did you mean 'full_stack_app'%?%)", typo.stderr)
+  end)
+
+  it("resolves an alias in create_parallel_plan and execute_workflow", function()
+    local r = H.run({ "-" }, { cwd = H.tmpdir(), stdin = [[
+local coral = require "coral"
+local runner = coral.runner { driver = "sim", sim_scale = 0.001, output = "quiet" }
+local plan = runner:create_parallel_plan("full_stack_app", "Todo app")
+assert(plan.name == "full_stack" and #plan.tasks == 10, plan.name)
+local summary = coral.orchestrator { driver = "sim", sim_scale = 0.001, output = "quiet" }
+  :execute_workflow { project_type = "rest_api", project_description = "Payments API" }
+assert(summary.succeeded == 7 and summary.plan == "api", tostring(summary.plan))
+]] })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+  end)
+
+  it("takes a project recipe's aliases for running, --help, did-you-mean and the listing", function()
+    local dir = H.tmpdir()
+    shards_recipe(dir, "shards", { "sharded" })
+    local help = H.run({ "run", "sharded", "--help" }, { cwd = dir })
+    assert.are.equal(0, help.code, help.stderr)
+    assert.matches("\nparameters of shards %(%-%-param NAME=VALUE; sharded is its alias%):\n" ..
+                   "  shards=INTEGER%s+how many shards %(2%)\n", help.stdout)
+    local r = H.run({ "run", "sharded", "x", "--dir", dir, "--param", "shards=3", "--show-plan", "--format", "json" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal(3, #cjson.decode(r.stdout).tasks)
+    r = H.run({ "run", "shardd", "x", "--dir", dir, "--show-plan" })
+    assert.are.equal(2, r.code)
+    assert.matches("did you mean 'sharded'%?", r.stderr)
+    r = H.run({ "recipes" }, { cwd = dir })
+    assert.matches("\nshards%s+n shards of a job %(aliases: sharded%)\n", r.stdout)
+  end)
+
+  it("lets a recipe's own name beat an alias", function()
+    local dir = H.tmpdir()
+    shards_recipe(dir, "web_app", { "sharded" })
+    local r = H.run({ "run", "web_app", "x", "--dir", dir, "--show-plan", "--format", "json" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("web_app", cjson.decode(r.stdout).name)
+    r = H.run({ "recipes" }, { cwd = dir })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("\nfull_stack%s+[^\n]*%(aliases: full_stack_app, fullstack%)\n", r.stdout)
+    assert.matches("\nweb_app%s+n shards of a job %(aliases: sharded%)\n", r.stdout)
+  end)
+
+  it("refuses an alias two recipes declare, naming both files, and writes nothing", function()
+    local dir = H.tmpdir()
+    shards_recipe(dir, "shards", { "sharded", "web_app" })
+    local r = H.run({ "run", "web_app", "x", "--dir", dir, "--agent", "sim" })
+    assert.are.equal(2, r.code)
+    assert.matches("^coral: [^\n]*/%.coral/recipes/shards%.lua: alias 'web_app' of recipe shards is also an " ..
+                   "alias of recipe full_stack %(recipes/full_stack%.lua%)", r.stderr)
+    assert.are.same({ ".coral" }, H.entries(dir))
+    assert.are.same({ "recipes" }, H.entries(dir .. "/.coral"))
+    -- the real name needs no alias: full_stack still runs
+    assert.are.equal(0, H.run({ "run", "full_stack", "x", "--dir", dir, "--show-plan" }).code)
+    r = H.run({ "recipes" }, { cwd = dir })
+    assert.are.equal(1, r.code)
+    assert.matches("coral: [^\n]*shards%.lua: alias 'web_app' of recipe shards", r.stderr)
+  end)
+
+  it("refuses an alias that is not a name, at the recipe's line", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", 'local coral = require "coral"\nlocal r = coral.recipe {\n' ..
+      '  aliases = { "web app" }, plan = function() end }\nreturn r\n')
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir })
+    assert.are.equal(2, r.code)
+    assert.matches("r%.lua:2: coral%.recipe: aliases: 'web app' is not a recipe name", r.stderr)
+  end)
+end)
+
 describe("prompt composition", function()
   it("trims a long handoff to its budget, keeping both ends and the path of the whole output", function()
     local dir = H.tmpdir()

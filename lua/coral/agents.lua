@@ -8,17 +8,38 @@
 --   tools: Read, Edit                (Claude Code subagents; kept, not interpreted)
 --   ---
 --   The role prompt.
+-- Other keys are a mistake in coral's own role files and Claude Code's own in a subagent's; a
+-- mistake is an error naming the file and line (M.load).
 -- Sources, later ones overriding earlier ones with the same id: the roles compiled into the
 -- binary (agents/*.md; the source tree's in --dev mode), ~/.claude/agents/*.md (Claude Code
 -- user subagents), then in the project: .claude/agents/*.md and .coral/agents/*.md.
+local check = require "coral.check"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
 local uv = require "luv"
 
 local M = {}
 
--- {{{ front matter: the YAML that role files use in practice. Scalars (plain or quoted),
--- block scalars (| and >), lists (flow [a, b] or "- item" lines); other lines are ignored.
+--- The keys of coral's own role files (agents/*.md, .coral/agents/*.md) and what each holds.
+-- A Claude Code subagent (.claude/agents/*.md, ~/.claude/agents/*.md) has more (color, hooks,
+-- permissionMode, ...): those are Claude Code's, kept as they are and not checked.
+M.KEYS = { id = "text", name = "text", description = "text", driver = "text", model = "text", tools = "list" }
+
+-- The metatable of a nested block (a map under a key, as Claude Code's hooks): kept as its text.
+local Nested = {}
+
+-- A role file's mistake, "path:LINE: what", as a user error (raised by load, returned by parse);
+-- the path as short as it can be said from here (.coral/agents/x.md for the current project).
+local function mistake(source, line, message)
+  local cwd = uv.cwd()
+  local path = source:gsub("^%./", "")
+  if cwd and path:sub(1, #cwd + 1) == cwd .. "/" then path = path:sub(#cwd + 2) end
+  return setmetatable({ where = path .. ":" .. line, message = message }, check.UserError)
+end
+
+-- {{{ front matter: the YAML that role files use in practice. Scalars (plain or quoted, also
+-- over indented lines), block scalars (| and >), lists (flow [a, b] or "- item" lines) and
+-- nested blocks (kept as text); blank lines and comments are skipped.
 
 local function unquote(v)
   v = v:gsub("^%s+", ""):gsub("%s+$", "")
@@ -44,10 +65,28 @@ local function flow_list(v)
   return out
 end
 
---- Parses a front-matter block into a table; returns it, or nil and "line N: why".
-function M.front_matter(text)
-  local fields = {}
-  local lines = {}
+-- The value of a key whose own line is empty: a list of "- item" lines at one indentation, a
+-- nested block (any other indented lines), or "".
+local function block_value(block)
+  local items, indent = {}, nil
+  for _, line in ipairs(block) do
+    if line:match("%S") then
+      local ind, item = line:match("^(%s*)%-%s+(.*)$")
+      if not ind or (indent and ind ~= indent) then
+        return setmetatable({ text = table.concat(block, "\n") }, Nested)
+      end
+      indent = ind
+      items[#items + 1] = unquote(item)
+    end
+  end
+  return #items > 0 and items or ""
+end
+
+--- Parses a front-matter block whose first line is line `first` of its file (1 by default).
+-- Returns the fields and the line of each (key -> line), or nil, what is wrong and its line.
+function M.front_matter(text, first)
+  first = first or 1
+  local fields, at, lines = {}, {}, {}
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = line:gsub("\r$", "") end
   local i = 1
   while i <= #lines do
@@ -56,56 +95,113 @@ function M.front_matter(text)
       i = i + 1
     else
       local key, value = line:match("^([%w_%-]+)%s*:%s*(.-)%s*$")
-      if not key then return nil, string.format("line %d: expected 'key: value', got '%s'", i, line) end
+      if not key then
+        return nil, string.format("front matter: expected 'key: value', got '%s'", line), first + i - 1
+      end
+      if at[key] then
+        return nil, string.format("front matter: '%s' is given twice (first on line %d)", key, at[key]), first + i - 1
+      end
+      at[key] = first + i - 1
       i = i + 1
-      if value == "|" or value == ">" or value:match("^[|>][-+]?$") then
-        local block = {}
-        while i <= #lines and (lines[i]:match("^%s+") or lines[i] == "") do
-          block[#block + 1] = lines[i]:gsub("^%s+", "")
-          i = i + 1
-        end
+      -- The lines that belong to the key: indented ones, blank ones, and "- item" lines under a
+      -- key with no value on its own line (YAML lets a list start at column 0).
+      local block = {}
+      while i <= #lines and (lines[i]:match("^%s") or lines[i] == "" or (value == "" and lines[i]:match("^%-%s"))) do
+        block[#block + 1] = lines[i]
+        i = i + 1
+      end
+      local trimmed = {}
+      for _, b in ipairs(block) do
+        if b:match("%S") then trimmed[#trimmed + 1] = (b:gsub("^%s+", "")) end
+      end
+      if value:match("^[|>][-+]?%d?$") then
         local sep = value:sub(1, 1) == "|" and "\n" or " "
-        fields[key] = (table.concat(block, sep):gsub("%s+$", ""))
+        local kept = {}
+        for _, b in ipairs(block) do kept[#kept + 1] = b:gsub("^%s+", "") end
+        fields[key] = (table.concat(kept, sep):gsub("%s+$", ""))
       elseif value == "" then
-        local list = {}
-        while i <= #lines and lines[i]:match("^%s*%- ") do
-          list[#list + 1] = unquote(lines[i]:match("^%s*%- (.*)$"))
-          i = i + 1
+        fields[key] = block_value(block)
+      elseif value:match("^%[") then
+        local whole = table.concat({ value, table.unpack(trimmed) }, " "):gsub("%s+#[^%]]*$", "")
+        if not whole:match("%]$") then
+          return nil, string.format("front matter: the list of '%s' has no closing ']'", key), at[key]
         end
-        fields[key] = #list > 0 and list or ""
-      elseif value:match("^%[.*%]$") then
-        fields[key] = flow_list(value)
+        fields[key] = flow_list(whole)
       else
-        fields[key] = unquote(value)
+        -- a scalar, continued on indented lines (YAML folds them with spaces)
+        fields[key] = unquote(table.concat({ value, table.unpack(trimmed) }, " "))
       end
     end
   end
-  return fields
+  return fields, at
 end
 
 -- }}}
 
+-- What a field's value is, for "must be text, got ...".
+local function kind_of(v)
+  if getmetatable(v) == Nested then return "a nested block" end
+  return type(v) == "table" and "a list" or "text"
+end
+
+-- The first mistake in the fields of a role file (its keys in the order of their lines), or nil.
+-- `claude`: a Claude Code subagent, whose keys coral does not know are Claude Code's.
+local function fields_error(fields, at, source, claude)
+  local keys, known = {}, {}
+  for k in pairs(fields) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return at[a] < at[b] end)
+  for k in pairs(M.KEYS) do known[#known + 1] = k end
+  table.sort(known)
+  for _, k in ipairs(keys) do
+    local want, v = M.KEYS[k], fields[k]
+    if not want and not claude then
+      local near = check.nearest(k, known)
+      return mistake(source, at[k], string.format("unknown key '%s' (%sa role file's keys: %s; a Claude Code " ..
+        "subagent, with keys of its own, goes in .claude/agents/)", k, near and ("did you mean '" .. near .. "'? ") or "",
+        table.concat(known, ", ")))
+    elseif want == "text" and type(v) ~= "string" then
+      return mistake(source, at[k], string.format("%s must be text, got %s", k, kind_of(v)))
+    elseif want == "list" and getmetatable(v) == Nested then
+      return mistake(source, at[k], string.format("%s must be a list (Read, Edit or [Read, Edit]), got %s",
+                                                  k, kind_of(v)))
+    end
+  end
+  return nil
+end
+
 --- Parses a role file. `fallback_id` (the file's base name) is used when the header names no
--- id. Returns the role { id, name, description, driver, model, tools, prompt, source } or nil
--- and an error naming the file.
-function M.parse(text, source, fallback_id)
-  local header, body = text:match("^%-%-%-[ \t]*\r?\n(.-\n?)%-%-%-[ \t]*\r?\n?(.*)$")
-  local fields = {}
-  if header then
-    local err
-    fields, err = M.front_matter(header)
-    if not fields then return nil, string.format("%s: front matter %s", source, err) end
-  else
-    body = text   -- a plain Markdown file: the whole text is the prompt
+-- id; `claude`: the file is a Claude Code subagent, whose other keys are kept unchecked.
+-- Returns the role { id, name, description, driver, model, tools, prompt, source, fields,
+-- lines } or nil and its mistake: a user error (check.UserError) whose where is "source:LINE".
+function M.parse(text, source, fallback_id, claude)
+  local lines = {}
+  for line in (text:match("\n$") and text or (text .. "\n")):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
+  local fields, at, body = {}, {}, text   -- a plain Markdown file: the whole text is the prompt
+  if lines[1] and lines[1]:match("^%-%-%-%s*$") then
+    local close
+    for i = 2, #lines do
+      if lines[i]:match("^%-%-%-%s*$") then close = i; break end
+    end
+    if not close then
+      return nil, mistake(source, 1, "the front matter that starts here is not closed: no '---' line after it")
+    end
+    local parsed, at_or_err, line = M.front_matter(table.concat(lines, "\n", 2, close - 1), 2)
+    if not parsed then return nil, mistake(source, line, at_or_err) end
+    fields, at = parsed, at_or_err
+    body = table.concat(lines, "\n", close + 1)
+    local bad = fields_error(fields, at, source, claude)
+    if bad then return nil, bad end
   end
   local id = fields.id or fields.name or fallback_id
-  if type(id) ~= "string" or id == "" then return nil, source .. ": role has no id or name" end
+  if id == "" then
+    return nil, mistake(source, at.id or at.name or 1, "the role has no id: give it an id or a name")
+  end
   local tools = fields.tools
   if type(tools) == "string" then tools = tools ~= "" and flow_list("[" .. tools .. "]") or nil end
   return {
     id = id, name = fields.id and fields.name or nil, description = fields.description or "",
     driver = fields.driver, model = fields.model, tools = tools,
-    prompt = (body:gsub("^%s+", ""):gsub("%s+$", "")), source = source, fields = fields,
+    prompt = (body:gsub("^%s+", ""):gsub("%s+$", "")), source = source, fields = fields, lines = at,
   }
 end
 
@@ -127,44 +223,58 @@ local function add(roles, role, kind)
   roles[role.id] = role
 end
 
-local function load_dir(roles, dir, kind, errors)
+local function load_dir(roles, dir, kind)
   for _, name in ipairs(scan(dir)) do
     local path = dir .. "/" .. name
     local text = fsutil.read(path)
     if text then
-      local role, err = M.parse(text, path, name:gsub("%.md$", ""))
-      if role then add(roles, role, kind) else errors[#errors + 1] = err end
+      local role, err = M.parse(text, path, name:gsub("%.md$", ""), kind:match("^claude") ~= nil)
+      if not role then error(err, 0) end
+      add(roles, role, kind)
     end
   end
 end
 
---- Every role visible from `project_dir`: a table id -> role, with `order` (ids in load order)
--- and `errors` (files that could not be read as roles).
+--- Every role visible from `project_dir`: a table id -> role, with `order` (ids in load order).
+-- A role file with a mistake (its front matter: a line that is no 'key: value', no closing
+-- '---', an unknown key in coral's own files, a list where text belongs, a driver hint that
+-- is no driver) raises a user error blaming "file:LINE": the run, `coral agents` or the
+-- recipe that loaded the roles stops before it writes anything, rather than running without
+-- a role the project meant to give.
 function M.load(project_dir)
-  local roles, errors = { order = {} }, {}
+  local roles = { order = {} }
   if host.source_root then
-    load_dir(roles, host.source_root .. "/agents", "built-in", errors)
+    load_dir(roles, host.source_root .. "/agents", "built-in")
   else
     for _, path in ipairs(host.embedded_files("agents/")) do
       local name = path:match("^agents/([^/]+)%.md$")
       if name then
         local role, err = M.parse(host.embedded(path), path, name)
-        if role then add(roles, role, "built-in") else errors[#errors + 1] = err end
+        if not role then error(err, 0) end
+        add(roles, role, "built-in")
       end
     end
   end
   local home = os.getenv("HOME")
-  if home and home ~= "" then load_dir(roles, home .. "/.claude/agents", "claude-user", errors) end
+  if home and home ~= "" then load_dir(roles, home .. "/.claude/agents", "claude-user") end
   project_dir = project_dir or "."
-  load_dir(roles, project_dir .. "/.claude/agents", "claude", errors)
-  load_dir(roles, project_dir .. "/.coral/agents", "project", errors)
-  roles.errors = errors
+  load_dir(roles, project_dir .. "/.claude/agents", "claude")
+  load_dir(roles, project_dir .. "/.coral/agents", "project")
+  -- A driver hint is used when the run's driver is auto; a wrong one is the role file's mistake
+  -- whatever the run's driver, as a wrong key is.
+  for _, id in ipairs(roles.order) do
+    local role = roles[id]
+    if role.driver and role.driver ~= "auto" then
+      local _, derr = require("coral.drivers").get(role.driver, project_dir)
+      if derr then error(mistake(role.source, role.lines.driver, "driver: " .. derr), 0) end
+    end
+  end
   return roles
 end
 
 -- The role for a task's agent name: exact, else case- and separator-insensitive.
 local function find(roles, agent)
-  if roles[agent] and agent ~= "order" and agent ~= "errors" then return roles[agent] end
+  if roles[agent] and agent ~= "order" then return roles[agent] end
   local want = agent:lower():gsub("[_ ]", "-")
   for _, id in ipairs(roles.order) do
     if id:lower():gsub("[_ ]", "-") == want then return roles[id] end
@@ -181,15 +291,17 @@ function M.get(id, project_dir)
   return nil, string.format("unknown agent role '%s' (known: %s)", id, table.concat(ids, ", "))
 end
 
---- A function(task) -> role prompt text, role for the runner (opts.roles); loads the roles once.
+--- A function(task) -> role prompt text, role for the runner (opts.roles); loads the roles once,
+-- now (raising a role file's mistake).
 -- A task whose agent has no role gets nil: the prompt then says only which agent it is.
 function M.resolver(project_dir)
-  local roles
+  -- Loaded now, not at the first task's prompt: a role file's mistake stops the run before it
+  -- writes anything.
+  local roles = M.load(project_dir)
   local by_agent = {}   -- found once per agent name (false: no such role)
   return function(task)
     local role = by_agent[task.agent]
     if role == nil then
-      roles = roles or M.load(project_dir)
       role = find(roles, task.agent) or false
       by_agent[task.agent] = role
     end
@@ -218,7 +330,7 @@ function M.show(id, project_dir)
   return table.concat(out, "\n") .. "\n\n" .. role.prompt .. "\n"
 end
 
---- `coral agents`: a line per role, sorted by id (warnings about broken role files on stderr).
+--- `coral agents`: a line per role, sorted by id.
 function M.list_text(project_dir)
   local roles = M.load(project_dir)
   local ids = { table.unpack(roles.order) }
@@ -229,7 +341,6 @@ function M.list_text(project_dir)
     local tag = r.kind == "built-in" and "" or (" [" .. r.kind .. "]")
     out[#out + 1] = string.format("%-26s %s%s\n", id, first_sentence(r.description), tag)
   end
-  for _, err in ipairs(roles.errors) do io.stderr:write("coral: warning: ", err, "\n") end
   return table.concat(out)
 end
 

@@ -4,7 +4,7 @@
 --   coral.plan(phases_or_tasks [, opts])                 a validated plan
 --   coral.runner(opts)                                   a runner; runner:execute_plan(plan)
 --   coral.modes                                          the execution modes
---   coral.recipe{summary=, plan=function(description) ... end}   a reusable recipe
+--   coral.recipe{summary=, aliases=, plan=function(description) ... end}   a reusable recipe
 --   coral.orchestrator(opts):execute_workflow{project_type=, project_description=, mode=}
 local host = require "coral.host"
 
@@ -24,17 +24,19 @@ M.modes = run.modes
 M.input_variable = require("coral.run.attempt").input_variable
 
 --- Declares a recipe: { summary = "what it is for", plan = function(description, params) -> plan,
--- params = { ... } }.
+-- params = { ... }, aliases = { ... } }.
 -- params = { name = { default =, help =, type = "string" | "number" | "integer" | "boolean" } }:
 -- the recipe's plan gets them, checked and typed, as plan(description, params).
+-- aliases = { "full_stack_app", ... }: other names `coral run` knows the recipe by.
 function M.recipe(spec)
   local check = require "coral.check"
+  local recipes = require "coral.recipes"
   check.options("coral.recipe", spec,
-    { name = "string", summary = "string", plan = "function", types = "table", params = "table" }, 2)
+    { name = "string", summary = "string", plan = "function", aliases = "table", params = "table" }, 2)
   if type(spec.plan) ~= "function" then check.fail("coral.recipe: plan must be a function", 2) end
-  local err = require("coral.recipes").params_error(spec.params)
+  local err = recipes.params_error(spec.params) or recipes.aliases_error(spec.aliases)
   if err then check.fail("coral.recipe: " .. err, 2) end
-  return setmetatable(spec, require("coral.recipes").Recipe)
+  return setmetatable(spec, recipes.Recipe)
 end
 
 --- The orchestrator of the tool coral replaces, under the name its users know:

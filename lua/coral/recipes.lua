@@ -1,7 +1,8 @@
 --- The recipe library: recipes/NAME.lua compiled into the binary, overridable by files in the
 -- project (.coral/recipes/NAME.lua) or, in --dev mode, the source tree. A recipe file returns
--- coral.recipe{summary=, plan=function(description, opts)}, a function(description) -> plan,
--- or a plan.
+-- coral.recipe{summary=, aliases=, plan=function(description, opts)}, a function(description)
+-- -> plan, or a plan. A recipe's aliases (the project types of the tool coral replaces, such as
+-- full_stack_app) name it too; a recipe's own name always beats an alias.
 local check = require "coral.check"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
@@ -69,6 +70,17 @@ local function load_chunk(name, project_dir)
   return chunk, where
 end
 
+-- Runs the top level of recipe `name` for `description`: true, what it returns (coral.recipe{},
+-- a function, or a plan it built) and where the recipe is; or false and the first line of its
+-- error. The plan of a coral.recipe{} or a function is not built.
+local function top_level(name, project_dir, description)
+  local chunk, where = load_chunk(name, project_dir)
+  if not chunk then return false, where or ("no recipe " .. name) end
+  local ok, value = pcall(chunk, description, {})
+  if not ok then return false, tostring(value):match("^[^\n]*") end
+  return true, value, where
+end
+
 --- What a recipe is for: the `summary` of the coral.recipe{} it returns, else its header
 -- comment (the first line starting with -- at the top, without the recipe's own name). Returns
 -- nil and the error for a recipe that does not load (a syntax error, an error at its top level).
@@ -76,11 +88,8 @@ function M.summary(name, project_dir)
   local where = M.sources(project_dir)[name]
   local text = where == "built-in" and host.embedded("recipes/" .. name .. ".lua") or (where and fsutil.read(where))
   if not text then return "" end
-  local chunk, err = load_chunk(name, project_dir)
-  if not chunk then return nil, err end
-  -- Loading a recipe runs its top level only (coral.recipe{} or a function); its plan is not built.
-  local ok, value = pcall(chunk, "(listing)", {})
-  if not ok then return nil, tostring(value):match("^[^\n]*") end
+  local ok, value = top_level(name, project_dir, "(listing)")
+  if not ok then return nil, value end
   if getmetatable(value) == M.Recipe and value.summary then return value.summary end
   local first = text:match("^%-%-%s*([^\n]*)") or ""
   -- Headers start with the recipe's own name ("-- api: a backend API ..."); the listing has it.
@@ -90,6 +99,86 @@ function M.summary(name, project_dir)
   end
   return first
 end
+
+-- {{{ aliases
+
+--- What is wrong with a recipe's `aliases` declaration (a list of names), or nil.
+function M.aliases_error(aliases)
+  if aliases == nil then return nil end
+  local seen = {}
+  for k, alias in pairs(aliases) do
+    if math.type(k) ~= "integer" then
+      return "aliases must be a list of names, as { \"full_stack_app\", \"web_app\" }"
+    end
+    if type(alias) ~= "string" or not alias:match("^[%w_%-]+$") then
+      return string.format("aliases: '%s' is not a recipe name (letters, digits, _ and -)", tostring(alias))
+    end
+    if seen[alias] then return string.format("aliases: '%s' is given twice", alias) end
+    seen[alias] = true
+  end
+  return nil
+end
+
+-- A project's recipe files come after the library's, so that a clash blames the project's file.
+local function in_project(where)
+  return where:find("/.coral/recipes/", 1, true) ~= nil
+end
+
+--- The aliases of the recipes visible from `project_dir`, read from each recipe's
+-- coral.recipe{ aliases = } (so every recipe is loaded: only for a name that is no recipe's,
+-- and for the listing). Returns { by_alias = alias -> recipe name, of = recipe name -> its
+-- aliases (sorted), conflict = a user error (two recipes declaring one alias) or nil,
+-- broken = names of recipes that do not load (their aliases are unknown) }.
+-- An alias that is also a recipe's name is left out: the recipe of that name wins.
+function M.aliases(project_dir)
+  local sources = M.sources(project_dir)
+  local declared = {}   -- { name =, where =, aliases = }, library first, then the project's
+  local out = { by_alias = {}, of = {}, broken = {} }
+  for _, name in ipairs(M.names(project_dir)) do
+    local ok, value, where = top_level(name, project_dir, "(aliases)")
+    if not ok then
+      out.broken[#out.broken + 1] = name
+    elseif getmetatable(value) == M.Recipe and value.aliases then
+      declared[#declared + 1] = { name = name, where = where, aliases = value.aliases }
+    end
+  end
+  table.sort(declared, function(a, b)
+    if in_project(a.where) ~= in_project(b.where) then return not in_project(a.where) end
+    return a.name < b.name
+  end)
+  local claimed = {}   -- alias -> the entry of declared that claimed it first
+  for _, d in ipairs(declared) do
+    local list = {}
+    for _, alias in ipairs(d.aliases) do
+      local first = claimed[alias]
+      if first and not out.conflict then
+        out.conflict = setmetatable({ where = d.where, message = string.format(
+          "alias '%s' of recipe %s is also an alias of recipe %s (%s); rename one of them",
+          alias, d.name, first.name, first.where) }, check.UserError)
+      end
+      claimed[alias] = claimed[alias] or d
+      if not sources[alias] and not first then
+        out.by_alias[alias] = d.name
+        list[#list + 1] = alias
+      end
+    end
+    table.sort(list)
+    out.of[d.name] = list
+  end
+  return out
+end
+
+--- The recipe name that `name` stands for: itself when it is a recipe's name (or a file path)
+-- or no alias, else the recipe whose alias it is. Raises the user error of two recipes
+-- declaring one alias.
+function M.resolve(name, project_dir)
+  if M.sources(project_dir)[name] or not name:match("^[%w_%-]+$") then return name end
+  local aliases = M.aliases(project_dir)
+  if aliases.conflict then error(aliases.conflict, 0) end
+  return aliases.by_alias[name] or name, aliases
+end
+
+-- }}}
 
 --- The default plan for an unknown project type: architect, full-stack engineer, QA.
 local function default_plan(description)
@@ -108,15 +197,24 @@ end
 -- nearest known types, or with opts.default_plan the default plan and a warning. opts:
 -- project_dir (its .coral/recipes/), default_plan.
 function M.plan(name, description, opts)
-  local chunk, where = load_chunk(name, opts and opts.project_dir)
+  local project_dir = opts and opts.project_dir
+  local aliases
+  name, aliases = M.resolve(name, project_dir)
+  local chunk, where = load_chunk(name, project_dir)
   if not chunk then
     if where then check.user_error(where) end
     if name:find("/") or name:match("%.lua$") then check.user_error("cannot open recipe " .. name) end
-    local known = M.names(opts and opts.project_dir)
+    local known = M.names(project_dir)
     if not (opts and opts.default_plan) then
+      -- a typo of an alias is a typo too
+      local candidates = { table.unpack(known) }
+      for alias in pairs(aliases.by_alias) do candidates[#candidates + 1] = alias end
+      table.sort(candidates)
+      local unread = #aliases.broken > 0 and string.format("; recipes that do not load, whose aliases are " ..
+        "unknown: %s ('coral recipes' says why)", table.concat(aliases.broken, ", ")) or ""
       check.user_error(string.format("unknown project type '%s'%s; known types: %s (--default-plan runs the " ..
-        "default plan: architect, full-stack engineer, QA)", name, check.did_you_mean(name, known),
-        table.concat(known, ", ")))
+        "default plan: architect, full-stack engineer, QA)%s", name, check.did_you_mean(name, candidates),
+        table.concat(known, ", "), unread))
     end
     io.stderr:write(string.format("coral: warning: unknown project type '%s'; using the default plan " ..
       "(architect, full-stack engineer, QA). Known types: %s\n", name, table.concat(known, ", ")))
@@ -214,11 +312,10 @@ function M.params(declared, given, recipe, project_dir)
   return out
 end
 
---- The --help lines of a recipe's parameters (none: an empty list).
+--- The --help lines of a recipe's parameters (none: an empty list), `name` an alias or not.
 function M.params_help(name, project_dir)
-  local chunk = load_chunk(name, project_dir)
-  if not chunk then return {} end
-  local ok, value = pcall(chunk, "(help)", {})
+  local resolved, real = pcall(M.resolve, name, project_dir)
+  local ok, value = top_level(resolved and real or name, project_dir, "(help)")
   if not (ok and getmetatable(value) == M.Recipe and value.params) then return {} end
   local lines, names = {}, {}
   for n in pairs(value.params) do names[#names + 1] = n end

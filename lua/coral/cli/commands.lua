@@ -297,9 +297,12 @@ M.LIST = {
     help_extra = function(raw)
       local name = raw[1]
       if not name or name:sub(1, 1) == "-" then return nil end
-      local lines = require("coral.recipes").params_help(name, ".")
+      local recipes = require "coral.recipes"
+      local lines = recipes.params_help(name, ".")
       if #lines == 0 then return nil end
-      local out = { "parameters of " .. name .. " (--param NAME=VALUE):" }
+      local ok, real = pcall(recipes.resolve, name, ".")
+      local alias = ok and real ~= name and ("; " .. name .. " is its alias") or ""
+      local out = { "parameters of " .. (ok and real or name) .. " (--param NAME=VALUE" .. alias .. "):" }
       for _, l in ipairs(lines) do M.two_columns(out, l[1], l[2], 20) end
       return table.concat(out, "\n") .. "\n"
     end,
@@ -411,19 +414,26 @@ M.LIST = {
   },
   {
     name = "recipes", args = {},
-    summary = "list the recipe library",
+    summary = "list the recipe library, each recipe with its aliases",
     options = {},
     run = function()
       local recipes = require "coral.recipes"
       local broken = 0
+      local aliases = recipes.aliases(".")
       for _, name in ipairs(recipes.names(".")) do
         local summary, err = recipes.summary(name, ".")
         if summary then
-          io.stdout:write(string.format("%-16s %s\n", name, summary))
+          local also = aliases.of[name] or {}
+          io.stdout:write(string.format("%-16s %s%s\n", name, summary,
+                                        #also > 0 and (" (aliases: " .. table.concat(also, ", ") .. ")") or ""))
         else
           broken = broken + 1
           io.stderr:write("coral: warning: recipe ", name, " does not load: ", err, "\n")
         end
+      end
+      if aliases.conflict then
+        broken = broken + 1
+        io.stderr:write("coral: ", tostring(aliases.conflict), "\n")
       end
       return broken == 0 and EXIT_OK or EXIT_FAILED
     end,
@@ -434,21 +444,26 @@ M.LIST = {
     options = { DIR },
     notes = "Roles come from coral (built in), ~/.claude/agents/*.md, and the project's .claude/agents/*.md\n" ..
             "and .coral/agents/*.md, later ones overriding earlier ones with the same id. A task's agent\n" ..
-            "name picks its role; its prompt starts with the role's text.",
+            "name picks its role; its prompt starts with the role's text. A role file with a mistake in its\n" ..
+            "front matter is exit 2 here and for every command that loads the roles, naming its file:line.",
     max = 2,
     run = function(opts, args)
       local agents = require "coral.agents"
       local dir = opts.dir or "."
       if args[1] == "show" then
         if not args[2] then return fail("agents show needs a role id (see 'coral agents')") end
-        local text, err = agents.show(args[2], dir)
+        -- a role file's mistake raises a user error (its file:line): exit 2
+        local ok, text, err = pcall(agents.show, args[2], dir)
+        if not ok then return report_error(text, EXIT_USAGE) end
         if not text then return fail(err) end
         io.stdout:write(text)
         return EXIT_OK
       elseif args[1] then
         return fail("unknown agents subcommand '" .. args[1] .. "' (try 'coral agents --help')")
       end
-      io.stdout:write(agents.list_text(dir))
+      local ok, text = pcall(agents.list_text, dir)
+      if not ok then return report_error(text, EXIT_USAGE) end
+      io.stdout:write(text)
       return EXIT_OK
     end,
   },
