@@ -223,14 +223,27 @@ local function add(roles, role, kind)
   roles[role.id] = role
 end
 
+-- The broken files of ~/.claude/agents already warned about by this process.
+local warned = {}
+
 local function load_dir(roles, dir, kind)
   for _, name in ipairs(scan(dir)) do
     local path = dir .. "/" .. name
     local text = fsutil.read(path)
     if text then
       local role, err = M.parse(text, path, name:gsub("%.md$", ""), kind:match("^claude") ~= nil)
-      if not role then error(err, 0) end
-      add(roles, role, kind)
+      if role then
+        add(roles, role, kind)
+      elseif kind == "claude-user" then
+        -- the user's own Claude Code subagents are not this project's: one broken file there
+        -- must not stop every run of every project; it is left out, and said so once
+        if not warned[path] then
+          warned[path] = true
+          io.stderr:write("coral: warning: ", tostring(err), " (this role is left out)\n")
+        end
+      else
+        error(err, 0)
+      end
     end
   end
 end
@@ -240,7 +253,8 @@ end
 -- '---', an unknown key in coral's own files, a list where text belongs, a driver hint that
 -- is no driver) raises a user error blaming "file:LINE": the run, `coral agents` or the
 -- recipe that loaded the roles stops before it writes anything, rather than running without
--- a role the project meant to give.
+-- a role the project meant to give. A broken file of the user's ~/.claude/agents is only
+-- warned about and left out: it belongs to no project.
 function M.load(project_dir)
   local roles = { order = {} }
   if host.source_root then
