@@ -235,6 +235,8 @@ local function ended(run, st, a, info, result, driver, ctx)
     st.output_path = output_path
     st.status, st.finish = "succeeded", a.finish
     run.project_state:record(st)
+    -- before the release: tasks it adds that depend on it are in the graph when it is done
+    if task.on_success then run:on_success(st) end
     run:release(st, true)
   elseif not final then
     st.status = "retrying"
