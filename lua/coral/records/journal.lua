@@ -57,7 +57,10 @@ M.interrupt = interrupt
 --              ended, status (the done event's), stopping, last_event, tasks, order,
 --              attempts (every attempt, in the order they began), retries }
 --   task:    { id, agent, status (a task state), attempts, first_start, finish, error, output,
---              last (its last event but submit/adopt) }
+--              last (its last event but submit/adopt/add/hook_error), and for a task added
+--              while the run went on (an `add` event): added_by (the task whose on_success
+--              hook added it), spec (its definition), text, depends_on }
+--   run.hook_errors: { task, error } of each on_success hook that failed
 --   attempt: { task, agent, n, start, finish, duration, outcome, exit, signal, error, pid,
 --              job_id, open (no end yet: running, or lost with a killed coral) }
 -- Attempts left open by an earlier session that coral lost are closed as interrupted at that
@@ -137,8 +140,15 @@ function M.replay(events)
         run.retries[#run.retries + 1] = { task = e.task, attempt = e.attempt, delay = e.delay, reason = e.reason }
       elseif e.event == "skip" then
         t.status, t.error = "skipped", e.reason
+      elseif e.event == "add" and type(e.spec) == "table" then
+        t.added_by, t.spec = e.by, e.spec
+        t.text = type(e.spec.task) == "string" and e.spec.task or ""
+        t.depends_on = type(e.spec.depends_on) == "table" and e.spec.depends_on or {}
+      elseif e.event == "hook_error" then
+        run.hook_errors = run.hook_errors or {}
+        run.hook_errors[#run.hook_errors + 1] = { task = e.task, error = e.error }
       end
-      if e.event ~= "submit" and e.event ~= "adopt" then t.last = e end
+      if e.event ~= "submit" and e.event ~= "adopt" and e.event ~= "add" and e.event ~= "hook_error" then t.last = e end
     end
   end
   close_lost()
