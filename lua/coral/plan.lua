@@ -18,7 +18,7 @@ local TASK_OPTIONS = {
   timeout = "number", idle_timeout = "number", retries = "integer", priority = "integer",
   estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
   cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
-  when = "function", force = "boolean",
+  when = "function", force = "boolean", on_success = "function",
 }
 
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
@@ -231,6 +231,154 @@ function M.plan(spec, opts)
   return self
 end
 
+-- {{{ tasks added while the plan runs (coral.run.dynamic)
+
+--- The options of a task, by name, with their types.
+M.TASK_OPTIONS = TASK_OPTIONS
+
+--- Makes the tasks of `items` (coral.task objects or raw task tables, whose mistakes blame
+-- `where`) ready to be added to the plan: copies, each with its id (without one, its agent's
+-- name made unique against the plan and `batch`), appended to `batch`. Nothing is checked
+-- against the plan yet (check_added does that). Raises a user error; returns the new tasks.
+function Plan:prepare(items, where, batch)
+  local taken = {}
+  for _, t in ipairs(batch) do taken[t.id] = true end
+  local out = {}
+  for i, v in ipairs(items) do
+    if type(v) ~= "table" then
+      plan_error(where, string.format("item %d is not a task (got %s)", i, type(v)))
+    end
+    local t = copy_task(as_task(v, where))
+    t.phase, t.depends_on = nil, t.depends_on or {}
+    if not t.id then
+      local id, n = t.agent, 1
+      while self.by_id[id] or taken[id] do n = n + 1; id = t.agent .. "-" .. n end
+      t.id = id
+    end
+    taken[t.id] = true
+    batch[#batch + 1] = t
+    out[#out + 1] = t
+  end
+  return out
+end
+
+local function contains(list, x)
+  for _, v in ipairs(list) do if v == x then return true end end
+  return false
+end
+
+--- Checks tasks made by prepare() against the plan, as a plan is checked when it is built,
+-- each mistake blaming the line that declared the culprit: a duplicate id, an unknown or own
+-- dependency, a cycle (tasks of the plan cannot depend on added ones, so only the batch can
+-- close one), an output another task declares, and an output a task of the plan reads (that
+-- task would not wait for one added after it). A task of the batch that reads a file another
+-- task declares as output gets it as a dependency. The plan is not changed.
+function Plan:check_added(batch)
+  local in_batch = {}
+  for _, t in ipairs(batch) do
+    local other = self.by_id[t.id] or in_batch[t.id]
+    if other then
+      plan_error(t.where, string.format("duplicate task id '%s' (first declared at %s)", t.id, other.where))
+    end
+    in_batch[t.id] = t
+  end
+  local producer, reader = {}, {}
+  for _, t in ipairs(self.tasks) do
+    for _, o in ipairs(t.outputs or {}) do producer[o] = t end
+    for _, i in ipairs(t.inputs or {}) do reader[i] = reader[i] or t end
+  end
+  for _, t in ipairs(batch) do
+    for _, o in ipairs(t.outputs or {}) do
+      if producer[o] and producer[o] ~= t then
+        plan_error(t.where, string.format("task '%s' declares output '%s', which task '%s' declares too",
+                                          t.id, o, producer[o].id))
+      end
+      if reader[o] then
+        plan_error(t.where, string.format("task '%s' declares output '%s', which task '%s' reads: a task " ..
+          "of the plan cannot wait for a task added while it runs", t.id, o, reader[o].id))
+      end
+      producer[o] = t
+    end
+  end
+  for _, t in ipairs(batch) do
+    for _, i in ipairs(t.inputs or {}) do
+      local up = producer[i]
+      if up and up ~= t and not contains(t.depends_on, up.id) then
+        t.depends_on = { table.unpack(t.depends_on) }
+        t.depends_on[#t.depends_on + 1] = up.id
+        t.input_deps = t.input_deps or {}
+        t.input_deps[up.id] = i
+      end
+    end
+  end
+  for _, t in ipairs(batch) do
+    for _, d in ipairs(t.depends_on) do
+      if d == t.id then
+        plan_error(t.where, string.format("task '%s' depends on itself", t.id))
+      elseif not self.by_id[d] and not in_batch[d] then
+        local ids = {}
+        for _, o in ipairs(self.tasks) do ids[#ids + 1] = o.id end
+        for _, o in ipairs(batch) do ids[#ids + 1] = o.id end
+        plan_error(t.where, string.format("task '%s' depends on unknown task '%s'%s", t.id, d,
+                                          check.did_you_mean(d, ids)))
+      end
+    end
+  end
+  local g <close> = dag.new()
+  for _, t in ipairs(batch) do
+    local deps = {}
+    for _, d in ipairs(t.depends_on) do if in_batch[d] then deps[#deps + 1] = d end end
+    assert(g:add(t.id, deps))
+  end
+  local ok, err, kind, ids = g:validate()
+  if not ok then
+    local first = kind == "cycle" and ids and in_batch[ids[1]]
+    plan_error(first and first.where or batch[1].where, err)
+  end
+end
+
+--- Adds tasks checked by check_added() to the plan. Each joins the phase after its latest
+-- dependency's, and none a phase before `floor` (the run's current one: those before it are
+-- over); a phase past the last is a new one. Returns the phase of each task, in order.
+function Plan:add(batch, floor)
+  local lists, of = self.added_phases, self.added_phase_of
+  if not lists then
+    -- From now on the phases are kept here: the generations of a plan of tasks would put a
+    -- task without dependencies in phase 1, which may be over.
+    lists, of = {}, self:phase_of()
+    for p, ids in ipairs(self:phases()) do lists[p] = table.move(ids, 1, #ids, 1, {}) end
+  end
+  local phase_of_batch, left = {}, #batch
+  while left > 0 do   -- dependencies in the batch first (it has no cycle)
+    for _, t in ipairs(batch) do
+      if not phase_of_batch[t] then
+        local p, ready = floor or 1, true
+        for _, d in ipairs(t.depends_on) do
+          if of[d] then p = math.max(p, of[d] + 1) else ready = false end
+        end
+        if ready then
+          p = math.max(1, math.min(p, #lists + 1))
+          lists[p] = lists[p] or {}
+          table.insert(lists[p], t.id)
+          of[t.id], phase_of_batch[t] = p, p
+          left = left - 1
+        end
+      end
+    end
+  end
+  local phases = {}
+  for i, t in ipairs(batch) do
+    phases[i] = phase_of_batch[t]
+    self.tasks[#self.tasks + 1] = t
+    self.by_id[t.id] = t
+  end
+  self.added_phases, self.added_phase_of = lists, of
+  self.analysis, self.checked_graph, self.dependents_index = nil, nil, nil
+  return phases
+end
+
+-- }}}
+
 --- Builds the C dependency graph of the plan (weights = estimates, in seconds).
 ---@param opts? {no_edges?: boolean}
 function Plan:graph(opts)
@@ -293,8 +441,10 @@ local function analyse(self)
 end
 
 --- The plan's phases: the declared ones for a list of phases, else the topological
--- generations (each a list of task ids).
+-- generations (each a list of task ids); tasks added while the plan ran in the phases
+-- Plan:add gave them.
 function Plan:phases()
+  if self.added_phases then return self.added_phases end
   if #self.declared_phases > 0 then
     local out = {}
     for _, phase in ipairs(self.declared_phases) do

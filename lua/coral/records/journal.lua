@@ -58,7 +58,10 @@ M.interrupt = interrupt
 --              attempts (every attempt, in the order they began), retries }
 --   task:    { id, agent, status (a task state), attempts, first_start, finish, error, output,
 --              since (up_to_date: the run of the success it stands on), rerun (why a resume
---              runs it again), last (its last event but submit/adopt) }
+--              runs it again), last (its last event but submit/adopt/add/hook_error), and for
+--              a task added while the run went on (an `add` event): added_by (the task whose
+--              on_success hook added it), spec (its definition), text, depends_on }
+--   run.hook_errors: { task, error } of each on_success hook that failed
 --   attempt: { task, agent, n, start, finish, duration, outcome, exit, signal, error, pid,
 --              job_id, open (no end yet: running, or lost with a killed coral) }
 -- Attempts left open by an earlier session that coral lost are closed as interrupted at that
@@ -143,8 +146,15 @@ function M.replay(events)
       elseif e.event == "rerun" then
         -- a resume found its definition (or a dependency's) changed: it runs again
         t.status, t.finish, t.error, t.rerun = "pending", nil, nil, e.reason
+      elseif e.event == "add" and type(e.spec) == "table" then
+        t.added_by, t.spec = e.by, e.spec
+        t.text = type(e.spec.task) == "string" and e.spec.task or ""
+        t.depends_on = type(e.spec.depends_on) == "table" and e.spec.depends_on or {}
+      elseif e.event == "hook_error" then
+        run.hook_errors = run.hook_errors or {}
+        run.hook_errors[#run.hook_errors + 1] = { task = e.task, error = e.error }
       end
-      if e.event ~= "submit" and e.event ~= "adopt" then t.last = e end
+      if e.event ~= "submit" and e.event ~= "adopt" and e.event ~= "add" and e.event ~= "hook_error" then t.last = e end
     end
   end
   close_lost()

@@ -237,6 +237,8 @@ local function ended(run, st, a, info, result, driver, ctx)
     st.status, st.finish = "succeeded", a.finish
     run.project_state:record(st)
     if task.outputs then run.project_state:record_built(task.id, uptodate.record(run, st, st.input_stamps)) end
+    -- before the release: tasks it adds that depend on it are in the graph when it is done
+    if task.on_success then run:on_success(st) end
     run:release(st, true)
   elseif not final then
     st.status = "retrying"

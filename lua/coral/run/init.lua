@@ -14,6 +14,7 @@
 local attempt = require "coral.run.attempt"
 local check = require "coral.check"
 local drivers = require "coral.drivers"
+local dynamic = require "coral.run.dynamic"
 local exec = require "coral.exec"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
@@ -75,9 +76,32 @@ function Run:emit(name, fields)
   if self.runner.on_event then self.runner.on_event(fields) end
 end
 
+--- Writes plan.json: the plan as it runs now, with each task's definition (a resume compares
+-- them, run/uptodate.lua).
+function Run:write_plan()
+  local runner = self.runner
+  self.records:write_plan(self.plan, function(t) return uptodate.recorded(t, runner) end)
+end
+
 --- Starts the first (or next) attempt of a task.
 function Run:start(st)
   attempt.start(self, st)
+end
+
+--- Adds tasks to the run while it goes on (coral.run.dynamic): a task, or a list of tasks
+-- (coral.task objects or raw task tables), all or nothing. Returns the list of their ids, or
+-- nil and what is wrong ("file:line: message").
+function Run:add(tasks)
+  if getmetatable(tasks) == plan_mod.Task or (type(tasks) == "table" and (tasks.agent or tasks.id)) then
+    tasks = { tasks }
+  end
+  if type(tasks) ~= "table" then return nil, "run:add: expected a task or a list of tasks, got " .. type(tasks) end
+  return dynamic.add(self, tasks, { where = check.where(1), pump = true })
+end
+
+--- Calls the on_success hook of a task that has just succeeded (coral.run.dynamic).
+function Run:on_success(st)
+  dynamic.on_success(self, st)
 end
 
 function Run:group_label(task)
@@ -157,6 +181,8 @@ function Run:up_to_date(st, entry)
     group = self:group_label(task), deps = task.depends_on, outcome = "up_to_date",
     reason = "since run " .. tostring(entry.run_id),
   }
+  -- what it would add had it run, it adds now (its result is its last success's)
+  if task.on_success then self:on_success(st) end
   self:release(st, true)
   self:pump()
 end
@@ -260,11 +286,15 @@ end
 -- The run itself, from its first event to its summary.
 function Run:execute(opts)
   local plan = self.plan
-  if opts.resume then resume.restore(self, opts.retry_failed) end
+  if opts.resume then
+    dynamic.rebuild(self)   -- the tasks added by hooks first: the journal's states are theirs too
+    resume.restore(self, opts.retry_failed)
+  end
   self:emit("run", { run_id = self.records.id, plan = plan.name, project = self.description,
                      tasks = #plan.tasks, mode = self.mode.name, max_workers = self.max_workers,
                      resumed = opts.resume and true or nil })
   for _, r in ipairs(self.reruns or {}) do self:emit("rerun", r) end
+  dynamic.started(self)
   self.project_state:flush()
   self:watch_signals()
 
@@ -305,6 +335,25 @@ end
 
 -- }}}
 
+--- Checks what a task needs before it runs (raises a user error): its driver, an agent's
+-- role, and the CLI it runs. For the plan's tasks before anything is written; for a task
+-- added while the run goes on, before it joins.
+function Run:preflight_task(t)
+  local driver, derr = attempt.driver_for(self, t)
+  if not driver then check.user_error(derr, t.where) end
+  -- A real agent gets its role's prompt: a role name with a typo would give it a generic one.
+  if driver.program and self.roles and not self.roles(t) then
+    local known_roles = require("coral.agents").load(self.project_dir).order
+    check.user_error(string.format("task '%s': no agent role '%s'%s, and the %s driver runs an agent that " ..
+      "needs one ('coral agents' lists the roles; a project adds its own in .coral/agents/)", t.id, t.agent,
+      check.did_you_mean(t.agent, known_roles), driver.name), t.where)
+  end
+  if self.executor.on_this_machine and driver.program and not fsutil.which(driver.program) then
+    check.user_error(string.format("task '%s' needs the %s CLI (driver %s), which is not on PATH; " ..
+      "install it, or choose another driver with --agent (sim, prompt, ...)", t.id, driver.program, driver.name))
+  end
+end
+
 -- Checks what a run needs before anything is written: the project dir, each task's driver
 -- and the CLI it runs.
 local function preflight(run, project_dir)
@@ -325,22 +374,7 @@ local function preflight(run, project_dir)
       end
     end
   end
-  local known_roles
-  for _, t in ipairs(run.plan.tasks) do
-    local driver, derr = attempt.driver_for(run, t)
-    if not driver then check.user_error(derr, t.where) end
-    -- A real agent gets its role's prompt: a role name with a typo would give it a generic one.
-    if driver.program and run.roles and not run.roles(t) then
-      known_roles = known_roles or require("coral.agents").load(project_dir).order
-      check.user_error(string.format("task '%s': no agent role '%s'%s, and the %s driver runs an agent that " ..
-        "needs one ('coral agents' lists the roles; a project adds its own in .coral/agents/)", t.id, t.agent,
-        check.did_you_mean(t.agent, known_roles), driver.name), t.where)
-    end
-    if run.executor.on_this_machine and driver.program and not fsutil.which(driver.program) then
-      check.user_error(string.format("task '%s' needs the %s CLI (driver %s), which is not on PATH; " ..
-        "install it, or choose another driver with --agent (sim, prompt, ...)", t.id, driver.program, driver.name))
-    end
-  end
+  for _, t in ipairs(run.plan.tasks) do run:preflight_task(t) end
 end
 
 --- Runs a plan (or a raw list of phases) to the end and returns the summary table.
@@ -399,7 +433,7 @@ function Runner:execute_plan(plan, opts)
     if invocation and not opts.resume then run.records:write_invocation(invocation) end
     -- the plan this run's tasks ran under: a resume reruns what was changed since
     if opts.resume then run.previous_plan = records.read_plan(run.records.dir) end
-    run.records:write_plan(plan, function(t) return uptodate.recorded(t, self) end)
+    run:write_plan()
     run.project_state = project_state.new(run)
     run.reporter = progress.new(self.output, run)
     run.start_time = fsutil.now()

@@ -88,9 +88,11 @@ function M.of(run)
   return {
     run_id = run.records.id, run_dir = run.records.dir, plan = run.plan.name,
     project = run.description, mode = run.mode.name, max_workers = run.max_workers,
-    -- a task its condition skipped (and what depended on it) is the plan's choice, not a failure
+    -- a task its condition skipped (and what depended on it) is the plan's choice, not a failure;
+    -- an on_success hook that failed is the recipe's mistake: what it meant to add did not run
     status = run.interrupted and "interrupted"
-      or ((failed + skipped - by_condition + unfinished == 0) and "succeeded" or "failed"),
+      or ((failed + skipped - by_condition + unfinished == 0 and not run.hook_errors) and "succeeded" or "failed"),
+    hook_errors = run.hook_errors,
     tasks = total, succeeded = succeeded, failed = failed, skipped = skipped, interrupted_tasks = unfinished,
     skipped_by_condition = by_condition, up_to_date = up_to_date,
     -- a task up to date is as good as one that succeeded

@@ -48,6 +48,10 @@ function Lines:event(e)
     out:write(string.format("[%s] rerun     %s: %s\n", when, e.task, e.reason))
   elseif e.event == "stopping" then
     out:write(string.format("[%s] stopping: %s\n", when, e.reason))
+  elseif e.event == "add" then
+    out:write(string.format("[%s] added     %s%s\n", when, e.task, e.by and (" (by " .. e.by .. ")") or ""))
+  elseif e.event == "hook_error" then
+    out:write(string.format("[%s] warning   %s\n", when, e.error))
   end
   out:flush()
 end
@@ -59,12 +63,16 @@ function Json:event(e)
   e.t = e.t or os.time()
   self.out:write(cjson.encode(e), "\n")
   self.out:flush()
+  -- a warning goes to stderr too, as coral's other warnings do
+  if e.event == "hook_error" then io.stderr:write("coral: warning: ", e.error, "\n") end
 end
 function Json:finish() end
 
 local Quiet = {}
 Quiet.__index = Quiet
-function Quiet:event() end
+function Quiet.event(_, e)
+  if e.event == "hook_error" then io.stderr:write("coral: warning: ", e.error, "\n") end
+end
 function Quiet:finish() end
 
 -- The live view: redrawn at most every 100 ms and on each start or end.
@@ -128,12 +136,13 @@ end
 
 function Live:event(e)
   if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
-     or e.event == "rerun" then
+     or e.event == "rerun" or e.event == "hook_error" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
     elseif e.event == "skip" then text = string.format("⏭ %s: %s", e.task, e.reason)
     elseif e.event == "rerun" then text = string.format("↻ %s runs again: %s", e.task, e.reason)
+    elseif e.event == "hook_error" then text = "warning: " .. e.error
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
@@ -203,6 +212,9 @@ function M.summary_text(s)
     if r.status ~= "succeeded" and r.status ~= "up_to_date" then failures[#failures + 1] = string.format("  %-11s %s: %s", r.status, id, r.error or "") end
   end
   table.sort(failures)
+  for _, h in ipairs(type(s.hook_errors) == "table" and s.hook_errors or {}) do
+    failures[#failures + 1] = string.format("  %-11s %s", "hook error", h.error)
+  end
   if #failures > 0 then
     lines[#lines + 1] = ""
     for _, f in ipairs(failures) do lines[#lines + 1] = f end

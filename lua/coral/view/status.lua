@@ -27,12 +27,12 @@ function M.json(run)
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
     tasks[id] = { agent = t.agent, status = t.status, attempts = #t.attempts, duration = task_time(t),
-                  error = t.error, depends_on = t.depends_on }
+                  error = t.error, depends_on = t.depends_on, added_by = t.added_by }
   end
   return {
     id = run.id, dir = run.dir, status = run.status, plan = run.plan_name, project = run.project,
     mode = run.mode, started = run.started, ended = run.ended, order = run.order, tasks = tasks,
-    summary = run.summary,
+    summary = run.summary, hook_errors = run.hook_errors,
   }
 end
 
@@ -59,10 +59,22 @@ local function changed(run, id, current, seen)
   return nil
 end
 
+local why
+
 --- Why `task` will or will not run when the run is resumed; nil and an error for a task the
 -- run does not have. `current` (optional): the definitions the recipe declares now (digests by
--- task id, coral.run.uptodate), so that a task edited since it ran is said to run again.
+-- task id, coral.run.uptodate), so that a task edited since it ran is said to run again. A
+-- task a hook added says so: resume calls that hook again.
 function M.why(run, task, current)
+  local text, err = why(run, task, current)
+  local t = run.tasks[task]
+  if text and t.added_by then
+    text = text .. string.format(" (added by the on_success hook of '%s', which resume calls again)", t.added_by)
+  end
+  return text, err
+end
+
+function why(run, task, current)
   local t = run.tasks[task]
   if not t then return nil, string.format("no task '%s' in run %s", task, run.id) end
   local n = #t.attempts
@@ -123,6 +135,8 @@ function M.text(run)
   end
   if run.summary then
     lines[#lines + 1] = progress.summary_text(run.summary)
+  else   -- the summary lists them when there is one
+    for _, h in ipairs(run.hook_errors or {}) do lines[#lines + 1] = "  hook error  " .. tostring(h.error) end
   end
   return table.concat(lines, "\n") .. "\n"
 end

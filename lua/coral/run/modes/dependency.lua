@@ -34,4 +34,8 @@ function Dependency.release() return false end
 
 function Dependency.held() return 0 end
 
+--- Tasks added while the run goes on (a hook's run:add): raise coral.check.user_error to
+-- refuse them. The dependency mode takes them.
+function Dependency.check_added() end
+
 return Dependency

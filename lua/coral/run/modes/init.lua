@@ -12,6 +12,7 @@
 --   mode:started(st)          the task's process started
 --   mode:release(st, ok)      the task ended; true when the mode tells the graph itself, later
 --   mode:held()               tasks handed out by the graph that have not started yet
+--   mode:check_added(tasks)   tasks added while the run goes on; raise a user error to refuse
 -- Adding a mode is adding a file here that extends one of these: it is found by its name.
 local host = require "coral.host"
 local uv = require "luv"

@@ -25,6 +25,13 @@ function Pipeline:check(plan)
   end
 end
 
+-- A pipeline wires each task's stdin to its upstreams' output as it starts: a task added
+-- after its upstreams ran could not be given what they printed.
+function Pipeline.check_added()
+  check.user_error("pipeline mode cannot take tasks added while it runs (its streams are wired as tasks " ..
+    "start); choose another mode")
+end
+
 -- Every upstream has succeeded, or runs and has printed something.
 local function ready(run, st)
   for _, d in ipairs(st.task.depends_on) do
