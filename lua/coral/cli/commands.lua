@@ -420,11 +420,13 @@ M.LIST = {
       local recipes = require "coral.recipes"
       local broken = 0
       local aliases = recipes.aliases(".")
-      for _, name in ipairs(recipes.names(".")) do
+      local names, width = recipes.names("."), 0
+      for _, name in ipairs(names) do width = math.max(width, #name) end
+      for _, name in ipairs(names) do
         local summary, err = recipes.summary(name, ".")
         if summary then
           local also = aliases.of[name] or {}
-          io.stdout:write(string.format("%-16s %s%s\n", name, summary,
+          io.stdout:write(string.format("%-" .. width .. "s  %s%s\n", name, summary,
                                         #also > 0 and (" (aliases: " .. table.concat(also, ", ") .. ")") or ""))
         else
           broken = broken + 1
