@@ -18,8 +18,11 @@ local TASK_OPTIONS = {
   timeout = "number", idle_timeout = "number", retries = "integer", priority = "integer",
   estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
   cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
-  when = "function", force = "boolean", on_success = "function",
+  when = "function", force = "boolean", on_success = "function", workspace = "string", on_conflict = "string",
 }
+
+-- The words of a task's (or a plan's) `workspace` (coral.run.workspaces).
+local WORKSPACES = { "auto", "worktree", "shared" }
 
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
 M.DEFAULT_ESTIMATE = 60
@@ -66,6 +69,11 @@ local function new_task(spec)
     end
     if t[key] then t[key] = paths end
   end
+  if t.workspace ~= nil then
+    local werr = check.choice_error("coral.task", "workspace", t.workspace, WORKSPACES)
+    if werr then return nil, werr end
+  end
+  if t.on_conflict == "" then return nil, "coral.task: on_conflict must be \"fail\", \"agent\" or a role id" end
   for k, v in pairs(t.env or {}) do
     if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
       return nil, string.format("coral.task: env[%s] must be a string, got %s", tostring(k), type(v))
@@ -137,10 +145,15 @@ function M.plan(spec, opts)
   if type(spec) ~= "table" then
     check.fail("coral.plan: expected a list of phases or of tasks, got " .. type(spec), 2)
   end
-  check.options("coral.plan", opts, { name = "string", description = "string" }, 2)
+  check.options("coral.plan", opts, { name = "string", description = "string", workspace = "string" }, 2)
+  if opts and opts.workspace ~= nil then
+    local err = check.choice_error("coral.plan", "workspace", opts.workspace, WORKSPACES)
+    if err then check.fail(err, 2) end
+  end
   local self = setmetatable({ tasks = {}, by_id = {}, declared_phases = {}, where = where }, Plan)
   self.name = opts and opts.name
   self.description = opts and opts.description
+  self.workspace = opts and opts.workspace
 
   local phased = #spec > 0
   for _, v in ipairs(spec) do

@@ -70,6 +70,8 @@ for _, o in ipairs {
   { flag = "--resume", key = "resume", kind = "flag",
     help = "continue the project's last run: finished tasks are not run again" },
   RETRY_FAILED,
+  { flag = "--apply", key = "apply", kind = "flag",
+    help = "commit the worktree tasks' result to the current branch, if no tracked file has uncommitted changes" },
   { flag = "--no-report", key = "no_report", kind = "flag",
     help = "do not keep <run dir>/report.html up to date during the run (plans of more than 1000 tasks have none)" },
   { flag = "--slurm-partition", key = "slurm_partition", kind = "string", value = "P", help = "sbatch --partition of every task" },
@@ -157,6 +159,17 @@ function M.run_plan(plan, opts, invocation)
     io.stdout:write(require("coral.view.progress").summary_text(summary))
   end
   if summary.interrupted then return EXIT_INTERRUPTED end
+  if opts.apply and summary.status == "succeeded" and summary.workspace and summary.workspace.result_branch then
+    local ws = summary.workspace
+    local err = require("coral.workspace").apply(opts.project_dir or ".", ws.base, ws.result_branch,
+                                                  summary.run_dir .. "/result.patch")
+    if err then
+      io.stderr:write("coral: --apply: ", err, "\n")
+      return EXIT_FAILED
+    end
+    io.stdout:write("  Applied                ", summary.workspace.result_branch,
+                    ": its changes committed to the current branch\n")
+  end
   return summary.status == "succeeded" and EXIT_OK or EXIT_FAILED
 end
 

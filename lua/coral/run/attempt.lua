@@ -7,6 +7,7 @@ local host = require "coral.host"
 local prompt = require "coral.prompt"
 local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
+local workspaces = require "coral.run.workspaces"
 
 local M = {}
 
@@ -53,6 +54,10 @@ local function add_inputs(run, st, env)
     local outputs = {}
     for i, o in ipairs(dst.task.outputs or {}) do outputs[i] = run.project_dir .. "/" .. o end
     inputs[d] = { status = dst.status, output = output, outputs = outputs }
+    local handoff = workspaces.handoff(st, d)
+    if handoff then
+      for k, v in pairs(handoff) do inputs[d][k] = v end
+    end
     if output then env[M.input_variable(d)] = output end
   end
   local path = run.records:task_path(task.id, "inputs")
@@ -110,6 +115,7 @@ local function compose_prompt(run, st)
     activity = r.paths.activity, handoffs = handoffs, role = run.roles and run.roles(task),
     plan = run.plan,
   })
+  text = (workspaces.prompt_preface(st) or "") .. text
   st.prompt_path = r:task_path(task.id, "prompt")
   assert(fsutil.write_atomic(st.prompt_path, text, PRIVATE_FILE))
   return text
@@ -165,8 +171,10 @@ end
 
 -- The attempt ended (`info` from the executor, or a `result` decided without a process):
 -- classify it, record it, and decide what follows.
+local conclude
+
 local function ended(run, st, a, info, result, driver, ctx)
-  local task, runner = st.task, run.runner
+  local task = st.task
   run.running = run.running - 1
   a.duration = info and info.duration or (uv.hrtime() - a.mono_start) / 1e9
   a.finish = a.start + a.duration
@@ -179,16 +187,37 @@ local function ended(run, st, a, info, result, driver, ctx)
     end
   end
   if result.ok and task.outputs then
-    -- A task that says it writes files has not succeeded until they are there.
+    -- A task that says it writes files has not succeeded until they are there (in its
+    -- worktree, for a task that has one).
+    local dir = st.worktree and st.worktree.cwd or run.project_dir
     local missing = {}
     for _, o in ipairs(task.outputs) do
-      if not uv.fs_stat(run.project_dir .. "/" .. o) then missing[#missing + 1] = o end
+      if not uv.fs_stat(dir .. "/" .. o) then missing[#missing + 1] = o end
     end
     if #missing > 0 then
       result = { ok = false, error = "declared outputs missing: " .. table.concat(missing, ", "),
                  usage = result.usage, cost_usd = result.cost_usd }
     end
   end
+  if result.ok and st.worktree then
+    -- its work committed to its branch before it counts as done (git on the loop; `waiting`
+    -- keeps the run going meanwhile)
+    run.waiting = run.waiting + 1
+    return workspaces.commit(run, st, a, function(err)
+      run.waiting = run.waiting - 1
+      if err then
+        result = { ok = false, error = "commit of its worktree failed: " .. err, retryable = false,
+                   usage = result.usage, cost_usd = result.cost_usd }
+      end
+      conclude(run, st, a, info, result, ctx)
+    end)
+  end
+  return conclude(run, st, a, info, result, ctx)
+end
+
+-- The attempt's result is known: record it, and decide what follows.
+function conclude(run, st, a, info, result, ctx)
+  local task, runner = st.task, run.runner
   local outcome = outcome_of(result, info, st, run)
   a.outcome, a.code, a.signal = outcome, info and info.code, info and info.signal
   a.error = not result.ok and reason_of(result, info) or nil
@@ -208,7 +237,8 @@ local function ended(run, st, a, info, result, driver, ctx)
     end
   end
   run:emit("end", { task = task.id, agent = task.agent, attempt = a.n, outcome = outcome,
-    exit = a.code, signal = a.signal, duration = a.duration, error = a.error, output = output_path })
+    exit = a.code, signal = a.signal, duration = a.duration, error = a.error, output = output_path,
+    branch = result.ok and st.branch or nil, commit = result.ok and st.commit or nil })
 
   a.usage, a.cost_usd = result.usage, result.cost_usd
   local retryable = not result.ok and result.retryable ~= false and not st.cancelled
@@ -283,6 +313,8 @@ local function condition(run, st)
   return true
 end
 
+local launch
+
 function M.start(run, st)
   local task = st.task
   local go, why = true, nil
@@ -290,7 +322,8 @@ function M.start(run, st)
     go, why = condition(run, st)
     if go == false then return run:skip_by_condition(st, why) end
   end
-  if task.outputs and #st.attempts == 0 and not st.adopt and not run.mode.runs_every_task
+  -- a worktree task's outputs are on its branch, not in the project: it always runs
+  if task.outputs and #st.attempts == 0 and not st.adopt and not run.mode.runs_every_task and not st.workspace
      and not uptodate.forced(task, run.runner.force) then
     local entry, stale = uptodate.check(run, st)
     if entry then return run:up_to_date(st, entry) end
@@ -312,6 +345,23 @@ function M.start(run, st)
   if go == nil then   -- the condition raised: a mistake in the recipe, not worth a retry
     return ended(run, st, a, nil, { ok = false, error = why, retryable = false })
   end
+  if st.workspace and not adopt then
+    -- its worktree first (git on the loop: other tasks go on meanwhile)
+    return workspaces.prepare(run, st, a, function(err)
+      if err then return ended(run, st, a, nil, { ok = false, error = err, retryable = false }) end
+      if run.stopping then
+        st.cancelled = "cancelled: " .. run.stopping
+        return ended(run, st, a, nil, { ok = false, error = st.cancelled, retryable = false })
+      end
+      launch(run, st, a, adopt)
+    end)
+  end
+  return launch(run, st, a, adopt)
+end
+
+-- Starts attempt `a` of `st`'s task: its driver, prompt and process.
+function launch(run, st, a, adopt)
+  local task, n = st.task, a.n
   local driver, derr = M.driver_for(run, task)
   -- An agent gets a prompt (composed once, read back for a retry); a command does not.
   local prompt_text
@@ -338,7 +388,7 @@ function M.start(run, st)
   local runner = run.runner
   local handle, err, code = run.executor:start({
     argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
-    cwd = task.cwd or run.project_dir, stdin = stdin,
+    cwd = st.worktree and st.worktree.cwd or task.cwd or run.project_dir, stdin = stdin,
     stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
     timeout = task.timeout or runner.timeout,
     idle_timeout = task.idle_timeout or runner.idle_timeout,

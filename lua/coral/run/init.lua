@@ -30,6 +30,7 @@ local states = require "coral.records.states"
 local summary_mod = require "coral.run.summary"
 local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
+local workspaces = require "coral.run.workspaces"
 
 local M = {}
 
@@ -294,6 +295,9 @@ function Run:execute(opts)
                      tasks = #plan.tasks, mode = self.mode.name, max_workers = self.max_workers,
                      resumed = opts.resume and true or nil })
   for _, r in ipairs(self.reruns or {}) do self:emit("rerun", r) end
+  if self.workspace then
+    self:emit("workspace", { base = self.workspace.base, top = self.workspace.top })
+  end
   dynamic.started(self)
   self.project_state:flush()
   self:watch_signals()
@@ -310,6 +314,8 @@ function Run:execute(opts)
     if s.status == "pending" then self:skip(s, self.stopping or "not run") end
   end
   self:unwatch_signals()
+  -- the worktree tasks' results merged into one branch (git, blocking: the loop is over)
+  self.workspace_result = workspaces.finish(self)
   self.finish_time = fsutil.now()
   local summary = summary_mod.of(self)
   self.final_status = summary.status
@@ -375,6 +381,7 @@ local function preflight(run, project_dir)
     end
   end
   for _, t in ipairs(run.plan.tasks) do run:preflight_task(t) end
+  workspaces.plan(run, function(t) return attempt.driver_for(run, t) end)
 end
 
 --- Runs a plan (or a raw list of phases) to the end and returns the summary table.
@@ -434,6 +441,7 @@ function Runner:execute_plan(plan, opts)
     -- the plan this run's tasks ran under: a resume reruns what was changed since
     if opts.resume then run.previous_plan = records.read_plan(run.records.dir) end
     run:write_plan()
+    workspaces.open(run, opts.resume)
     run.project_state = project_state.new(run)
     run.reporter = progress.new(self.output, run)
     run.start_time = fsutil.now()

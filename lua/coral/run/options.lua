@@ -40,6 +40,10 @@ M.LIST = {
     help = "local (default) or slurm: each task a Slurm batch job (docs/slurm.md)" },
   { key = "force", type = "boolean|list", flag = "--force", value = "[=ID,...]",
     help = "run tasks that are up to date: all, or the tasks named (--force=a,b)" },
+  { key = "workspace", type = "string", default = "auto", flag = "--workspace", value = "W",
+    choices = { "auto", "worktree", "shared" },
+    help = "auto: agents that edit files work in a git worktree each (in a git repository); worktree: every " ..
+      "task; shared: all in the project dir" },
   { key = "output", type = "string", default = "auto", choices = { "auto", "live", "lines", "json", "quiet" } },
   { key = "backoff", type = "table", default = { base = 0.5, factor = 2, max = 30, jitter = 0.25 } },
   { key = "on_event", type = "function" },

@@ -128,6 +128,7 @@ function M.restore(run, retry_failed)
         outcome[id] = t.status
         st.output_path = t.output or (t.status == "succeeded" and run.records:task_path(id, "output")) or nil
         st.finish, st.resumed = t.finish, true
+        st.branch, st.commit = t.branch, t.commit   -- its worktree's result, merged into its dependents
       elseif t.status == "failed" and not retry_failed then
         outcome[id] = "failed"
         st.finish, st.error, st.resumed = t.finish, t.error, true

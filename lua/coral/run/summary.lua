@@ -81,9 +81,14 @@ function M.of(run)
       duration_seconds = duration, output_file = st.output_path, error = st.error,
       started = st.first_start, finished = st.finish, usage = usage, cost_usd = cost,
       rate_limited = st.rate_limits,
+      -- a worktree task's result: its branch and what it changed against its base
+      branch = st.branch, commit = st.commit,
+      files_changed = st.changes and st.changes.files, lines_added = st.changes and st.changes.added,
+      lines_removed = st.changes and st.changes.removed,
     }
   end
   local total = #run.plan.tasks
+  local ws = run.workspace_result
   local _, critical_seconds = M.critical_path(run.plan.tasks, times)
   return {
     run_id = run.records.id, run_dir = run.records.dir, plan = run.plan.name,
@@ -91,7 +96,9 @@ function M.of(run)
     -- a task its condition skipped (and what depended on it) is the plan's choice, not a failure;
     -- an on_success hook that failed is the recipe's mistake: what it meant to add did not run
     status = run.interrupted and "interrupted"
-      or ((failed + skipped - by_condition + unfinished == 0 and not run.hook_errors) and "succeeded" or "failed"),
+      -- worktree results that do not merge leave no one result: that is a failure too
+      or ((failed + skipped - by_condition + unfinished == 0 and not run.hook_errors and not (ws and ws.error))
+          and "succeeded" or "failed"),
     hook_errors = run.hook_errors,
     tasks = total, succeeded = succeeded, failed = failed, skipped = skipped, interrupted_tasks = unfinished,
     skipped_by_condition = by_condition, up_to_date = up_to_date,
@@ -107,6 +114,8 @@ function M.of(run)
     interrupted = run.interrupted or false, stopped = run.stopping or nil,
     started = run.start_time, finished = run.finish_time,
     total_cost_usd = total_cost, results = results,
+    workspace = ws and { base = ws.base, base_branch = ws.base_branch, result = ws.result, result_branch = ws.branch,
+                         error = ws.error, conflicts = ws.conflicts } or nil,
   }
 end
 

@@ -200,6 +200,12 @@ function M.summary_text(s)
   if (s.up_to_date or 0) > 0 then   -- after "Succeeded"
     table.insert(lines, 5, row("Up To Date", int(s.up_to_date) .. " (not run: their outputs are up to date)"))
   end
+  local ws = s.workspace
+  if ws and ws.result_branch then
+    lines[#lines + 1] = row("Result", ws.result_branch .. " (--apply commits it to the current branch)")
+  elseif ws and ws.error then
+    lines[#lines + 1] = row("Result", "none: " .. ws.error .. " (every task's branch stays)")
+  end
   if s.total_cost_usd then
     lines[#lines + 1] = row("Cost", string.format("$%.4f (as the agent CLIs reported it)", s.total_cost_usd))
   end

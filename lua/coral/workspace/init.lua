@@ -48,12 +48,18 @@ function M.exclude_coral(top)
   return true
 end
 
---- The arguments of `git add` that stage every change in `dir` but coral's own files: .coral
--- is left out by a pathspec unless git ignores it already (naming an ignored path, even to
--- exclude it, makes git add fail). `run`: git.run or git.await.
-function M.add_all(dir, run)
-  if run(dir, { "check-ignore", "-q", ".coral/" }) then return { "add", "-A", "--", "." } end
-  return { "add", "-A", "--", ".", ":(exclude,top).coral" }
+--- The arguments of `git add` that stage every change in `dir` but coral's own files: .coral,
+-- and `excludes` (paths from the repository's top: the project's coordination files, which
+-- are coral's and every run's, not a task's work). .coral is left out by a pathspec unless git
+-- ignores it already (naming an ignored path, even to exclude it, makes git add fail).
+-- `run`: git.run or git.await.
+function M.add_all(dir, run, excludes)
+  local args = { "add", "-A", "--", "." }
+  if not run(dir, { "check-ignore", "-q", ".coral/" }) then args[#args + 1] = ":(exclude,top).coral" end
+  for _, path in ipairs(excludes or {}) do
+    if not run(dir, { "check-ignore", "-q", path }) then args[#args + 1] = ":(exclude,top,literal)" .. path end
+  end
+  return args
 end
 
 local function trim(s)
@@ -61,11 +67,12 @@ local function trim(s)
 end
 
 --- Captures the run's base: HEAD plus the user's uncommitted and untracked (not ignored)
--- changes, as a commit on `coral/<run-id>/base` (HEAD itself when nothing is changed). Runs
+-- changes (but `excludes`, as M.add_all), as a commit on `coral/<run-id>/base` (HEAD itself
+-- when nothing is changed). Runs
 -- git on a copy of the user's index (GIT_INDEX_FILE), so the user's index keeps what it had;
 -- the copy keeps its stat data, so only changed files are hashed. `scratch`: a directory of
 -- coral's for the copy. Returns the commit id, or nil and an error.
-function M.capture_base(top, run_id, scratch)
+function M.capture_base(top, run_id, scratch, excludes)
   local head = git.run(top, { "rev-parse", "--verify", "-q", "HEAD^{commit}" })
   head = head and trim(head) or nil
   local index = scratch .. "/base.index"
@@ -83,7 +90,7 @@ function M.capture_base(top, run_id, scratch)
     os.remove(index)
     return ...
   end
-  local _, err = git.run(top, M.add_all(top, git.run), env)
+  local _, err = git.run(top, M.add_all(top, git.run, excludes), env)
   if err then return finish(nil, err) end
   local tree
   tree, err = git.run(top, { "write-tree" }, env)
@@ -134,11 +141,11 @@ function M.prepare(top, mutex, path, branch, base, merges)
   return { path = path, branch = branch, base = start and trim(start) or base, conflicts = {} }
 end
 
---- Inside git.async: commits everything that changed in worktree `path` (nothing to commit
--- leaves the branch where it is), by `coral <task-id>`. Returns the branch's commit id and
+--- Inside git.async: commits everything that changed in worktree `path` but `excludes` (as
+-- M.add_all; nothing to commit leaves the branch where it is), by `coral <task-id>`. Returns the branch's commit id and
 -- whether a commit was made, or nil and an error.
-function M.commit(path, task_id, message)
-  local _, err = git.await(path, M.add_all(path, git.await))
+function M.commit(path, task_id, message, excludes)
+  local _, err = git.await(path, M.add_all(path, git.await, excludes))
   if err then return nil, err end
   local _, changed = git.await(path, { "diff", "--cached", "--quiet" })
   local made = false
@@ -188,6 +195,28 @@ function M.result(top, run_id, path, base, branches)
   while not out do uv.run("once") end
   M.remove(top, path)
   return table.unpack(out, 1, 3)
+end
+
+--- Lands the tasks' work in the user's current branch: the changes from `base` to `branch`
+-- (the run's result; not the user's own uncommitted and untracked changes, which the base
+-- holds and the tree still has) applied to the index and the tree, and committed as one commit.
+-- Only when no tracked file has uncommitted changes; `patch`: a path of coral's for the diff.
+-- Blocking. Returns nil, or what stopped it (nothing touched then).
+function M.apply(dir, base, branch, patch)
+  local status, err = git.run(dir, { "status", "--porcelain", "--untracked-files=no" })
+  if not status then return err end
+  local again = "; then: git diff " .. base .. " " .. branch .. " | git apply --index"
+  if status ~= "" then return "the working tree has uncommitted changes; commit or stash them" .. again end
+  local diff, derr = git.run(dir, { "diff", "--binary", base, branch })
+  if not diff then return derr end
+  if diff == "" then return nil end
+  assert(fsutil.write_file(patch, diff, tonumber("600", 8)))
+  local _, cerr = git.run(dir, { "apply", "--check", "--index", patch })
+  if cerr then return cerr .. " (nothing was changed" .. again .. " after resolving)" end
+  local _, aerr = git.run(dir, { "apply", "--index", patch })
+  if aerr then return aerr end
+  local _, merr = git.run(dir, { "commit", "--quiet", "--no-verify", "-m", "coral: the work of " .. branch })
+  return merr
 end
 
 --- Removes a worktree (its branch stays). Blocking.

@@ -1,0 +1,155 @@
+-- Workspaces as a user meets them, through the real binary and real git: tasks in worktrees of
+-- their own, a dependent that starts from exactly its dependencies' work, the user's tree left
+-- as it was, conflicts named, --apply, and a resume after kill -9.
+local H = require "spec.helper"
+local uv = require "luv"
+
+local function sh(dir, cmd)
+  local ok = os.execute("cd '" .. dir .. "' && (" .. cmd .. ") >/dev/null 2>&1")
+  assert(ok, cmd)
+end
+
+local function git(dir, args)
+  local r = H.run(args, { exe = "/usr/bin/git", cwd = dir })
+  return r.code == 0 and r.stdout or nil, r.stderr
+end
+
+-- A repository with a commit, an uncommitted change and an untracked file.
+local function repo()
+  local dir = H.tmpdir()
+  sh(dir, "git init -q -b main . && echo base > readme.txt && git add . && " ..
+          "git -c user.name=u -c user.email=u@x commit -qm init")
+  H.write_file(dir .. "/readme.txt", "base\nmy uncommitted line\n")
+  H.write_file(dir .. "/notes.txt", "untracked\n")
+  return dir
+end
+
+local function newest_run(dir)
+  local runs = H.entries(dir .. "/.coral/runs")
+  return runs[#runs]
+end
+
+local PLAN = [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan({
+  t("backend", "api", { id = "backend", cmd = "echo api > api.txt; cat notes.txt" }),
+  t("frontend", "ui", { id = "frontend", cmd = "echo ui > ui.txt; grep -c uncommitted readme.txt" }),
+  t("qa", "check both", { id = "qa", depends_on = { "backend", "frontend" },
+    cmd = "cat api.txt ui.txt > qa.txt" }),
+}, { workspace = "worktree" })
+]]
+
+describe("workspaces", function()
+  it("give each task a worktree; a dependent starts from both results; the user's tree stays as it was", function()
+    local dir = repo()
+    H.write_file(dir .. "/plan.lua", PLAN)
+    local index = H.read_file(dir .. "/.git/index")
+    local head = git(dir, { "rev-parse", "HEAD" })
+    local r = H.run { dir .. "/plan.lua", "x", "--dir", dir }
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local id = newest_run(dir)
+    assert.matches("Result%s+coral/" .. id:gsub("%-", "%%-") .. "/result", r.stdout)
+    -- the user's index, HEAD, branch and files: as they were; no task file landed in the tree
+    assert.are.equal(index, H.read_file(dir .. "/.git/index"))
+    assert.are.equal(head, git(dir, { "rev-parse", "HEAD" }))
+    assert.are.equal("main\n", git(dir, { "branch", "--show-current" }))
+    assert.are.equal("base\nmy uncommitted line\n", H.read_file(dir .. "/readme.txt"))
+    assert.is_nil(uv.fs_stat(dir .. "/api.txt"))
+    -- the tasks saw the user's uncommitted and untracked changes
+    assert.are.equal("untracked\n", H.read_file(dir .. "/.coral/runs/" .. id .. "/tasks/backend/attempt-1.out"))
+    assert.are.equal("1\n", H.read_file(dir .. "/.coral/runs/" .. id .. "/tasks/frontend/attempt-1.out"))
+    -- the result holds all three tasks' work, and not coral's coordination files
+    local result = "coral/" .. id .. "/result"
+    assert.are.equal("api\nui\n", git(dir, { "show", result .. ":qa.txt" }))
+    assert.is_nil(git(dir, { "show", result .. ":scratchpad.md" }))
+    assert.is_nil(git(dir, { "show", result .. ":activity_tracker.md" }))
+    -- each task's branch and what it changed are in the summary
+    local summary = require("cjson").decode(H.read_file(dir .. "/.coral/runs/" .. id .. "/summary.json"))
+    assert.are.equal("coral/" .. id .. "/task/qa", summary.results.qa.branch)
+    assert.are.equal(1, summary.results.qa.files_changed)
+    assert.are.equal(result, summary.workspace.result_branch)
+    -- succeeded tasks' worktrees are gone, their branches stay
+    assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
+    assert.truthy(git(dir, { "rev-parse", "--verify", "coral/" .. id .. "/task/backend" }))
+  end)
+
+  it("name the files two dependencies both changed, as the task's on_conflict says", function()
+    local dir = repo()
+    H.write_file(dir .. "/plan.lua", [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan({
+  t("a", "a", { id = "x", cmd = "echo x > readme.txt" }),
+  t("b", "b", { id = "y", cmd = "echo y > readme.txt" }),
+  t("c", "c", { id = "fails", depends_on = { "x", "y" }, on_conflict = "fail", cmd = "true" }),
+  t("qa-testing", "merge them", { id = "agent", depends_on = { "x", "y" }, driver = "prompt" }),
+}, { workspace = "worktree" })
+]])
+    local r = H.run { dir .. "/plan.lua", "x", "--dir", dir }
+    assert.are.equal(1, r.code)
+    assert.matches("fails: merge conflict in readme%.txt %(merging coral/[^ ]+/task/y", r.stdout)
+    -- an agent task starts in the conflicted worktree, told so first; its work is refused while
+    -- conflict markers remain
+    local id = newest_run(dir)
+    local prompt = H.read_file(dir .. "/.coral/runs/" .. id .. "/tasks/agent/prompt.md")
+    assert.matches("^## First: resolve the merge conflicts", prompt)
+    assert.matches("\n%- readme%.txt\n", prompt)
+    assert.matches("agent: commit of its worktree failed: conflict markers left in readme%.txt", r.stdout)
+  end)
+
+  it("--apply merges the result into the user's branch when its tree is clean, and refuses otherwise", function()
+    local dir = repo()
+    sh(dir, "git add -A && git -c user.name=u -c user.email=u@x commit -qm mine")
+    H.write_file(dir .. "/plan.lua", PLAN:gsub("grep %-c uncommitted readme.txt", "true"))
+    local r = H.run { dir .. "/plan.lua", "x", "--dir", dir, "--apply", "--quiet" }
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("Applied", r.stdout)
+    assert.are.equal("api\nui\n", H.read_file(dir .. "/qa.txt"))
+    H.write_file(dir .. "/readme.txt", "dirty\n")
+    r = H.run { dir .. "/plan.lua", "x", "--dir", dir, "--apply", "--quiet" }
+    assert.are.equal(1, r.code)
+    assert.matches("%-%-apply: the working tree has uncommitted changes", r.stderr)
+    assert.are.equal("dirty\n", H.read_file(dir .. "/readme.txt"))
+  end)
+
+  it("are refused outside a git work tree when asked for, and are not used for commands in auto", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/plan.lua", PLAN)
+    local r = H.run { dir .. "/plan.lua", "x", "--dir", dir }
+    assert.are.equal(2, r.code)
+    assert.matches("not inside a git work tree", r.stderr)
+    assert.is_nil(uv.fs_stat(dir .. "/.coral/runs"))
+    local git_dir = repo()
+    H.write_file(git_dir .. "/plan.lua", "return { require('coral').task { id = 'c', cmd = 'echo hi > hi.txt' } }")
+    r = H.run { git_dir .. "/plan.lua", "x", "--dir", git_dir, "--quiet" }
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal("hi\n", H.read_file(git_dir .. "/hi.txt"))   -- a command shares the project dir
+  end)
+
+  it("resume after kill -9: no git lock left, finished work kept, the result complete", function()
+    local dir = repo()
+    H.write_file(dir .. "/plan.lua", [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan({
+  t("a", "a", { id = "slow", cmd = "sleep 1.5; echo slow > slow.txt" }),
+  t("b", "b", { id = "quick", cmd = "echo quick > quick.txt; echo once >> ]] .. dir .. [[/quick-ran" }),
+  t("c", "c", { id = "join", depends_on = { "slow", "quick" }, cmd = "cat slow.txt quick.txt > join.txt" }),
+}, { workspace = "worktree" })
+]])
+    local p = H.start { dir .. "/plan.lua", "x", "--dir", dir, "--quiet" }
+    H.wait_until(function() return H.read_file(dir .. "/quick-ran") ~= nil end)
+    uv.sleep(300)
+    uv.kill(p.pid, "sigkill")
+    H.wait_for(p)
+    local r = H.run { "resume", "--dir", dir, "--quiet" }
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.are.equal("once\n", H.read_file(dir .. "/quick-ran"))
+    local id = newest_run(dir)
+    assert.are.equal("slow\nquick\n", git(dir, { "show", "coral/" .. id .. "/result:join.txt" }))
+    local locks = H.run({ dir .. "/.git", "-name", "*.lock" }, { exe = "/usr/bin/find" })
+    assert.are.equal("", locks.stdout)
+    assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
+  end)
+end)
