@@ -146,10 +146,11 @@ function Records:event(name, fields)
   append_private(self, "journal_fd", self.journal_path, cjson.encode(fields) .. "\n")
 end
 
---- Appends a row to the joblog (one row per attempt).
+--- Appends a row to the joblog (one row per attempt). The task column is the id with its
+-- backslashes and control bytes escaped (names.printable): a row stays one line whatever the id.
 function Records:joblog(row)
   local line = table.concat({
-    row.task, row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
+    names.printable(row.task), row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
     row.exit or "", row.signal or "", row.outcome,
   }, "\t") .. "\n"
   append_private(self, "joblog_fd", self.joblog_path, line, M.JOBLOG_HEADER)
