@@ -2,6 +2,7 @@
 -- built from a list of phases (each a list of tasks) or a flat list of tasks.
 local check = require "coral.check"
 local dag = require "coral.dag"
+local id_refusal = require("coral.records.names").refusal
 
 local M = {}
 
@@ -42,6 +43,9 @@ local function new_task(spec)
     end
   end
   if t.id == "" then return nil, "coral.task: id must not be empty" end
+  -- the id, or the agent's name that becomes it: it names files and joblog rows
+  local refusal = id_refusal(t.id or t.agent)
+  if refusal then return nil, "coral.task: " .. refusal end
   if t.agent == "" then return nil, "coral.task: agent must not be empty" end
   for _, k in ipairs { "retries", "timeout", "idle_timeout", "estimate" } do
     if t[k] and t[k] < 0 then return nil, string.format("coral.task: %s must be >= 0", k) end

@@ -1,5 +1,6 @@
 --- Composes the prompt of a task: role, project, team, task, the handoff from its dependencies
--- and how to coordinate with the other agents. The runner saves it as tasks/<id>/prompt.md.
+-- and how to coordinate with the other agents. The runner saves it as tasks/<name>/prompt.md
+-- (<name>: the task id as a file name, coral.records.names).
 local fsutil = require "coral.fsutil"
 
 local M = {}

@@ -20,6 +20,7 @@
 -- (another binary, extra arguments, another name).
 local check = require "coral.check"
 local fsutil = require "coral.fsutil"
+local path_name = require("coral.records.names").path_name
 
 local M = {}
 local registry = {}
@@ -77,7 +78,8 @@ M.register {
 }
 
 -- The simulated agent: a real process (coral itself) that sleeps the task's estimate times a
--- scale factor, writes a small deliverable and a note, and says it is simulated.
+-- scale factor, writes a small deliverable and a note, and says it is simulated. The
+-- deliverable is deliverables/<the task id as a file name>.md: the name its task dir has.
 local SIM_SCRIPT = [[
 local seconds, deliverable, scratchpad, agent, task, fail = ...
 local uv = require "luv"
@@ -108,7 +110,7 @@ M.register {
       -- `coral - ARGS` runs the script read from stdin with ARGS as `...`.
       stdin = SIM_SCRIPT,
       argv = { ctx.coral_exe, "-", string.format("%.3f", seconds),
-               dir .. "/" .. task.id .. ".md", ctx.scratchpad, task.agent, task.task,
+               dir .. "/" .. path_name(task.id) .. ".md", ctx.scratchpad, task.agent, task.task,
                ctx.attempt <= fail_attempts and "1" or "0" },
     }
   end,

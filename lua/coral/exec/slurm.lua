@@ -14,8 +14,11 @@
 --
 -- What must stay true: a job is ours only if its comment is `coral:<run id>:<attempt>:<task>`;
 -- coral never cancels a job by name or user, only by an id it submitted or found by comment.
+-- <task> in the comment and the job name is the task id as a file name (names.path_name):
+-- bounded in length, without ":", "|" or spaces, whatever the id.
 local check = require "coral.check"
 local fsutil = require "coral.fsutil"
+local names = require "coral.records.names"
 local proc = require "coral.proc"
 local uv = require "luv"
 
@@ -184,8 +187,8 @@ function Slurm:sbatch_args(job, ids, script)
   local grace = job.kill_grace or self.kill_grace
   local argv = {
     self.sbatch, "--parsable", "--export=ALL",
-    "--job-name=coral." .. ids.task,
-    "--comment=" .. comment_of(ids.run, ids.attempt, ids.task),
+    "--job-name=coral." .. names.path_name(ids.task),
+    "--comment=" .. comment_of(ids.run, ids.attempt, names.path_name(ids.task)),
     "--chdir=" .. fsutil.absolute(job.cwd or "."),
     "--output=" .. slurm_path(job.stdout_path), "--error=" .. slurm_path(job.stderr_path),
   }
@@ -211,8 +214,9 @@ end
 local function script_text(argv, ids)
   local q = {}
   for i, a in ipairs(argv) do q[i] = shell_quote(a) end
+  -- printable: the id stays on its comment line (a newline would start a command)
   return string.format("#!/bin/sh\n# coral: run %s, task %s, attempt %s\nexec %s\n",
-    ids.run, ids.task, ids.attempt, table.concat(q, " "))
+    ids.run, names.printable(ids.task), ids.attempt, table.concat(q, " "))
 end
 
 --- Submits the job (asynchronously: the handle's job_id is set once sbatch answers, and
@@ -437,10 +441,14 @@ function Slurm:recover(run_id, running)
     io.stderr:write("coral: warning: cannot list the run's slurm jobs: ", err, "\n")
     return adopt
   end
+  -- comments name tasks by names.path_name; a job of an earlier coral by the id itself
+  local by_name = {}
+  for task in pairs(running) do by_name[names.path_name(task)] = task end
   local stray = {}
   for id, s in pairs(parse_squeue(text)) do
     local run, attempt, task = parse_comment(s.comment)
     if run == run_id then
+      task = by_name[task] or task
       local want = running[task]
       if want and want.attempt == attempt and not adopt[task] then
         adopt[task] = { job_id = math.tointeger(tonumber(id)), state = s.state }

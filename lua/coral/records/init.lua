@@ -4,6 +4,7 @@
 local cjson = require "cjson"
 local coord = require "coral.coord"
 local fsutil = require "coral.fsutil"
+local names = require "coral.records.names"
 local uv = require "luv"
 local yaml = require "coral.records.yaml"
 
@@ -80,6 +81,7 @@ function M.open(project_dir, run_id)
   self.id = run_id or M.new_run_id()
   self.dir = self.paths.runs .. "/" .. self.id
   must(fsutil.mkdirs(self.dir .. "/tasks", PRIVATE_DIR))
+  must(names.mark(self.dir))   -- a new run names its task dirs by names.path_name
   uv.fs_chmod(self.paths.coral, PRIVATE_DIR)
   uv.fs_chmod(self.paths.runs, PRIVATE_DIR)
   self.journal_path = self.dir .. "/journal.jsonl"
@@ -88,10 +90,9 @@ function M.open(project_dir, run_id)
   return self
 end
 
---- The directory of a task's files in run dir `run_dir`.
-function M.task_dir(run_dir, task_id)
-  return run_dir .. "/tasks/" .. task_id:gsub("[^%w%-_.]", "_")
-end
+--- The directory of a task's files in run dir `run_dir`: tasks/<the id as a file name>
+-- (coral.records.names, which also finds the dirs of runs of earlier coral versions).
+M.task_dir = names.task_dir
 
 --- Path of a task's file: kind "prompt" (prompt.md), "out"/"err" (attempt-N.out/.err),
 -- "output" (the final text, output.md), "inputs" (inputs.json), or "dir" (the task's dir).
@@ -145,10 +146,11 @@ function Records:event(name, fields)
   append_private(self, "journal_fd", self.journal_path, cjson.encode(fields) .. "\n")
 end
 
---- Appends a row to the joblog (one row per attempt).
+--- Appends a row to the joblog (one row per attempt). The task column is the id with its
+-- backslashes and control bytes escaped (names.printable): a row stays one line whatever the id.
 function Records:joblog(row)
   local line = table.concat({
-    row.task, row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
+    names.printable(row.task), row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
     row.exit or "", row.signal or "", row.outcome,
   }, "\t") .. "\n"
   append_private(self, "joblog_fd", self.joblog_path, line, M.JOBLOG_HEADER)
