@@ -1,8 +1,10 @@
 --- What a run writes: its run dir under .coral/runs/<run-id>/ (task files, joblog, journal,
 -- summary.json) and the project's coordination files (scratchpad.md, activity_tracker.md,
--- .coral/project_state.yaml). Every shared write goes through coral.coord's locked primitives.
+-- .coral/project_state.yaml). Every shared write goes through coral.coord's locked primitives,
+-- by way of coral.records.coordq: a busy lock there never stops or freezes the run.
 local cjson = require "cjson"
 local coord = require "coral.coord"
+local coordq = require "coral.records.coordq"
 local fsutil = require "coral.fsutil"
 local names = require "coral.records.names"
 local uv = require "luv"
@@ -156,13 +158,27 @@ function Records:joblog(row)
   append_private(self, "joblog_fd", self.joblog_path, line, M.JOBLOG_HEADER)
 end
 
---- Writes what is pending and closes the run's files. Idempotent.
-function Records:close()
-  self:flush_shared()
+--- The queue of the run's writes to the coordination files (coral.records.coordq).
+function Records:coord_queue()
+  self.coordq = self.coordq or coordq.new(self.paths.project)
+  return self.coordq
+end
+
+--- Writes what is pending and closes the run's files. Idempotent. What waits for a busy lock
+-- of a coordination file gets at most `wait` seconds (default coordq.END_WAIT), then is
+-- reported as not written.
+function Records:close(wait)
+  local queue = self:coord_queue()
+  queue.ending = true   -- what is flushed now waits for finish, which reports on stderr
+  local ok, err = pcall(function()
+    self:flush_shared()
+    queue:finish(wait)
+  end)
   if self.flush_timer then self.flush_timer:close(); self.flush_timer = nil end
   for _, key in ipairs { "journal_fd", "joblog_fd" } do
     if self[key] then uv.fs_close(self[key]); self[key] = nil end
   end
+  if not ok then error(err, 0) end
 end
 
 -- Activity entries are collected and appended together at most FLUSH_MS later (and when the
@@ -177,7 +193,7 @@ function Records:flush_shared()
     local pending = self[key]
     if pending and #pending > 0 then
       self[key] = {}
-      must(coord.append(file[1], table.concat(pending), { header = file[2], mode = SHARED_FILE }))
+      self:coord_queue():append(file[1], table.concat(pending), { header = file[2], mode = SHARED_FILE }, #pending)
     end
   end
 end
@@ -269,7 +285,7 @@ function Records:scratchpad_start(task, when, batch)
                              task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
   if batch then return self:share("pending_scratchpad", text) end
   self:flush_shared()   -- keep the sections in start order
-  must(coord.append(self.paths.scratchpad, text, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
+  self:coord_queue():append(self.paths.scratchpad, text, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
 end
 
 --- Appends a note from an agent (or `coral note`) to a scratchpad.
@@ -325,10 +341,11 @@ end
 
 --- Read-modify-write of .coral/project_state.yaml under its lock: fn(state) changes the table.
 -- A file broken by hand is kept aside as project_state.yaml.broken-<time> and started afresh,
--- and the problem is returned as a second value.
+-- and the problem is returned as a second value. While another process holds the file's lock,
+-- the update waits in the coordination queue (fn is called when it is written).
 function Records:update_state(fn)
   local warning
-  local ok, err = coord.update(self.paths.state, function(old)
+  self:coord_queue():update(self.paths.state, function(old)
     local state = {}
     if old and old ~= "" then
       local parsed, perr = yaml.decode(old)
@@ -343,8 +360,6 @@ function Records:update_state(fn)
     fn(state)
     return yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
   end, { mode = PRIVATE_FILE })
-  -- update returns false when the content did not change: not an error
-  if ok == nil then error(err, 0) end
   return true, warning
 end
 

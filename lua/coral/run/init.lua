@@ -279,7 +279,7 @@ function Run:abort()
   end
   self:unwatch_signals()
   if self.project_state then self.project_state:close() end
-  pcall(self.records.close, self.records)
+  pcall(self.records.close, self.records, 0)   -- nobody waits for a coordination lock now
   self.lock:unlock()
   if self.gc_mode then collectgarbage(self.gc_mode) end
 end
@@ -319,13 +319,15 @@ function Run:execute(opts)
   self.finish_time = fsutil.now()
   local summary = summary_mod.of(self)
   self.final_status = summary.status
-  self.project_state:flush(true)
+  -- the run's own records first; then the shared state, which may wait for its lock (coordq)
   self.records:write_summary(summary)
+  self.project_state:flush(true)
   self:emit("done", { status = summary.status, succeeded = summary.succeeded,
                       failed = summary.failed, skipped = summary.skipped,
                       total_time_seconds = summary.total_time_seconds })
   self.reporter:finish(summary)
-  self.records:close()
+  -- after Ctrl-C nobody waits for a coordination file's lock: what waits is reported
+  self.records:close(self.interrupted and 0 or nil)
   self.lock:unlock()
   collectgarbage(self.gc_mode)
   uv.run("nowait")
@@ -444,6 +446,8 @@ function Runner:execute_plan(plan, opts)
     workspaces.open(run, opts.resume)
     run.project_state = project_state.new(run)
     run.reporter = progress.new(self.output, run)
+    -- a coordination file whose lock is held falls behind, and is told as a warning
+    run.records:coord_queue().on_event = function(name, fields) run:emit(name, fields) end
     run.start_time = fsutil.now()
     -- Most of a run's garbage (events, strings) dies young: the generational collector keeps a
     -- 5000-task run at 38 MB instead of 44 MB and spends less time (docs/PERFORMANCE.md).

@@ -52,6 +52,9 @@ function Lines:event(e)
     out:write(string.format("[%s] added     %s%s\n", when, e.task, e.by and (" (by " .. e.by .. ")") or ""))
   elseif e.event == "hook_error" then
     out:write(string.format("[%s] warning   %s\n", when, e.error))
+  elseif e.event == "coord_behind" or e.event == "coord_caught_up" then
+    -- a coordination file whose lock another process holds (coral.records.coordq)
+    out:write(string.format("[%s] %s\n", when, e.event == "coord_behind" and ("warning   " .. e.message) or e.message))
   end
   out:flush()
 end
@@ -65,6 +68,7 @@ function Json:event(e)
   self.out:flush()
   -- a warning goes to stderr too, as coral's other warnings do
   if e.event == "hook_error" then io.stderr:write("coral: warning: ", e.error, "\n") end
+  if e.event == "coord_behind" then io.stderr:write("coral: warning: ", e.message, "\n") end
 end
 function Json:finish() end
 
@@ -72,6 +76,9 @@ local Quiet = {}
 Quiet.__index = Quiet
 function Quiet.event(_, e)
   if e.event == "hook_error" then io.stderr:write("coral: warning: ", e.error, "\n") end
+  -- a coordination file behind, and its catching up after that warning
+  if e.event == "coord_behind" then io.stderr:write("coral: warning: ", e.message, "\n") end
+  if e.event == "coord_caught_up" then io.stderr:write("coral: ", e.message, "\n") end
 end
 function Quiet:finish() end
 
@@ -136,13 +143,15 @@ end
 
 function Live:event(e)
   if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
-     or e.event == "rerun" or e.event == "hook_error" then
+     or e.event == "rerun" or e.event == "hook_error" or e.event == "coord_behind" or e.event == "coord_caught_up" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
     elseif e.event == "skip" then text = string.format("⏭ %s: %s", e.task, e.reason)
     elseif e.event == "rerun" then text = string.format("↻ %s runs again: %s", e.task, e.reason)
     elseif e.event == "hook_error" then text = "warning: " .. e.error
+    elseif e.event == "coord_behind" then text = "warning: " .. e.message
+    elseif e.event == "coord_caught_up" then text = "✓ " .. e.message
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
