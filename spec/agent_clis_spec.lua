@@ -182,7 +182,9 @@ return coral.plan {
   t { id = "x", agent = "qa-testing", task = "hang", driver = "codex-local" },
 }
 ]])
-    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--retries", "0", "--idle-timeout", "4" },
+    -- long enough for a CLI to start and reach the API on a loaded machine (node takes seconds
+    -- there, printing nothing): the silence that is killed is the API's
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--retries", "0", "--idle-timeout", "8" },
                     { env = env, cwd = dir, timeout = 120 })
     assert.are.equal(1, r.code, r.stdout .. r.stderr)
     local s, run_dir = summary_of(dir)
