@@ -37,8 +37,13 @@ function Local:start(spec, on_exit)
     proc = p,
     -- cancel(): TERM to the process group, KILL after the grace period; cancel(true): KILL now.
     cancel = function(_, hard) p:terminate(hard and 0 or nil) end,
-    write = function(_, data) return p:write(data) end,
+    -- on_written(err): the data has left coral's memory (pipeline back-pressure)
+    write = function(_, data, on_written) return p:write(data, on_written) end,
     close_stdin = function() return p:close_stdin() end,
+    write_queue_size = function() return p:write_queue_size() end,
+    -- stop reading its stdout (it blocks once the pipe is full), and read it again
+    pause_stdout = function() p:pause_stdout() end,
+    resume_stdout = function() p:resume_stdout() end,
   }
 end
 

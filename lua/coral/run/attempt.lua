@@ -194,7 +194,11 @@ local function ended(run, st, a, info, result, driver, ctx)
   a.error = not result.ok and reason_of(result, info) or nil
   a.cpu_seconds, a.max_rss_kb = info and info.cpu_seconds, info and info.max_rss_kb
   local cap = runner.output_cap
-  if cap and cap > 0 and ctx and info then cap_output(ctx, cap) end
+  if cap and cap > 0 and ctx and info then
+    -- a pipeline's consumers may still read the file: the mode then cuts it later
+    local function cut() cap_output(ctx, cap) end
+    if run.mode.cut_output then run.mode:cut_output(st, cut) else cut() end
+  end
   run.records:joblog { task = task.id, attempt = a.n, start = a.start,
     duration = a.duration, exit = a.code, signal = a.signal, outcome = outcome }
   -- The output handed to dependents: the file the driver names (a command's stdout), else the

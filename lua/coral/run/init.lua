@@ -309,6 +309,7 @@ function Run:execute(opts)
     local s = self.state[t.id]
     if s.status == "pending" then self:skip(s, self.stopping or "not run") end
   end
+  if self.mode.finish then self.mode:finish() end
   self:unwatch_signals()
   self.finish_time = fsutil.now()
   local summary = summary_mod.of(self)
