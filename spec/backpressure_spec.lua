@@ -1,7 +1,9 @@
 -- Back-pressure, through the real binary: a pipeline's memory stays flat whatever flows through
--- it (run/flow.lua).
+-- it (run/flow.lua), and running short of file descriptors makes tasks wait, not fail
+-- (run/resources.lua).
 local H = require("spec.helper").guard(_ENV)
 local cjson = require "cjson"
+local uv = require "luv"
 
 local MB = 1000 * 1000
 
@@ -109,5 +111,127 @@ describe("pipeline mode", function()
     local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--mode", "pipeline", "--quiet", "--idle-timeout", "0.5" })
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
     assert.are.equal(20 * MB, tonumber(out(dir, "down")))
+  end)
+end)
+
+-- coral under `ulimit -n N` (soft and hard), its output and the run's journal
+local function under_ulimit(n, dir, args)
+  local argv = { "-c", "ulimit -n " .. n .. ' && exec "$0" "$@"', H.coral, dir .. "/r.lua", "x", "--dir", dir }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return H.run(argv, { exe = "/bin/sh", timeout = 60 })
+end
+
+local function fifty()
+  return project([[
+  (function()
+    local tasks = {}
+    for i = 1, 50 do tasks[i] = t("w", "work", { id = "w" .. i, cmd = "sleep 0.2; echo " .. i }) end
+    return table.unpack(tasks)
+  end)()
+]])
+end
+
+describe("running short of file descriptors", function()
+  it("makes tasks wait, not fail: 50 idle-timeout tasks under ulimit -n 64 all succeed", function()
+    local dir = fifty()
+    local r = under_ulimit(64, dir, { "--idle-timeout", "30", "--max-workers", "50", "--retries", "0" })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    assert.matches("Succeeded%s+50\n", r.stdout .. r.stderr)
+    -- one line says why, through the progress view
+    local text = r.stdout .. r.stderr
+    local _, lines = text:gsub("waiting +w%d+ waits to start: not enough file descriptors: %d+ of 64 in use", "")
+    assert.are.equal(1, lines, text)
+    -- waiting is not an attempt: one start and one end for each task, none failed
+    local starts, ends = 0, 0
+    for _, e in ipairs(events(dir)) do
+      if e.event == "start" then starts = starts + 1; assert.are.equal(1, e.attempt) end
+      if e.event == "end" then ends = ends + 1; assert.are.equal("succeeded", e.outcome) end
+    end
+    assert.are.equal(50, starts)
+    assert.are.equal(50, ends)
+    -- fewer ran at once than there were workers: the limit held them back
+    local summary = cjson.decode(H.read_file(run_dir(dir) .. "/summary.json"))
+    assert.is_true(summary.max_parallel < 50 and summary.max_parallel >= 2, tostring(summary.max_parallel))
+    for i = 1, 50 do assert.are.equal(i .. "\n", out(dir, "w" .. i)) end
+  end)
+
+  it("fails with the reason when no task could ever start under the limit, without hanging", function()
+    local dir = fifty()
+    local r = under_ulimit(24, dir, { "--idle-timeout", "30", "--max-workers", "50", "--retries", "0" })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    assert.matches("not enough file descriptors: %d+ of 24 in use.*nothing else of the run is running to free it " ..
+      "%(raise ulimit %-n%)", r.stdout .. r.stderr)
+  end)
+
+  it("stops cleanly on Ctrl-C while tasks wait: they are interrupted, not failed", function()
+    local dir = fifty()
+    local argv = { "-c", 'ulimit -n 64 && exec "$0" "$@"', H.coral, dir .. "/r.lua", "x", "--dir", dir,
+                   "--idle-timeout", "30", "--max-workers", "50" }
+    local p = H.start(argv, { exe = "/bin/sh" })
+    H.wait_until(function() return table.concat(p.output):find("waits to start") ~= nil end)
+    uv.kill(p.pid, "sigint")
+    assert.are.equal(130, H.wait_for(p))
+    local interrupted = 0
+    for _, e in ipairs(events(dir)) do
+      if e.event == "end" then
+        assert.is_true(e.outcome == "succeeded" or e.outcome == "interrupted", e.outcome)
+        if e.outcome == "interrupted" then interrupted = interrupted + 1 end
+      end
+    end
+    assert.is_true(interrupted > 0)
+  end)
+end)
+
+describe("a shortage outside the run (EAGAIN, ENOMEM)", function()
+  local coral = require "coral"
+  local journal = require "coral.records.journal"
+  local t = coral.task
+
+  -- the local executor, refusing the first `n` starts as fork does when processes or memory run out
+  local function refusing(n, code)
+    local real = require("coral.exec.local").new()
+    local refused = 0
+    return {
+      name = "refusing", on_this_machine = true, streams = true,
+      start = function(_, spec, on_exit)
+        if refused < n then
+          refused = refused + 1
+          return nil, "spawn /bin/sh: " .. code .. ": resource temporarily unavailable", code
+        end
+        return real:start(spec, on_exit)
+      end,
+    }, function() return refused end
+  end
+
+  it("is waited out with short delays even when nothing else runs; no attempt is spent", function()
+    local executor, refused = refusing(4, "EAGAIN")
+    local seen = {}
+    local s = coral.runner({ project_dir = H.tmpdir(), output = "quiet", executor = executor, retries = 0,
+                             on_event = function(e) seen[#seen + 1] = e end })
+      :execute_plan(coral.plan { t("w", "one", { id = "one", cmd = "echo hi" }) })
+    assert.are.equal(1, s.succeeded)
+    assert.are.equal(4, refused())
+    local waits = 0
+    for _, e in ipairs(seen) do
+      if e.event == "wait" then
+        waits = waits + 1
+        assert.matches("one waits to start: spawn /bin/sh: EAGAIN", e.reason)
+      end
+    end
+    assert.are.equal(1, waits)
+    local run = journal.replay(journal.read(s.run_dir))
+    assert.are.equal(1, #run.tasks.one.attempts)
+  end)
+
+  it("in a pipeline, a consumer that waits to start still gets all of its upstream", function()
+    local executor = refusing(3, "ENOMEM")
+    local s = coral.runner({ project_dir = H.tmpdir(), output = "quiet", executor = executor, retries = 0,
+                             mode = "pipeline" })
+      :execute_plan(coral.plan {
+        t("p", "up", { id = "up", cmd = "seq 1 200000" }),
+        t("c", "down", { id = "down", cmd = "wc -l", depends_on = { "up" } }),
+      })
+    assert.are.equal(2, s.succeeded)
+    assert.are.equal("200000\n", H.read_file(s.results.down.output_file))
   end)
 end)

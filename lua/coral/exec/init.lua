@@ -9,7 +9,8 @@
 --   handle:  { pid, job_id, cancel(self, hard), write(self, data, on_written), close_stdin(self),
 --              and for back-pressure in a pipeline: write_queue_size(self), pause_stdout(self),
 --              resume_stdout(self) }
---   A streaming executor
+--   A start that fails for want of a resource returns nil, err and EMFILE, ENFILE, EAGAIN or
+--   ENOMEM: the task waits and starts again later (run/resources.lua). A streaming executor
 --   writes stdout_path in full before it hands a chunk to on_stdout: a pipeline consumer that
 --   starts late reads what it missed from there (run/flow.lua).
 --   fields:  name; on_this_machine (task CLIs are looked up on this PATH before a run);

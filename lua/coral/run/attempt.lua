@@ -5,6 +5,7 @@ local drivers = require "coral.drivers"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
 local prompt = require "coral.prompt"
+local resources = require "coral.run.resources"
 local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
 
@@ -268,6 +269,7 @@ local function ended(run, st, a, info, result, driver, ctx)
     run.project_state:record(st)
     run:release(st, false)
   end
+  resources.ended(run)   -- before the pump: tasks waiting for a resource start first
   run:pump()
 end
 
@@ -311,7 +313,9 @@ function M.start(run, st)
   if task.outputs then st.input_stamps = uptodate.stamps(run.project_dir, task.inputs) end
   if not st.first_start then st.first_start = a.start end
   run.running = run.running + 1
-  if run.running > run.max_parallel then run.max_parallel = run.running end
+  local max_before = run.max_parallel
+  local busy = run.running - resources.waiting(run)   -- those waiting for a resource do not run
+  if busy > run.max_parallel then run.max_parallel = busy end
 
   if go == nil then   -- the condition raised: a mistake in the recipe, not worth a retry
     return ended(run, st, a, nil, { ok = false, error = why, retryable = false })
@@ -340,7 +344,7 @@ function M.start(run, st)
   for k, v in pairs(spec.env or {}) do env[k] = v end
   local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
   local runner = run.runner
-  local handle, err, code = run.executor:start({
+  local xspec = {
     argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
     cwd = task.cwd or run.project_dir, stdin = stdin,
     stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
@@ -349,24 +353,43 @@ function M.start(run, st)
     kill_grace = runner.kill_grace, on_stdout = on_stdout,
     slurm = task.slurm, adopt = adopt,
     on_submit = function(job_id) run:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
-  }, function(info)
+  }
+  local function on_exit(info)
     st.handle = nil
     if run.aborted then return end   -- killed by abort(): its records are closed
     ended(run, st, a, info, nil, driver, ctx)
-  end)
-  if not handle then
-    return ended(run, st, a, nil, { ok = false, error = err, retryable = false, code = code }, driver, ctx)
   end
-  st.handle = handle
-  a.pid = handle.pid
-  if adopt then
-    run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
-  else
-    -- stale: why a task that declares outputs is not up to date (its first attempt only)
-    run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
-                        stale = n == 1 and st.stale or nil })
+  -- again: after waiting for a resource (run/resources.lua); the attempt starts now
+  local function launch(again)
+    local handle, err, code = run.executor:start(xspec, on_exit)
+    if not handle then return nil, err, code end
+    if again then
+      if st.first_start == a.start then st.first_start = fsutil.now() end
+      a.start, a.mono_start = fsutil.now(), uv.hrtime()
+      local now_busy = run.running - resources.waiting(run) + 1   -- it still counts as waiting
+      if now_busy > run.max_parallel then run.max_parallel = now_busy end
+    end
+    st.handle = handle
+    a.pid = handle.pid
+    if adopt then
+      run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
+    else
+      -- stale: why a task that declares outputs is not up to date (its first attempt only)
+      run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
+                          stale = n == 1 and st.stale or nil })
+    end
+    run.mode:started(st)
+    return true
   end
-  run.mode:started(st)
+  local ok, err, code = launch(false)
+  if ok then return end
+  local function give_up(e, e_code)
+    ended(run, st, a, nil, { ok = false, error = e, retryable = false, code = e_code }, driver, ctx)
+  end
+  if not resources.short(code) then return give_up(err, code) end
+  -- Short of descriptors, processes or memory: it waits, and its attempt starts with its process.
+  run.max_parallel = max_before
+  resources.wait(run, st, err, code, launch, give_up, function() ended(run, st, a, nil, nil, driver, ctx) end)
 end
 
 return M

@@ -52,6 +52,8 @@ function Lines:event(e)
     out:write(string.format("[%s] added     %s%s\n", when, e.task, e.by and (" (by " .. e.by .. ")") or ""))
   elseif e.event == "hook_error" then
     out:write(string.format("[%s] warning   %s\n", when, e.error))
+  elseif e.event == "wait" then
+    out:write(string.format("[%s] waiting   %s\n", when, e.reason))
   end
   out:flush()
 end
@@ -136,13 +138,14 @@ end
 
 function Live:event(e)
   if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
-     or e.event == "rerun" or e.event == "hook_error" then
+     or e.event == "rerun" or e.event == "hook_error" or e.event == "wait" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
     elseif e.event == "skip" then text = string.format("⏭ %s: %s", e.task, e.reason)
     elseif e.event == "rerun" then text = string.format("↻ %s runs again: %s", e.task, e.reason)
     elseif e.event == "hook_error" then text = "warning: " .. e.error
+    elseif e.event == "wait" then text = "waiting: " .. e.reason
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
