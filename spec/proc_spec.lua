@@ -233,9 +233,51 @@ describe("coral.proc", function()
       assert.are.equal("spec/proc_spec.lua:" .. l .. ": proc write: stdin is not a pipe (spawn with stdin = true)", err)
       q:wait()
     end)
+
+    it("tells a writer when its data has left coral: on_written and the queue size", function()
+      local out, done = {}, {}
+      local p = proc.spawn { argv = { "sh", "-c", "sleep 0.2; cat" }, stdin = true, stdout = collect(out) }
+      assert.is_true(p:write(string.rep("a", 500000), function(err) done[#done + 1] = err or "written" end))
+      assert.are.same({}, done)   -- from the loop, never from inside write
+      assert.is_true(p:write_queue_size() > 0)
+      run_until(function() return #done == 1 end)
+      assert.are.same({ "written" }, done)
+      assert.are.equal(0, p:write_queue_size())
+      p:close_stdin()
+      p:wait()
+      assert.are.equal(500000, #table.concat(out))
+      local l
+      local ok, err = pcall(function() l = line(); p:write("x", 5) end)
+      assert.is_false(ok)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": bad argument #2 to 'write' (function expected, got number)", err)
+      local q = proc.spawn { argv = { "true" } }
+      ok, err = pcall(function() l = line(); q:write_queue_size() end)
+      assert.is_false(ok)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": proc write_queue_size: stdin is not a pipe (spawn with stdin = true)", err)
+      ok, err = pcall(function() l = line(); q:pause_stdout() end)
+      assert.is_false(ok)
+      assert.are.equal("spec/proc_spec.lua:" .. l .. ": proc pause_stdout: coral does not read this stdout (give it an on_data)", err)
+      q:wait()
+    end)
   end)
 
   describe("stdout and stderr", function()
+    it("can be paused: the child blocks, its idle timeout waits, nothing is lost", function()
+      local n = 0
+      local p = proc.spawn { argv = { "head", "-c", "3000000", "/dev/zero" }, idle_timeout = 0.1,
+                             stdout = function(d) n = n + #d end }
+      p:pause_stdout()
+      local t0 = uv.hrtime()
+      run_until(function() return uv.hrtime() - t0 > 0.4e9 end)
+      assert.is_true(n < 3000000, "paused, yet it read " .. n)
+      p:resume_stdout()
+      p:resume_stdout()   -- idempotent
+      local info = p:wait()
+      assert.are.equal(3000000, n)
+      assert.is_nil(info.timed_out)
+      assert.are.equal(0, info.code)
+    end)
+
     it("go to files the child writes itself, or append", function()
       local dir = H.tmpdir()
       H.write_file(dir .. "/err", "old\n")

@@ -20,8 +20,10 @@
  * (closefrom(3) in the child); a group is never signalled after its leader is reaped and its
  * pipes are closed (its id could have been reused).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -63,7 +65,9 @@ typedef struct proc_stream {
   proc_state *proc;
   uv_pipe_t pipe;
   int open;                 /* pipe initialized and uv_close not called yet */
+  int piped;                /* C reads it (on_data, cap or idle_timeout): it can be paused */
   int reading;              /* end of file not seen yet */
+  int paused;               /* p:pause_stdout(): not read until p:resume_stdout() */
   int rfd;                  /* read end before uv owns it, else -1 */
   int file;                 /* where C writes what it reads, or -1 */
   int own_file;             /* file is ours to close (not the host's own 1 or 2) */
@@ -87,7 +91,8 @@ typedef struct proc_stdin {
   int pending;              /* uv_write requests not completed */
 } proc_stdin;
 
-typedef struct proc_write_req { uv_write_t req; proc_state *proc; int ref; } proc_write_req;
+/* ref: the string being written; cb: p:write's on_written, or LUA_NOREF */
+typedef struct proc_write_req { uv_write_t req; proc_state *proc; int ref, cb; } proc_write_req;
 typedef struct proc_shutdown_req { uv_shutdown_t req; proc_state *proc; } proc_shutdown_req;
 
 enum { IN_NULL, IN_DATA, IN_FILE, IN_PIPE };
@@ -656,11 +661,33 @@ static void proc_stream_read(uv_stream_t *h, ssize_t n, const uv_buf_t *buf) {
 /* }}} */
 /* {{{ stdin of a child */
 
+/* A queued write is done: written, or failed (EPIPE: the child stopped reading, which is its
+ * right; ECANCELED: stdin was closed first). p:write's on_written hears which, unless the proc
+ * was closed (its callbacks are dropped) or the host shuts down. */
 static void proc_stdin_on_written(uv_write_t *req, int status) {
   proc_write_req *w = (proc_write_req *)req;
-  (void)status;  /* EPIPE: the child stopped reading, which is its right */
-  w->proc->in.pending--;
-  proc_unref(w->proc->sup, &w->ref);
+  proc_state *s = w->proc;
+  proc_sup *sup = s->sup;
+  lua_State *L = sup->L;
+  s->in.pending--;
+  proc_unref(sup, &w->ref);
+  if (w->cb != LUA_NOREF && L != NULL && !s->detached && !sup->shut) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, w->cb);
+    proc_unref(sup, &w->cb);
+    free(w);
+    if (status == 0)
+      lua_pushnil(L);
+    else
+      lua_pushstring(L, uv_err_name(status));
+    s->pinned++;  /* the callback may close the proc */
+    sup->depth++;
+    coral_callback(L, 1, 0, 0);
+    sup->depth--;
+    s->pinned--;
+    proc_release(s);
+    return;
+  }
+  proc_unref(sup, &w->cb);
   free(w);
 }
 
@@ -689,31 +716,39 @@ static void proc_stdin_finish(proc_state *s) {
   s->in.shutting = 1;
 }
 
-/* Writes what the pipe takes now and queues the rest, holding the string at `idx`. Returns 0
- * or a negative libuv error. */
-static int proc_stdin_send(lua_State *L, proc_state *s, const char *p, size_t n, int idx) {
+/* Writes what the pipe takes now and queues the rest, holding the string at `idx`. With a
+ * callback at `cb_idx` (0: none) everything goes through uv_write, so the callback always
+ * comes from the loop, never from inside p:write. Returns 0 or a negative libuv error. */
+static int proc_stdin_send(lua_State *L, proc_state *s, const char *p, size_t n, int idx, int cb_idx) {
   uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
   proc_write_req *w;
-  int r = uv_try_write((uv_stream_t *)&s->in.pipe, &b, 1);
-  if (r == UV_EAGAIN)
-    r = 0;
-  if (r < 0)
-    return r;
-  if ((size_t)r == n)
-    return 0;
-  lua_pushvalue(L, idx);
-  idx = luaL_ref(L, LUA_REGISTRYINDEX);
-  w = malloc(sizeof *w);
-  if (w == NULL) {
-    luaL_unref(L, LUA_REGISTRYINDEX, idx);
-    return UV_ENOMEM;
+  int r = 0;
+  if (cb_idx == 0) {
+    r = uv_try_write((uv_stream_t *)&s->in.pipe, &b, 1);
+    if (r == UV_EAGAIN)
+      r = 0;
+    if (r < 0)
+      return r;
+    if ((size_t)r == n)
+      return 0;
   }
+  w = malloc(sizeof *w);
+  if (w == NULL)
+    return UV_ENOMEM;
   w->proc = s;
-  w->ref = idx;
+  lua_pushvalue(L, idx);
+  w->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->cb = LUA_NOREF;
+  if (cb_idx != 0) {
+    lua_pushvalue(L, cb_idx);
+    w->cb = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
   b = uv_buf_init((char *)p + r, (unsigned)(n - (size_t)r));
   r = uv_write(&w->req, (uv_stream_t *)&s->in.pipe, &b, 1, proc_stdin_on_written);
   if (r < 0) {
     luaL_unref(L, LUA_REGISTRYINDEX, w->ref);
+    if (w->cb != LUA_NOREF)
+      luaL_unref(L, LUA_REGISTRYINDEX, w->cb);
     free(w);
     return r;
   }
@@ -724,9 +759,11 @@ static int proc_stdin_send(lua_State *L, proc_state *s, const char *p, size_t n,
 /* }}} */
 /* {{{ timeouts */
 
+/* While coral does not read its stdout (p:pause_stdout), a child waits for coral: it is not
+ * idle, so only the wall-clock deadline counts. UINT64_MAX: nothing due. */
 static uint64_t proc_next_due(const proc_state *s) {
   uint64_t due = s->deadline ? s->deadline : UINT64_MAX;
-  if (s->idle_ms && s->last_output + s->idle_ms < due)
+  if (s->idle_ms && !s->out.paused && s->last_output + s->idle_ms < due)
     due = s->last_output + s->idle_ms;
   return due;
 }
@@ -738,6 +775,8 @@ static void proc_on_timer(uv_timer_t *t) {
   uint64_t now = uv_now(t->loop);
   if (s->kill_phase == 0) {
     uint64_t due = proc_next_due(s);
+    if (due == UINT64_MAX)  /* paused, no deadline: p:resume_stdout arms it again */
+      return;
     if (now < due) {
       uv_timer_start(t, proc_on_timer, due - now, 0);
       return;
@@ -1142,6 +1181,7 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
   if (to_c) {
     if (pipe2(pipe_fds, O_CLOEXEC) != 0)
       return errno;
+    st->piped = 1;
     st->rfd = pipe_fds[0];
     s->child_fd[fd] = pipe_fds[1];
   }
@@ -1328,7 +1368,7 @@ static int proc_spawn(lua_State *L) {
     } else {
       s->in.fd = -1;
       if (o.in_mode == IN_DATA) {
-        proc_stdin_send(L, s, o.in_data, o.in_len, SLOT_IN_DATA);
+        proc_stdin_send(L, s, o.in_data, o.in_len, SLOT_IN_DATA, 0);
         proc_stdin_finish(s);
       }
     }
@@ -1365,6 +1405,43 @@ static int proc_spawn(lua_State *L) {
   }
   lua_pushvalue(L, SLOT_BOX);
   return 1;
+}
+
+static void proc_push_limit(lua_State *L, rlim_t v) {
+  if (v == RLIM_INFINITY)
+    lua_pushnumber(L, HUGE_VAL);
+  else
+    lua_pushinteger(L, (lua_Integer)v);
+}
+
+/* n, soft, hard = proc.fds() -- file descriptors open in this process, and its limit on them
+ * (RLIMIT_NOFILE, math.huge when unlimited): how much room is left to start children */
+static int proc_fds(lua_State *L) {
+  struct rlimit rl;
+  lua_Integer n = 0;
+  DIR *d;
+  coral_checknargs(L, 0);
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    rl.rlim_cur = rl.rlim_max = RLIM_INFINITY;
+  d = opendir("/proc/self/fd");
+  if (d != NULL) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+      if (e->d_name[0] != '.')
+        n++;
+    closedir(d);
+    n--;  /* the directory's own descriptor */
+  } else {
+    /* no /proc (or not one descriptor left to open it): ask each, up to the limit */
+    int fd, top = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 65536 ? 65536 : (int)rl.rlim_cur;
+    for (fd = 0; fd < top; fd++)
+      if (fcntl(fd, F_GETFD) >= 0)
+        n++;
+  }
+  lua_pushinteger(L, n);
+  proc_push_limit(L, rl.rlim_cur);
+  proc_push_limit(L, rl.rlim_max);
+  return 3;
 }
 
 /* n = proc.live() -- children started and not reaped yet (closed ones included) */
@@ -1451,21 +1528,25 @@ static int proc_terminate(lua_State *L) {
   return 1;
 }
 
-/* ok, err, code = p:write(data) -- send data to the child's stdin (spawned with stdin = true);
- * what the pipe does not take now is queued and written by the loop */
+/* ok, err, code = p:write(data [, on_written]) -- send data to the child's stdin (spawned with
+ * stdin = true); what the pipe does not take now is queued and written by the loop, which then
+ * calls on_written(nil) (or on_written("EPIPE"), ...) */
 static int proc_write(lua_State *L) {
-  proc_box *box = proc_check(L, 2);
+  proc_box *box = proc_check(L, 3);
   proc_state *s = box->s;
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
+  int cb = lua_isnoneornil(L, 3) ? 0 : 3;
   int r;
+  if (cb != 0)
+    luaL_checktype(L, 3, LUA_TFUNCTION);
   if (s->in_mode != IN_PIPE)
     return luaL_error(L, "proc write: stdin is not a pipe (spawn with stdin = true)");
   if (s->in.user_closed)
     return luaL_error(L, "proc write: stdin was closed by close_stdin");
   if (!s->in.open || s->in.shutting)
     return proc_push_failure(L, EPIPE, lua_pushfstring(L, "write to %d", (int)s->pid));
-  if (n > 0 && (r = proc_stdin_send(L, s, p, n, 2)) < 0)
+  if ((n > 0 || cb != 0) && (r = proc_stdin_send(L, s, p, n, 2, cb)) < 0)
     return proc_push_failure(L, -r, lua_pushfstring(L, "write to %d", (int)s->pid));
   lua_pushboolean(L, 1);
   return 1;
@@ -1478,6 +1559,53 @@ static int proc_close_stdin(lua_State *L) {
     return luaL_error(L, "proc close_stdin: stdin is not a pipe (spawn with stdin = true)");
   box->s->in.user_closed = 1;
   proc_stdin_finish(box->s);
+  return 0;
+}
+
+/* n = p:write_queue_size() -- bytes given to p:write that the child's stdin has not taken yet
+ * (what coral holds for it in memory) */
+static int proc_write_queue_size(lua_State *L) {
+  proc_box *box = proc_check(L, 1);
+  proc_state *s = box->s;
+  if (s->in_mode != IN_PIPE)
+    return luaL_error(L, "proc write_queue_size: stdin is not a pipe (spawn with stdin = true)");
+  lua_pushinteger(L, s->in.open ? (lua_Integer)uv_stream_get_write_queue_size((uv_stream_t *)&s->in.pipe) : 0);
+  return 1;
+}
+
+static proc_stream *proc_check_piped_stdout(lua_State *L, const char *what) {
+  proc_box *box = proc_check(L, 1);
+  if (!box->s->out.piped)
+    luaL_error(L, "proc %s: coral does not read this stdout (give it an on_data)", what);
+  return &box->s->out;
+}
+
+/* p:pause_stdout() -- stop reading the child's stdout: the pipe fills and the child blocks in
+ * its next write, as behind a slow reader; its idle timeout is suspended meanwhile */
+static int proc_pause_stdout(lua_State *L) {
+  proc_stream *st = proc_check_piped_stdout(L, "pause_stdout");
+  if (st->reading && !st->paused) {
+    st->paused = 1;
+    uv_read_stop((uv_stream_t *)&st->pipe);
+  }
+  return 0;
+}
+
+/* p:resume_stdout() -- read the child's stdout again; its idle time counts from now */
+static int proc_resume_stdout(lua_State *L) {
+  proc_stream *st = proc_check_piped_stdout(L, "resume_stdout");
+  proc_state *s = st->proc;
+  uv_loop_t *loop = s->sup->loop;
+  if (!st->paused)
+    return 0;
+  st->paused = 0;
+  if (!st->reading)
+    return 0;
+  uv_read_start((uv_stream_t *)&st->pipe, proc_stream_alloc, proc_stream_read);
+  uv_update_time(loop);
+  s->last_output = uv_now(loop);
+  if (s->timer_open && s->kill_phase == 0 && proc_next_due(s) != UINT64_MAX)
+    uv_timer_start(&s->timer, proc_on_timer, proc_next_due(s) - s->last_output, 0);
   return 0;
 }
 
@@ -1657,6 +1785,7 @@ static proc_sup *proc_sup_new(lua_State *L) {
 static const luaL_Reg proc_functions[] = {
   { "spawn", proc_spawn },
   { "live", proc_live },
+  { "fds", proc_fds },
   { NULL, NULL }
 };
 
@@ -1665,6 +1794,9 @@ static const luaL_Reg proc_methods[] = {
   { "terminate", proc_terminate },
   { "write", proc_write },
   { "close_stdin", proc_close_stdin },
+  { "write_queue_size", proc_write_queue_size },
+  { "pause_stdout", proc_pause_stdout },
+  { "resume_stdout", proc_resume_stdout },
   { "wait", proc_wait },
   { "close", proc_close },
   { NULL, NULL }
@@ -1694,7 +1826,7 @@ int coral_spawn_open(lua_State *L) {
 
   if (luaL_newmetatable(L, PROC_MT)) {
     luaL_setfuncs(L, proc_metamethods, 0);
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 9);
     lua_pushvalue(L, -4);
     lua_pushvalue(L, -4);
     luaL_setfuncs(L, proc_methods, 2);

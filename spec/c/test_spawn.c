@@ -64,6 +64,54 @@ static void streams_stdin_lines_and_cap(void) {
   ctest_host_close(&h);
 }
 
+/* Back-pressure: write callbacks (done, EPIPE, dropped after close, a callback that closes its
+ * own proc), the queue size, and a paused stdout that outlives its idle timeout. */
+static void write_callbacks_and_paused_stdout(void) {
+  ctest_host h;
+  signal(SIGPIPE, SIG_IGN);  /* as the host does: EPIPE is an error return, not a death */
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc, uv = require 'coral.proc', require 'luv'\n"
+    "local done = {}\n"
+    "local p = assert(proc.spawn { argv = { 'sh', '-c', 'sleep 0.2; wc -c' }, stdin = true,\n"
+    "  stdout = function() end })\n"
+    "assert(p:write(string.rep('x', 300000), function(e) done[#done + 1] = e or 'ok' end))\n"
+    "assert(p:write('', function(e) done[#done + 1] = e or 'empty' end))\n"
+    "assert(#done == 0 and p:write_queue_size() > 0, p:write_queue_size())\n"
+    "p:close_stdin()\n"
+    "p:wait()\n"
+    "assert(done[1] == 'ok' and done[2] == 'empty' and p:write_queue_size() == 0, tostring(done[1]))\n"
+    "local q = proc.spawn { argv = { 'sh', '-c', 'exec 0<&-; sleep 0.2' }, stdin = true }\n"
+    "local err\n"
+    "q:write(string.rep('y', 200000), function(e) err = e end)\n"
+    "q:wait()\n"
+    "uv.run('nowait')\n"
+    "assert(err == 'EPIPE', tostring(err))\n"
+    "local called = false\n"
+    "local r = proc.spawn { argv = { 'sleep', '30' }, stdin = true }\n"
+    "r:write(string.rep('z', 300000), function() called = true end)\n"
+    "r:close()\n"
+    "local s = proc.spawn { argv = { 'sleep', '30' }, stdin = true, on_exit = function() end }\n"
+    "s:write(string.rep('w', 300000), function() s:close() end)\n"
+    "s:terminate(0)\n"
+    "local deadline = uv.hrtime() + 5e9\n"
+    "while proc.live() > 0 and uv.hrtime() < deadline do uv.run('once') end\n"
+    "assert(not called and proc.live() == 0)\n"
+    "local n = 0\n"
+    "local t = proc.spawn { argv = { 'head', '-c', '1000000', '/dev/zero' }, idle_timeout = 0.1,\n"
+    "  stdout = function(d) n = n + #d end }\n"
+    "t:pause_stdout(); t:pause_stdout()\n"
+    "local timer = uv.new_timer()\n"
+    "timer:start(400, 0, function() timer:close(); assert(n < 1000000); t:resume_stdout() end)\n"
+    "local info = t:wait()\n"
+    "assert(n == 1000000 and info.timed_out == nil and info.code == 0, tostring(info.timed_out))\n"
+    "local ok, e = pcall(function() proc.spawn { argv = { 'true' } }:pause_stdout() end)\n"
+    "assert(not ok and e:find('does not read this stdout'), e)\n"
+    "local fds, soft, hard = proc.fds()\n"
+    "assert(fds >= 3 and soft >= fds and hard >= soft, fds)\n"));
+  ctest_host_close(&h);
+}
+
 static void timeout_kills_the_group(void) {
   ctest_host h;
   ctest_host_open(&h);
@@ -121,6 +169,7 @@ static void shutdown_kills_live_children(void) {
     "  stdout = function() end, stdin = true, timeout = 60 }\n"
     "B = proc.spawn { argv = { 'sleep', '30' } }\n"
     "A:write(string.rep('z', 500000))\n"
+    "A:write(string.rep('z', 500000), function() error('not called at shutdown') end)\n"
     "PIDS = { A.pid, B.pid }\n"));
   lua_getglobal(h.L, "PIDS");
   for (i = 0; i < 2; i++) {
@@ -138,6 +187,7 @@ int main(void) {
   RUN(spawns_and_reports_exit);
   RUN(reports_failures_and_raises_on_mistakes);
   RUN(streams_stdin_lines_and_cap);
+  RUN(write_callbacks_and_paused_stdout);
   RUN(timeout_kills_the_group);
   RUN(collected_and_closed_procs_are_reaped);
   RUN(callback_error_is_raised_by_wait);

@@ -6,7 +6,13 @@
 --              slurm = {...}, adopt = {job_id, start}, on_submit = fn(job_id) }
 --   on_exit: fn(info) with info = { code, signal, timed_out = nil|"timeout"|"idle", duration,
 --              cpu_seconds, max_rss_kb, pid }
---   handle:  { pid, job_id, cancel(self, hard), write(self, data), close_stdin(self) }
+--   handle:  { pid, job_id, cancel(self, hard), write(self, data, on_written), close_stdin(self),
+--              and for back-pressure in a pipeline: write_queue_size(self), pause_stdout(self),
+--              resume_stdout(self) }
+--   A start that fails for want of a resource returns nil, err and EMFILE, ENFILE, EAGAIN or
+--   ENOMEM: the task waits and starts again later (run/resources.lua). A streaming executor
+--   writes stdout_path in full before it hands a chunk to on_stdout: a pipeline consumer that
+--   starts late reads what it missed from there (run/flow.lua).
 --   fields:  name; on_this_machine (task CLIs are looked up on this PATH before a run);
 --            streams (stdin pipes and on_stdout work: pipeline mode needs it)
 local M = {}

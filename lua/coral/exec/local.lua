@@ -11,11 +11,28 @@ Local.__index = Local
 
 local M = {}
 
+-- Descriptors. A task takes up to 8 while its process starts (a pipe and a file for stdout and
+-- for stderr, both ends of each pipe, and a pipe for stdin) and 4 or 5 while it runs. coral
+-- keeps RESERVE for its own records (journal, locks, atomic writes, a pipeline's reads): a task
+-- that would take them does not start, and its start fails with EMFILE, which the run takes as
+-- a reason to wait (run/resources.lua), not as a failure of the task.
+M.FDS_PER_TASK = 8
+M.FDS_RESERVE = 16
+
+local function fd_room()
+  local open, soft = proc.fds()
+  if open + M.FDS_PER_TASK + M.FDS_RESERVE <= soft then return true end
+  return nil, string.format("not enough file descriptors: %d of %d in use (ulimit -n), a task needs up to %d " ..
+    "and coral keeps %d for its records", open, soft, M.FDS_PER_TASK, M.FDS_RESERVE)
+end
+
 function M.new(opts)
   return setmetatable({ kill_grace = opts and opts.kill_grace or 5 }, Local)
 end
 
 function Local:start(spec, on_exit)
+  local room, why = fd_room()
+  if not room then return nil, why, "EMFILE" end
   local stdout = { file = spec.stdout_path }
   local stderr = { file = spec.stderr_path }
   if spec.on_stdout then stdout.on_data = spec.on_stdout end
@@ -37,8 +54,13 @@ function Local:start(spec, on_exit)
     proc = p,
     -- cancel(): TERM to the process group, KILL after the grace period; cancel(true): KILL now.
     cancel = function(_, hard) p:terminate(hard and 0 or nil) end,
-    write = function(_, data) return p:write(data) end,
+    -- on_written(err): the data has left coral's memory (pipeline back-pressure)
+    write = function(_, data, on_written) return p:write(data, on_written) end,
     close_stdin = function() return p:close_stdin() end,
+    write_queue_size = function() return p:write_queue_size() end,
+    -- stop reading its stdout (it blocks once the pipe is full), and read it again
+    pause_stdout = function() p:pause_stdout() end,
+    resume_stdout = function() p:resume_stdout() end,
   }
 end
 

@@ -5,6 +5,7 @@ local drivers = require "coral.drivers"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
 local prompt = require "coral.prompt"
+local resources = require "coral.run.resources"
 local uptodate = require "coral.run.uptodate"
 local uv = require "luv"
 local workspaces = require "coral.run.workspaces"
@@ -223,7 +224,11 @@ function conclude(run, st, a, info, result, ctx)
   a.error = not result.ok and reason_of(result, info) or nil
   a.cpu_seconds, a.max_rss_kb = info and info.cpu_seconds, info and info.max_rss_kb
   local cap = runner.output_cap
-  if cap and cap > 0 and ctx and info then cap_output(ctx, cap) end
+  if cap and cap > 0 and ctx and info then
+    -- a pipeline's consumers may still read the file: the mode then cuts it later
+    local function cut() cap_output(ctx, cap) end
+    if run.mode.cut_output then run.mode:cut_output(st, cut) else cut() end
+  end
   run.records:joblog { task = task.id, attempt = a.n, start = a.start,
     duration = a.duration, exit = a.code, signal = a.signal, outcome = outcome }
   -- The output handed to dependents: the file the driver names (a command's stdout), else the
@@ -294,6 +299,7 @@ function conclude(run, st, a, info, result, ctx)
     run.project_state:record(st)
     run:release(st, false)
   end
+  resources.ended(run)   -- before the pump: tasks waiting for a resource start first
   run:pump()
 end
 
@@ -340,7 +346,9 @@ function M.start(run, st)
   if task.outputs then st.input_stamps = uptodate.stamps(run.project_dir, task.inputs) end
   if not st.first_start then st.first_start = a.start end
   run.running = run.running + 1
-  if run.running > run.max_parallel then run.max_parallel = run.running end
+  local max_before = run.max_parallel
+  local busy = run.running - resources.waiting(run)   -- those waiting for a resource do not run
+  if busy > run.max_parallel then run.max_parallel = busy end
 
   if go == nil then   -- the condition raised: a mistake in the recipe, not worth a retry
     return ended(run, st, a, nil, { ok = false, error = why, retryable = false })
@@ -353,14 +361,15 @@ function M.start(run, st)
         st.cancelled = "cancelled: " .. run.stopping
         return ended(run, st, a, nil, { ok = false, error = st.cancelled, retryable = false })
       end
-      launch(run, st, a, adopt)
+      launch(run, st, a, adopt, max_before)
     end)
   end
-  return launch(run, st, a, adopt)
+  return launch(run, st, a, adopt, max_before)
 end
 
--- Starts attempt `a` of `st`'s task: its driver, prompt and process.
-function launch(run, st, a, adopt)
+-- Starts attempt `a` of `st`'s task: its driver, prompt and process. `max_before`: the run's
+-- max_parallel before this task counted (it is put back while the task waits for a resource).
+function launch(run, st, a, adopt, max_before)
   local task, n = st.task, a.n
   local driver, derr = M.driver_for(run, task)
   -- An agent gets a prompt (composed once, read back for a retry); a command does not.
@@ -386,7 +395,7 @@ function launch(run, st, a, adopt)
   for k, v in pairs(spec.env or {}) do env[k] = v end
   local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
   local runner = run.runner
-  local handle, err, code = run.executor:start({
+  local xspec = {
     argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
     cwd = st.worktree and st.worktree.cwd or task.cwd or run.project_dir, stdin = stdin,
     stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
@@ -395,24 +404,43 @@ function launch(run, st, a, adopt)
     kill_grace = runner.kill_grace, on_stdout = on_stdout,
     slurm = task.slurm, adopt = adopt,
     on_submit = function(job_id) run:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
-  }, function(info)
+  }
+  local function on_exit(info)
     st.handle = nil
     if run.aborted then return end   -- killed by abort(): its records are closed
     ended(run, st, a, info, nil, driver, ctx)
-  end)
-  if not handle then
-    return ended(run, st, a, nil, { ok = false, error = err, retryable = false, code = code }, driver, ctx)
   end
-  st.handle = handle
-  a.pid = handle.pid
-  if adopt then
-    run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
-  else
-    -- stale: why a task that declares outputs is not up to date (its first attempt only)
-    run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
-                        stale = n == 1 and st.stale or nil })
+  -- again: after waiting for a resource (run/resources.lua); the attempt starts now
+  local function spawn(again)
+    local handle, err, code = run.executor:start(xspec, on_exit)
+    if not handle then return nil, err, code end
+    if again then
+      if st.first_start == a.start then st.first_start = fsutil.now() end
+      a.start, a.mono_start = fsutil.now(), uv.hrtime()
+      local now_busy = run.running - resources.waiting(run) + 1   -- it still counts as waiting
+      if now_busy > run.max_parallel then run.max_parallel = now_busy end
+    end
+    st.handle = handle
+    a.pid = handle.pid
+    if adopt then
+      run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
+    else
+      -- stale: why a task that declares outputs is not up to date (its first attempt only)
+      run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
+                          stale = n == 1 and st.stale or nil })
+    end
+    run.mode:started(st)
+    return true
   end
-  run.mode:started(st)
+  local ok, err, code = spawn(false)
+  if ok then return end
+  local function give_up(e, e_code)
+    ended(run, st, a, nil, { ok = false, error = e, retryable = false, code = e_code }, driver, ctx)
+  end
+  if not resources.short(code) then return give_up(err, code) end
+  -- Short of descriptors, processes or memory: it waits, and its attempt starts with its process.
+  run.max_parallel = max_before
+  resources.wait(run, st, err, code, spawn, give_up, function() ended(run, st, a, nil, nil, driver, ctx) end)
 end
 
 return M

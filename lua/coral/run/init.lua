@@ -313,6 +313,7 @@ function Run:execute(opts)
     local s = self.state[t.id]
     if s.status == "pending" then self:skip(s, self.stopping or "not run") end
   end
+  if self.mode.finish then self.mode:finish() end
   self:unwatch_signals()
   -- the worktree tasks' results merged into one branch (git, blocking: the loop is over)
   self.workspace_result = workspaces.finish(self)

@@ -13,6 +13,8 @@
 --   mode:release(st, ok)      the task ended; true when the mode tells the graph itself, later
 --   mode:held()               tasks handed out by the graph that have not started yet
 --   mode:check_added(tasks)   tasks added while the run goes on; raise a user error to refuse
+--   mode:cut_output(st, cut)  optional: an attempt's files are to be cut to output_cap, now or later
+--   mode:finish()             optional: the run is over
 -- Adding a mode is adding a file here that extends one of these: it is found by its name.
 local host = require "coral.host"
 local uv = require "luv"

@@ -1,7 +1,9 @@
 --- Pipeline mode: a task starts once every task it depends on has succeeded or is running and
 -- has printed something, and it reads their output on its stdin while they keep running (as a
--- shell pipeline does). A task whose upstream fails is cancelled.
+-- shell pipeline does, with back-pressure: run/flow.lua). A task whose upstream fails is
+-- cancelled.
 local check = require "coral.check"
+local flow = require "coral.run.flow"
 
 local Pipeline = require("coral.run.modes").extend("dependency", {
   name = "pipeline",
@@ -23,6 +25,7 @@ function Pipeline:check(plan)
   for _, t in ipairs(plan.tasks) do
     for _, d in ipairs(t.depends_on) do self.has_dependents[d] = true end
   end
+  self.flow = flow.new(self.run, plan)
 end
 
 -- A pipeline wires each task's stdin to its upstreams' output as it starts: a task added
@@ -43,6 +46,7 @@ end
 
 function Pipeline:pump(free)
   local run = self.run
+  self.flow:apply_cuts()
   -- Tasks the graph released (their upstreams are done), then tasks whose upstreams stream.
   for _, id in ipairs(run.g:ready()) do
     local st = run.state[id]
@@ -81,50 +85,36 @@ function Pipeline:stdio(st, stdin)
 end
 
 function Pipeline:on_stream(st, chunk)
-  st.streamed = st.streamed or {}
-  st.streamed[#st.streamed + 1] = chunk
-  for _, down in ipairs(st.downstream or {}) do
-    if down.handle and down.handle.write then down.handle:write(chunk) end
-  end
+  self.flow:chunk(st.task.id, chunk)
   if not st.has_output then
     st.has_output = true
     self.run:pump()
   end
 end
 
--- Connects a started task to its upstreams: what they printed so far, then what they print.
+-- A task with dependents writes its stdout to a new file; a task with upstreams gets what they
+-- printed so far, then what they print.
 function Pipeline:started(st)
-  if not (st.handle and #st.task.depends_on > 0) then return end
-  local open = 0
-  for _, d in ipairs(st.task.depends_on) do
-    local up = self.run.state[d]
-    up.downstream = up.downstream or {}
-    up.downstream[#up.downstream + 1] = st
-    for _, chunk in ipairs(up.streamed or {}) do st.handle:write(chunk) end
-    if up.status ~= "succeeded" then open = open + 1 end
+  if not st.handle then return end
+  local id = st.task.id
+  if self.has_dependents[id] then
+    self.flow:source_started(id, self.run.records:task_path(id, "out", #st.attempts))
   end
-  st.open_upstreams = open
-  if open == 0 then st.handle:close_stdin() end
+  if #st.task.depends_on > 0 then self.flow:attach(id, st.handle) end
 end
 
--- An upstream ended: its dependents' stdin closes when their last upstream succeeded; an
--- upstream that failed cancels them.
-local function close_downstream(up, ok)
-  for _, down in ipairs(up.downstream or {}) do
-    if down.handle then
-      if ok then
-        down.open_upstreams = down.open_upstreams - 1
-        if down.open_upstreams == 0 then down.handle:close_stdin() end
-      else
-        down.cancelled = string.format("upstream task '%s' failed", up.task.id)
-        down.handle:cancel()
-      end
-    end
-  end
+-- An upstream's files stay whole while a consumer may still read them (run/flow.lua).
+function Pipeline:cut_output(st, cut)
+  self.flow:cut_output(st.task.id, cut)
+end
+
+function Pipeline:finish()
+  self.flow:apply_cuts(true)
 end
 
 function Pipeline:release(st, ok)
-  close_downstream(st, ok)
+  self.flow:upstream_ended(st.task.id, ok)
+  self.flow:apply_cuts()
   if self.run.g:state(st.task.id) == "pending" then
     -- It ended before the graph handed it out (a consumer that read what it needed and left
     -- while its upstream still runs): the graph hears of it once its upstreams are done.
