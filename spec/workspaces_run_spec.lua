@@ -152,4 +152,27 @@ return coral.plan({
     assert.are.equal("", locks.stdout)
     assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
   end)
+
+  it("are listed by coral workspaces and removed by --prune", function()
+    local dir = repo()
+    H.write_file(dir .. "/plan.lua", [[
+local coral = require "coral"
+return coral.plan({ coral.task { id = "ok", cmd = "echo ok > ok.txt" },
+                    coral.task { id = "bad", cmd = "echo half > half.txt; exit 3", retries = 0 } }, { workspace = "worktree" })
+]])
+    assert.are.equal(1, H.run({ dir .. "/plan.lua", "x", "--dir", dir, "--quiet" }).code)
+    local id = newest_run(dir)
+    local r = H.run { "workspaces", "--dir", dir }
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("run " .. id:gsub("%-", "%%-") .. "\n", r.stdout)
+    assert.matches("task%s+%x+%s+coral/[^\n]+/task/ok\n", r.stdout)
+    assert.matches("worktree [^\n]*/%.coral/worktrees/[^\n]+/bad\n", r.stdout)   -- a failed task's stays
+    assert.are.equal(2, H.run({ "workspaces", "--dir", dir, "--prune", "--older-than", "soon" }).code)
+    r = H.run { "workspaces", "--dir", dir, "--prune", "--older-than", "1d" }
+    assert.are.equal("", r.stdout)   -- it is younger
+    r = H.run { "workspaces", "--dir", dir, "--prune" }
+    assert.matches("1 worktree, %d branches removed", r.stdout)
+    assert.are.equal("", git(dir, { "for-each-ref", "refs/heads/coral/" }))
+    assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
+  end)
 end)

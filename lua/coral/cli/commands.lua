@@ -426,6 +426,61 @@ M.LIST = {
     end,
   },
   {
+    name = "workspaces", args = { "[RUN]" },
+    summary = "the worktrees and branches runs left in the project's git repository; --prune removes them",
+    options = { DIR, { flag = "--prune", key = "prune", kind = "flag",
+                       help = "remove the worktrees and branches of RUN, or of every run but a running one" },
+                { flag = "--older-than", key = "older_than", kind = "string", value = "D",
+                  help = "with --prune: only runs started more than D ago (30m, 12h, 7d)" } },
+    run = function(opts, args)
+      local workspace = require "coral.workspace"
+      local dir = fsutil.absolute(opts.dir or ".")
+      local top = workspace.toplevel(dir)
+      if not top then return fail("the project dir " .. dir .. " is not inside a git work tree") end
+      local wt_dir = (uv.fs_realpath(dir) or dir) .. "/.coral/worktrees"
+      local runs, ids = workspace.list(top, wt_dir)
+      if args[1] then
+        if not runs[args[1]] then return fail("run " .. args[1] .. " left no worktree or branch in " .. top) end
+        ids = { args[1] }
+      end
+      if opts.older_than and not opts.prune then return fail("option '--older-than' goes with --prune") end
+      if opts.prune then
+        local older
+        if opts.older_than then
+          local n, unit = opts.older_than:match("^(%d+%.?%d*)([smhd]?)$")
+          if not n then return fail("option '--older-than' needs a duration like 30m, 12h or 7d, got '" .. opts.older_than .. "'") end
+          older = tonumber(n) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit ~= "" and unit or "s"]
+        end
+        local owner = records.read_owner(records.paths(dir))
+        local lock = require("coral.run.resume").lock(records.paths(dir))
+        local running = not lock and owner and owner.run_id
+        if lock then lock:unlock() end
+        for _, id in ipairs(ids) do
+          local y, mo, d, h, mi, sec = id:match("^(%d%d%d%d)(%d%d)(%d%d)%-(%d%d)(%d%d)(%d%d)")
+          local started = y and os.time { year = y, month = mo, day = d, hour = h, min = mi, sec = sec }
+          if id == running then
+            io.stderr:write("coral: run ", id, " is running: its workspaces stay\n")
+          elseif not older or (started and os.time() - started > older) then
+            local w, b = workspace.prune(top, wt_dir, id)
+            io.stdout:write(string.format("run %s: %d worktree%s, %d branch%s removed\n", id, w, w == 1 and "" or "s",
+                                          b, b == 1 and "" or "es"))
+          end
+        end
+        return EXIT_OK
+      end
+      for _, id in ipairs(ids) do
+        local r = runs[id]
+        io.stdout:write("run ", id, "\n")
+        for _, b in ipairs(r.branches) do
+          io.stdout:write(string.format("  %-14s %s  coral/%s/%s\n", b.name:match("^[^/]+"), b.commit, id, b.name))
+        end
+        for _, path in ipairs(r.worktrees) do io.stdout:write("  worktree ", path, "\n") end
+      end
+      if #ids == 0 then io.stdout:write("no run left a worktree or a branch in ", top, "\n") end
+      return EXIT_OK
+    end,
+  },
+  {
     name = "recipes", args = {},
     summary = "list the recipe library, each recipe with its aliases",
     options = {},

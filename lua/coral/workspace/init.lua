@@ -219,6 +219,47 @@ function M.apply(dir, base, branch, patch)
   return merr
 end
 
+--- The runs that left workspaces in repository `top` (worktrees under `worktrees_dir`, a
+-- project's .coral/worktrees): run id -> { branches = { { name, commit } }, worktrees = { path } },
+-- and the run ids, sorted. Blocking.
+function M.list(top, worktrees_dir)
+  local runs, ids = {}, {}
+  local function run_of(id)
+    if not runs[id] then
+      runs[id] = { branches = {}, worktrees = {} }
+      ids[#ids + 1] = id
+    end
+    return runs[id]
+  end
+  local refs = git.run(top, { "for-each-ref", "--format=%(refname:short) %(objectname:short)", "refs/heads/coral/" }) or ""
+  for name, commit in refs:gmatch("(coral/[^ \n]+) (%x+)") do
+    local id, rest = name:match("^coral/([^/]+)/(.+)$")
+    if id then table.insert(run_of(id).branches, { name = rest, commit = commit }) end
+  end
+  local list = git.run(top, { "worktree", "list", "--porcelain" }) or ""
+  local prefix = worktrees_dir .. "/"
+  for path in list:gmatch("worktree ([^\n]+)") do
+    if path:sub(1, #prefix) == prefix then
+      local id = path:sub(#prefix + 1):match("^([^/]+)/")
+      if id then table.insert(run_of(id).worktrees, path) end
+    end
+  end
+  table.sort(ids)
+  return runs, ids
+end
+
+--- Removes what run `run_id` left in repository `top`: its worktrees under `worktrees_dir` and
+-- its branches (refs/heads/coral/<run-id>/...). Blocking. Returns the count of each removed.
+function M.prune(top, worktrees_dir, run_id)
+  local runs = M.list(top, worktrees_dir)
+  local r = runs[run_id] or { branches = {}, worktrees = {} }
+  for _, path in ipairs(r.worktrees) do git.run(top, { "worktree", "remove", "--force", path }) end
+  git.run(top, { "worktree", "prune" })
+  os.remove(worktrees_dir .. "/" .. run_id)
+  for _, b in ipairs(r.branches) do git.run(top, { "update-ref", "-d", "refs/heads/" .. M.branch(run_id, b.name) }) end
+  return #r.worktrees, #r.branches
+end
+
 --- Removes a worktree (its branch stays). Blocking.
 function M.remove(top, path)
   git.run(top, { "worktree", "remove", "--force", path })
