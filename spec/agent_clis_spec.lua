@@ -198,4 +198,56 @@ return coral.plan {
     for _, req in ipairs(api:seen("anthropic")) do assert.is_true(req.reply.hang) end
     for _, req in ipairs(api:seen("openai")) do assert.is_true(req.reply.hang) end
   end)
+
+  it("runs claude agents in worktrees: parallel edits of one file meet at their dependent, which resolves them", function()
+    -- Each agent writes files with Claude Code's own tools in its working dir (its worktree):
+    -- backend and frontend each their file and a NOTES.md of their own; qa starts from both,
+    -- with NOTES.md in conflict, reads it and writes it resolved.
+    local steps = {
+      BACKEND = { { "Write", "src/api.txt", "api\n" }, { "Write", "NOTES.md", "backend notes\n" } },
+      FRONTEND = { { "Write", "src/ui.txt", "ui\n" }, { "Write", "NOTES.md", "frontend notes\n" } },
+      QA = { { "Read", "NOTES.md" }, { "Write", "NOTES.md", "backend notes\nfrontend notes\n" } },
+    }
+    api = fake_api.start(function(req)
+      local wd = req.system:match("Primary working directory: ([^\n]+)")
+      for marker, list in pairs(steps) do
+        if req.conversation:find("# Your task\n\n" .. marker, 1, true) then
+          local step = list[req.tool_results + 1]
+          if not step then return { text = marker .. " done in " .. tostring(wd) } end
+          local input = { file_path = wd .. "/" .. step[2] }
+          if step[1] == "Write" then input.content = step[3] end
+          return { tool = { name = step[1], input = input } }
+        end
+      end
+      return { text = "unexpected request" }
+    end)
+    local dir, env = project(api)
+    assert(os.execute("cd '" .. dir .. "' && git init -q -b main . && echo start > README.md && git add README.md && " ..
+                      "git -c user.name=u -c user.email=u@x commit -qm start"))
+    local plan = recipe(dir, [[
+return coral.plan {
+  t { id = "backend", agent = "backend-developer", task = "BACKEND build the API", driver = "claude" },
+  t { id = "frontend", agent = "frontend-developer", task = "FRONTEND build the UI", driver = "claude" },
+  t { id = "qa", agent = "qa-testing", task = "QA check both", driver = "claude", depends_on = { "backend", "frontend" } },
+}
+]])
+    local r = H.run({ plan, "A tiny app", "--dir", dir, "--quiet", "--retries", "0", "--timeout", "120" },
+                    { env = env, cwd = dir, timeout = 240 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s, run_dir = summary_of(dir)
+    -- each worked in its own worktree, not in the project dir
+    assert.matches("^BACKEND done in " .. dir:gsub("%p", "%%%0") .. "/%.coral/worktrees/",
+                   H.read_file(run_dir .. "/tasks/backend/output.md"))
+    assert.is_nil(require("luv").fs_stat(dir .. "/src"))
+    assert.matches("^## First: resolve the merge conflicts", H.read_file(run_dir .. "/tasks/qa/prompt.md"))
+    local function show(what)
+      local g = H.run({ "-C", dir, "show", what }, { exe = "/usr/bin/git" })
+      return g.code == 0 and g.stdout or nil
+    end
+    local result = s.workspace.result_branch
+    assert.are.equal("api\n", show(result .. ":src/api.txt"))
+    assert.are.equal("ui\n", show(result .. ":src/ui.txt"))
+    assert.are.equal("backend notes\nfrontend notes\n", show(result .. ":NOTES.md"))
+    assert.are.equal(2, s.results.backend.files_changed)
+  end)
 end)

@@ -7,6 +7,10 @@
 --     reply: { text = "answer" }                           a streamed answer
 --            { status = 429|500|..., error = "message", kind = "rate_limit_error", retry_after = s }
 --            { hang = true }                               accept and never answer
+--            { tool = { name = "Write", input = {...} } }   (anthropic) a call of one of the CLI's tools;
+--              the CLI runs it and asks again with its result: req.after_tool is then true
+--     req.system: the text of the request's system prompt (Claude Code's names its working dir);
+--     req.conversation: every text of its messages; req.tool_results: how many tool results they hold
 --   api.url, api.port, api.requests (every request seen), api:close()
 local cjson = require "cjson"
 local uv = require "luv"
@@ -47,7 +51,39 @@ local function last_user_text(json)
   return ""
 end
 
+-- Does the last message of the request carry a tool's result (the CLI ran the tool we asked for)?
+local function after_tool(json)
+  local list = type(json) == "table" and json.messages
+  local last = type(list) == "table" and list[#list]
+  if type(last) ~= "table" or type(last.content) ~= "table" then return false end
+  for _, block in ipairs(last.content) do
+    if type(block) == "table" and block.type == "tool_result" then return true end
+  end
+  return false
+end
+
+-- A streamed tool call: one tool_use block, its input as one JSON delta, stop_reason tool_use.
+local function anthropic_tool_stream(reply, req)
+  local model = req.json and req.json.model or "claude-test"
+  local id = "toolu_coral_" .. tostring(#(req.body or ""))
+  return table.concat {
+    sse("message_start", { type = "message_start", message = {
+      id = "msg_coral_tool", type = "message", role = "assistant", model = model, content = EMPTY,
+      stop_reason = cjson.null, stop_sequence = cjson.null,
+      usage = { input_tokens = 10, output_tokens = 1, cache_creation_input_tokens = 0, cache_read_input_tokens = 0 } } }),
+    sse("content_block_start", { type = "content_block_start", index = 0,
+      content_block = { type = "tool_use", id = id, name = reply.tool.name, input = {} } }),
+    sse("content_block_delta", { type = "content_block_delta", index = 0,
+      delta = { type = "input_json_delta", partial_json = cjson.encode(reply.tool.input) } }),
+    sse("content_block_stop", { type = "content_block_stop", index = 0 }),
+    sse("message_delta", { type = "message_delta", delta = { stop_reason = "tool_use", stop_sequence = cjson.null },
+                           usage = { output_tokens = 10 } }),
+    sse("message_stop", { type = "message_stop" }),
+  }
+end
+
 local function anthropic_stream(reply, req)
+  if reply.tool then return anthropic_tool_stream(reply, req) end
   local model = req.json and req.json.model or "claude-test"
   local usage_in = math.max(1, #(req.body or "") // 4)
   local out_tokens = math.max(1, #reply.text // 4)
@@ -153,6 +189,11 @@ function M.start(handler)
     local ok, json = pcall(cjson.decode, req.body or "")
     req.json = ok and json or nil
     req.text = last_user_text(req.json)
+    req.after_tool = after_tool(req.json)
+    -- every text of the conversation so far, and how many tool results it holds
+    req.conversation = table.concat(strings_of(type(req.json) == "table" and req.json.messages or nil, {}), "\n")
+    req.tool_results = select(2, (req.body or ""):gsub('"type":"tool_result"', ""))
+    req.system = table.concat(strings_of(type(req.json) == "table" and req.json.system or nil, {}), "\n")
     api.requests[#api.requests + 1] = req
     local reply
     if req.method == "HEAD" or (req.method == "GET" and req.path == "/") then

@@ -114,6 +114,7 @@ local function compose_prompt(run, st)
   local text = prompt.compose(task, {
     project = run.description, project_dir = run.project_dir, scratchpad = r.paths.scratchpad,
     activity = r.paths.activity, handoffs = handoffs, role = run.roles and run.roles(task),
+    worktree = st.worktree and st.worktree.cwd,
     plan = run.plan,
   })
   text = (workspaces.prompt_preface(st) or "") .. text
