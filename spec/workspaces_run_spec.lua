@@ -69,7 +69,15 @@ describe("workspaces", function()
     assert.are.equal("coral/" .. id .. "/task/qa", summary.results.qa.branch)
     assert.are.equal(1, summary.results.qa.files_changed)
     assert.are.equal(result, summary.workspace.result_branch)
-    -- succeeded tasks' worktrees are gone, their branches stay
+    -- the report's Changes section: each task's branch and diff stat, and the result
+    local report = H.run { "report", "--dir", dir }
+    assert.are.equal(0, report.code, report.stderr)
+    local html = H.read_file(dir .. "/.coral/runs/" .. id .. "/report.html")
+    assert.matches('<section id="changes">', html)
+    assert.matches("<code>coral/" .. id:gsub("%-", "%%-") .. "/task/qa</code></td><td><code>%x+</code></td><td>1</td>" ..
+                   '<td class="added">%+2</td>', html)
+    assert.matches("Result: <code>" .. result:gsub("%-", "%%-") .. "</code>", html)
+        -- succeeded tasks' worktrees are gone, their branches stay
     assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
     assert.truthy(git(dir, { "rev-parse", "--verify", "coral/" .. id .. "/task/backend" }))
   end)

@@ -130,7 +130,7 @@ function M.replay(events)
         t.finish = e.t
         if a.outcome == "succeeded" then
           t.status, t.error, t.output = "succeeded", nil, e.output
-          t.branch, t.commit = e.branch, e.commit   -- a worktree task's result
+          t.branch, t.commit, t.changes = e.branch, e.commit, e.changes   -- a worktree task's result
         else
           -- an attempt coral lost (its end recorded by the resume that found it) leaves the
           -- task unfinished, not failed

@@ -244,7 +244,9 @@ function conclude(run, st, a, info, result, ctx)
   end
   run:emit("end", { task = task.id, agent = task.agent, attempt = a.n, outcome = outcome,
     exit = a.code, signal = a.signal, duration = a.duration, error = a.error, output = output_path,
-    branch = result.ok and st.branch or nil, commit = result.ok and st.commit or nil })
+    branch = result.ok and st.branch or nil, commit = result.ok and st.commit or nil,
+    changes = result.ok and st.changes and { files = st.changes.files, added = st.changes.added,
+                                             removed = st.changes.removed } or nil })
 
   a.usage, a.cost_usd = result.usage, result.cost_usd
   local retryable = not result.ok and result.retryable ~= false and not st.cancelled

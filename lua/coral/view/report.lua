@@ -347,6 +347,7 @@ td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 .status-running,.status-retrying{background:#dcebf8;color:#1d5d94}
 .status-skipped,.status-pending{background:#eee;color:#555}
 .status-up_to_date{background:#eef7ef;color:#3d6b47}
+td.added{color:#1e6b32}td.removed{color:#9b2420}
 .scroll{overflow-x:auto}
 svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#333}
 #gantt .lane-label{text-anchor:end;fill:#52606d}
@@ -463,6 +464,39 @@ local function task_table(run, out_dir)
   return '<table id="task-table">' .. table.concat(rows, "\n") .. "</table>"
 end
 
+-- The worktree tasks' work (docs/workspaces.md): per task its branch, commit and diff stat,
+-- in plan order (the order dependencies are merged in), and the result branch. "" when no
+-- task had a worktree.
+local function changes_section(run)
+  local rows = {}
+  for _, id in ipairs(run.order) do
+    local t = run.tasks[id]
+    if t.branch then
+      local c = type(t.changes) == "table" and t.changes or {}
+      rows[#rows + 1] = string.format(
+        '<tr><td><code>%s</code></td><td><code>%s</code></td><td><code>%s</code></td><td>%s</td>' ..
+        '<td class="added">+%s</td><td class="removed">−%s</td></tr>',
+        esc(id), esc(t.branch), esc(tostring(t.commit or ""):sub(1, 10)), esc(tostring(math.tointeger(c.files) or "-")),
+        esc(tostring(math.tointeger(c.added) or 0)), esc(tostring(math.tointeger(c.removed) or 0)))
+    end
+  end
+  if #rows == 0 then return "" end
+  local ws = run.summary and run.summary.workspace
+  local result = ""
+  if ws and ws.result_branch then
+    result = string.format("<p>Result: <code>%s</code> (the tasks nothing depends on, merged in plan order onto the " ..
+                           "base <code>%s</code>).</p>", esc(ws.result_branch), esc(tostring(ws.base):sub(1, 10)))
+  elseif ws and ws.error then
+    result = "<p>No result branch: " .. esc(ws.error) .. "; every task's branch stays.</p>"
+  end
+  return '<section id="changes"><h2>Changes</h2><p class="note">Each task with a git worktree: its branch, ' ..
+    "its commit and what it changed against the base it started from, in plan order (a task starts from the " ..
+    "base merged with its dependencies' branches in this order).</p>" .. result ..
+    '<div class="scroll"><table id="changes-table"><thead><tr><th>task</th><th>branch</th><th>commit</th>' ..
+    "<th>files</th><th>added</th><th>removed</th></tr></thead><tbody>" .. table.concat(rows, "\n") ..
+    "</tbody></table></div></section>"
+end
+
 --- The report of a loaded run (coral.timeline) as HTML; `out_dir` is where the file goes (links
 -- to task files are relative to it). opts.refresh: seconds between reloads (a live run).
 function M.html(run, out_dir, opts)
@@ -496,6 +530,7 @@ function M.html(run, out_dir, opts)
   parts[#parts + 1] = '<section id="plan"><h2>Plan</h2><p class="note">Tasks by phase, arrows from a dependency to its dependent, filled by status; the critical path in red.</p>'
   parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run) .. "</div></section>"
   parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir) .. "</div></section>"
+  parts[#parts + 1] = changes_section(run)
   parts[#parts + 1] = string.format('<p class="note">Written by coral at %s.</p>', esc(when(fsutil.now())))
   parts[#parts + 1] = "</main>"
   parts[#parts + 1] = "<script>" .. SCRIPT .. "</script>"
