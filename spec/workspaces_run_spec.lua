@@ -183,4 +183,31 @@ return coral.plan({ coral.task { id = "ok", cmd = "echo ok > ok.txt" },
     assert.are.equal("", git(dir, { "for-each-ref", "refs/heads/coral/" }))
     assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
   end)
+
+  it("start eight worktree tasks at once, and Ctrl-C leaves no git lock; resume finishes", function()
+    local dir = repo()
+    local tasks = {}
+    for i = 1, 8 do
+      tasks[i] = string.format('coral.task { id = "t%d", cmd = "echo %d > f%d.txt; sleep 1" }', i, i, i)
+    end
+    H.write_file(dir .. "/plan.lua", "local coral = require 'coral'\nreturn coral.plan({ " .. table.concat(tasks, ", ") ..
+      ", coral.task { id = 'all', depends_on = { 't1','t2','t3','t4','t5','t6','t7','t8' }, cmd = 'cat f*.txt > all.txt' } }," ..
+      " { workspace = 'worktree' })\n")
+    local p = H.start { dir .. "/plan.lua", "x", "--dir", dir, "--max-workers", "8", "--no-report" }
+    -- interrupted while the eight run (their worktrees made, their commands sleeping)
+    H.wait_until(function()
+      local j = H.read_file(dir .. "/.coral/runs/" .. (newest_run(dir) or "") .. "/journal.jsonl") or ""
+      return select(2, j:gsub('"event":"start"', "")) == 8
+    end, 60)
+    uv.kill(p.pid, "sigint")
+    assert.are.equal(130, H.wait_for(p, 30))
+    local out = table.concat(p.output)
+    assert.is_nil(out:find("index.lock", 1, true), out)
+    local locks = H.run({ dir .. "/.git", "-name", "*.lock" }, { exe = "/usr/bin/find" })
+    assert.are.equal("", locks.stdout)
+    local r = H.run { "resume", "--dir", dir, "--quiet" }
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local id = newest_run(dir)
+    assert.are.equal("1\n2\n3\n4\n5\n6\n7\n8\n", git(dir, { "show", "coral/" .. id .. "/result:all.txt" }))
+  end)
 end)
