@@ -4,6 +4,7 @@
 local cjson = require "cjson"
 local coord = require "coral.coord"
 local fsutil = require "coral.fsutil"
+local guard = require "coral.guard"
 local uv = require "luv"
 local yaml = require "coral.records.yaml"
 
@@ -175,7 +176,8 @@ function Records:flush_shared()
     local pending = self[key]
     if pending and #pending > 0 then
       self[key] = {}
-      must(coord.append(file[1], table.concat(pending), { header = file[2], mode = SHARED_FILE }))
+      must(coord.append(file[1], table.concat(pending),
+                        guard.coord_opts(self.paths.project, file[1], { header = file[2], mode = SHARED_FILE })))
     end
   end
 end
@@ -267,7 +269,8 @@ function Records:scratchpad_start(task, when, batch)
                              task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
   if batch then return self:share("pending_scratchpad", text) end
   self:flush_shared()   -- keep the sections in start order
-  must(coord.append(self.paths.scratchpad, text, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
+  must(coord.append(self.paths.scratchpad, text,
+                    guard.coord_opts(self.paths.project, self.paths.scratchpad, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })))
 end
 
 --- Appends a note from an agent (or `coral note`) to a scratchpad.
@@ -277,12 +280,16 @@ local function line_entry(text, who)
 end
 
 function M.note(path, text, who)
-  return coord.append(path, "\n" .. line_entry(text, who), { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
+  local project, p = guard.project_of(path)
+  return coord.append(p, "\n" .. line_entry(text, who),
+                      guard.coord_opts(project, p, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
 end
 
 --- Appends a progress line from an agent (or `coral log`) to an activity tracker.
 function M.log(path, text, who)
-  return coord.append(path, line_entry(text, who), { header = M.ACTIVITY_HEADER, mode = SHARED_FILE })
+  local project, p = guard.project_of(path)
+  return coord.append(p, line_entry(text, who),
+                      guard.coord_opts(project, p, { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
 end
 
 local function minutes(seconds)
@@ -340,7 +347,7 @@ function Records:update_state(fn)
     end
     fn(state)
     return yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
-  end, { mode = PRIVATE_FILE })
+  end, guard.coord_opts(self.paths.project, self.paths.state, { mode = PRIVATE_FILE }))
   -- update returns false when the content did not change: not an error
   if ok == nil then error(err, 0) end
   return true, warning
