@@ -80,7 +80,7 @@ function M.open(project_dir, run_id)
   self.paths = M.paths(project_dir)
   self.id = run_id or M.new_run_id()
   self.dir = self.paths.runs .. "/" .. self.id
-  must(fsutil.mkdirs(self.dir .. "/tasks", PRIVATE_DIR))
+  must(fsutil.mkdirs(self.dir .. "/tasks", PRIVATE_DIR, self.paths.project))  -- no link below the project
   uv.fs_chmod(self.paths.coral, PRIVATE_DIR)
   uv.fs_chmod(self.paths.runs, PRIVATE_DIR)
   self.journal_path = self.dir .. "/journal.jsonl"
@@ -103,11 +103,16 @@ function Records:task_path(task_id, kind, attempt)
   if not dir then
     dir = M.task_dir(self.dir, task_id)
     -- tasks/ exists (open made it): one mkdir, no stat first; a resumed run finds it there
-    local ok, err, code = uv.fs_mkdir(dir, PRIVATE_DIR)
-    if not ok and code ~= "EEXIST" then error("create directory " .. dir .. ": " .. err, 0) end
+    must(fsutil.mkdir(dir, PRIVATE_DIR))
     self.task_dirs[task_id] = dir
   end
   if kind == "dir" then return dir end
+  if kind == "out" or kind == "err" then
+    -- the process opens these itself, following links: none may be planted there
+    local path = string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
+    must(fsutil.own_file(path))
+    return path
+  end
   if kind == "prompt" then return dir .. "/prompt.md" end
   if kind == "output" then return dir .. "/output.md" end
   if kind == "inputs" then return dir .. "/inputs.json" end
@@ -122,7 +127,7 @@ local function append_private(self, key, path, text, header)
   local fd = self[key]
   if not fd then
     local err
-    fd, err = uv.fs_open(path, "a", PRIVATE_FILE)
+    fd, err = fsutil.open(path, "a", PRIVATE_FILE)
     if not fd then error("append " .. path .. ": " .. err, 0) end
     self[key] = fd
     if header and uv.fs_fstat(fd).size == 0 then text = header .. text end
