@@ -541,6 +541,45 @@ static int coord_sync_dir(int dirfd, const char *path, coord_err *e) {
 }
 
 /* }}} */
+/* {{{ scratch state of one call */
+
+/* The fds and the temp file of one append/update/read, cleaned by __close whether the call
+ * returns or raises: the one cleanup path. */
+typedef struct coord_op {
+  int dirfd;            /* the directory of the data file */
+  int lockdirfd;        /* the lock file's directory until a lock handle takes it over */
+  int fd;               /* the data file */
+  int tmpfd;            /* update's temp file */
+  char tmp[NAME_MAX + 1]; /* its name in dirfd while it exists and is not renamed */
+} coord_op;
+
+static int coord_op_close(lua_State *L) {
+  coord_op *op = luaL_checkudata(L, 1, COORD_OP_MT);
+  if (op->fd >= 0)
+    close(op->fd);
+  if (op->tmpfd >= 0)
+    close(op->tmpfd);
+  if (op->tmp[0] != '\0' && op->dirfd >= 0)
+    unlinkat(op->dirfd, op->tmp, 0);
+  if (op->dirfd >= 0)
+    close(op->dirfd);
+  if (op->lockdirfd >= 0)
+    close(op->lockdirfd);
+  op->fd = op->tmpfd = op->dirfd = op->lockdirfd = -1;
+  op->tmp[0] = '\0';
+  return 0;
+}
+
+static coord_op *coord_newop(lua_State *L) {
+  coord_op *op = lua_newuserdatauv(L, sizeof *op, 0);
+  op->fd = op->tmpfd = op->dirfd = op->lockdirfd = -1;
+  op->tmp[0] = '\0';
+  luaL_setmetatable(L, COORD_OP_MT);
+  lua_toclose(L, -1);
+  return op;
+}
+
+/* }}} */
 /* {{{ locks */
 
 typedef struct coord_lock {
@@ -816,19 +855,22 @@ static int coord_lockdir(const char *lockpath, const coord_opts *o, const char *
 
 /* Takes the lock for one call and pushes its handle: the lock this state already holds on
  * `path` (reused, left alone), or a new one marked to be closed when the calling C function
- * returns or raises. `keep`: findable by coord_held while held (Lua code runs under it). */
-static int coord_enter(lua_State *L, const char *path, const char *lockpath, const coord_opts *o,
+ * returns or raises. `keep`: findable by coord_held while held (Lua code runs under it).
+ * The lock file's directory is held by `op` until a new handle takes it over, so that a
+ * reused lock costs no second to-be-closed value (whose closing could fail for memory after
+ * the call has done its work). */
+static int coord_enter(lua_State *L, coord_op *op, const char *path, const char *lockpath, const coord_opts *o,
                        int shared, int keep, coord_err *e) {
   const char *lockbase;
-  coord_lock *held, *lk = coord_newlock(L, path);  /* closed; owns the directory's fd from here */
-  lua_toclose(L, -1);
-  lk->dirfd = coord_lockdir(lockpath, o, &lockbase, e);
-  if (lk->dirfd < 0)
+  coord_lock *lk;
+  op->lockdirfd = coord_lockdir(lockpath, o, &lockbase, e);
+  if (op->lockdirfd < 0)
     return -1;
-  held = coord_held(L, lk->dirfd, lockbase);
-  if (held != NULL) {
-    coord_release(L, lk);
-    if (held->shared && !shared) {
+  lk = coord_held(L, op->lockdirfd, lockbase);
+  if (lk != NULL) {
+    close(op->lockdirfd);
+    op->lockdirfd = -1;
+    if (lk->shared && !shared) {
       snprintf(e->code, sizeof e->code, "EDEADLK");
       snprintf(e->msg, sizeof e->msg, "this Lua state holds a shared lock on it");
       return -1;
@@ -836,6 +878,10 @@ static int coord_enter(lua_State *L, const char *path, const char *lockpath, con
     return 0;
   }
   lua_pop(L, 1);
+  lk = coord_newlock(L, path);
+  lua_toclose(L, -1);
+  lk->dirfd = op->lockdirfd;  /* the handle owns it from here */
+  op->lockdirfd = -1;
   if (coord_acquire(lk, path, lockpath, lockbase, o, shared, 0, e) != 0)
     return -1;
   if (keep)
@@ -859,40 +905,7 @@ static int coord_lock_tostring(lua_State *L) {
 }
 
 /* }}} */
-/* {{{ scratch state of one call */
-
-/* The fds and the temp file of one append/update/read, cleaned by __close whether the call
- * returns or raises: the one cleanup path. */
-typedef struct coord_op {
-  int dirfd;            /* the directory of the data file */
-  int fd;               /* the data file */
-  int tmpfd;            /* update's temp file */
-  char tmp[NAME_MAX + 1]; /* its name in dirfd while it exists and is not renamed */
-} coord_op;
-
-static int coord_op_close(lua_State *L) {
-  coord_op *op = luaL_checkudata(L, 1, COORD_OP_MT);
-  if (op->fd >= 0)
-    close(op->fd);
-  if (op->tmpfd >= 0)
-    close(op->tmpfd);
-  if (op->tmp[0] != '\0' && op->dirfd >= 0)
-    unlinkat(op->dirfd, op->tmp, 0);
-  if (op->dirfd >= 0)
-    close(op->dirfd);
-  op->fd = op->tmpfd = op->dirfd = -1;
-  op->tmp[0] = '\0';
-  return 0;
-}
-
-static coord_op *coord_newop(lua_State *L) {
-  coord_op *op = lua_newuserdatauv(L, sizeof *op, 0);
-  op->fd = op->tmpfd = op->dirfd = -1;
-  op->tmp[0] = '\0';
-  luaL_setmetatable(L, COORD_OP_MT);
-  lua_toclose(L, -1);
-  return op;
-}
+/* {{{ whole reads, and failed appends taken back */
 
 /* Pushes the rest of fd's content. On a read error returns -1 with errno, the caller then
  * returns at once (the buffer's slot goes with the call). */
@@ -964,7 +977,7 @@ static int coord_append(lua_State *L) {
   lua_settop(L, 3);
   lockpath = coord_checkall(L, path, 3, &o);
   op = coord_newop(L);
-  if (coord_enter(L, path, lockpath, &o, 0, 0, &e) != 0)
+  if (coord_enter(L, op, path, lockpath, &o, 0, 0, &e) != 0)
     return coord_pusherr(L, "append", path, &e);
 
   op->dirfd = coord_parent(path, &o, o.mkdir, &base, &e);
@@ -1055,7 +1068,7 @@ static int coord_update(lua_State *L) {
   lua_settop(L, 3);
   lockpath = coord_checkall(L, path, 3, &o);
   op = coord_newop(L);
-  if (coord_enter(L, path, lockpath, &o, 0, 1, &e) != 0)
+  if (coord_enter(L, op, path, lockpath, &o, 0, 1, &e) != 0)
     return coord_pusherr(L, "update", path, &e);
 
   mode = o.mode;
@@ -1149,7 +1162,7 @@ static int coord_read(lua_State *L) {
       coord_fail(&e, op->dirfd >= 0 ? errno : ENOENT, "open");
     return coord_pusherr(L, "read", path, &e);
   }
-  if (coord_enter(L, path, lockpath, &o, 1, 0, &e) != 0)
+  if (coord_enter(L, op, path, lockpath, &o, 1, 0, &e) != 0)
     return coord_pusherr(L, "read", path, &e);
   op->fd = coord_open(op->dirfd, base, path, O_RDONLY, 0, 0, &created, &e);
   if (op->fd < 0) {
