@@ -64,9 +64,11 @@ end
 local function interrupt_while_blocked(command, file, signal, env)
   local dir = H.tmpdir()
   local path = dir .. "/" .. file
-  local lock <close> = assert(coord.lock(path))
+  -- the lock every writer of the file takes (under .coral/locks/, coral.guard says where)
+  local guard = require "coral.guard"
+  local lock <close> = assert(coord.lock(path, guard.coord_opts(dir, path)))
   local r = start({ command, "hello", "--dir", dir }, env)
-  H.wait_until(function() return r.code ~= nil or has_open(r.pid, path .. ".lock") end)
+  H.wait_until(function() return r.code ~= nil or has_open(r.pid, guard.lock_path(dir, path)) end)
   uv.sleep(300)                        -- and it has been waiting for a while
   uv.run("nowait")
   assert.is_nil(r.code, "coral exited before the signal: it did not wait for the lock")

@@ -8,24 +8,36 @@
  *   coord.lock(path [, opts])           a "coral.lock" handle for longer critical sections
  *
  * What must stay true:
- * - Every operation on `path` locks the sidecar `<path>.lock`, never `path` itself: update
- *   replaces path's inode by rename, so a lock on the old inode would exclude nobody. The
- *   sidecar is never removed (removing a lock file races with its next user); if somebody
- *   removes it anyway, acquiring notices the inode changed and starts over.
+ * - Every operation on `path` locks a sidecar file, never `path` itself: update replaces
+ *   path's inode by rename, so a lock on the old inode would exclude nobody. The sidecar is
+ *   `<path>.lock`, or opts.lock (coral keeps its sidecars under .coral/locks/, out of the
+ *   user's tree). It is never removed (removing a lock file races with its next user); if
+ *   somebody removes it anyway, acquiring notices the inode changed and starts over.
+ * - Links are never followed at the last component: path, its lock file and update's temp
+ *   file are opened from their directory's fd with O_NOFOLLOW, so a symlink planted where a
+ *   coordination file belongs is refused (ELOOP, "... is a symbolic link") instead of being
+ *   written through, and a dangling one cannot make create-or-open loop. With opts.root,
+ *   every directory below root is opened the same way (openat, O_NOFOLLOW|O_DIRECTORY) from
+ *   its parent's fd: a `.coral` that is a link, or a file, is refused, and a link swapped in
+ *   between two calls is not followed either. root itself is the caller's choice and is
+ *   opened as named.
  * - Locks are fcntl locks: open file description locks (F_OFD_SETLK) where the kernel has
  *   them, classic process locks (F_SETLK) otherwise. Both work on NFS. Lock waits poll with
  *   F_OFD_SETLK and short randomised exponential sleeps up to a deadline: a blocking
  *   F_SETLKW has no timeout, and interrupting it needs a signal (process-wide, and the host's
  *   libuv loop owns signals) or a helper thread that cannot be cancelled cleanly.
- * - A wait gives up as soon as the host has caught SIGINT, SIGTERM or SIGHUP (the signal
- *   also cuts the current sleep short), before taking the lock and writing anything: Ctrl-C
- *   on `coral note` blocked by another holder must end it now, not once the lock is free.
+ * - Every loop ends: the lock wait at its deadline, the others (create-or-open racing with a
+ *   remover, a lock file replaced under us, temp names taken, EINTR) after a fixed number of
+ *   rounds. Each gives up as soon as the host has caught SIGINT, SIGTERM or SIGHUP (the
+ *   signal also cuts a sleep short), before taking the lock and writing anything: Ctrl-C on
+ *   `coral note` blocked by another holder must end it now, not once the lock is free.
  * - A lock taken by this Lua state (coord.lock, or update while its function runs) is found
  *   again by the lock file's device and inode, so append/update/read of the same path inside
  *   it reuse it instead of waiting for themselves until the timeout.
  * - Every fd is O_CLOEXEC. Every resource lives in a userdata that is closed by __close, so
  *   an error raised midway (a failing update function, out of memory) releases it: the lock
- *   ("coral.lock") and the scratch state of one call ("coral.coord.op": fds, temp file).
+ *   and its directory ("coral.lock") and the scratch state of one call ("coral.coord.op":
+ *   fds, temp file).
  * - Modes are applied exactly (fchmod), not through the umask of whichever agent happened
  *   to create a file: coordination files must stay readable by every agent.
  */
@@ -54,6 +66,11 @@
 #define COORD_MIN_SLEEP 20e-6          /* first poll interval while the lock is busy, s */
 #define COORD_MAX_SLEEP 2e-3           /* longest poll interval, s */
 #define COORD_READ_CHUNK 65536
+/* Rounds of the loops that are not lock waits (create-or-open, a replaced lock file, temp
+ * names, EINTR). Each round that repeats needs another process to act in between (create,
+ * remove, replace a file), so a legitimate race ends within two or three; a hundred means
+ * something keeps doing it on purpose. */
+#define COORD_MAX_ROUNDS 100
 
 /* Registry key of this state's table of held locks: "dev:ino" of the lock file -> handle
  * (weak values: a handle nobody references is released by __gc). */
@@ -110,12 +127,16 @@ typedef struct coord_opts {
   int shared;             /* lock: a shared (read) lock */
   const char *header;     /* append: written first when the file is new or empty */
   size_t header_len;
+  const char *root;       /* below it no link is followed; NULL: only the last component */
+  size_t root_len;        /* without trailing slashes ("/" is 0) */
+  const char *lock;       /* the lock file; NULL: <path>.lock */
 } coord_opts;
 
-static const char *const APPEND_OPTS[] = { "header", "mode", "dir_mode", "mkdir", "timeout", "sync", NULL };
-static const char *const UPDATE_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", NULL };
-static const char *const LOCK_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", "shared", NULL };
-static const char *const READ_OPTS[] = { "timeout", NULL };
+static const char *const APPEND_OPTS[] = { "header", "mode", "dir_mode", "mkdir", "timeout", "sync", "root",
+                                           "lock", NULL };
+static const char *const UPDATE_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", "root", "lock", NULL };
+static const char *const LOCK_OPTS[] = { "mode", "dir_mode", "mkdir", "timeout", "shared", "root", "lock", NULL };
+static const char *const READ_OPTS[] = { "timeout", "root", "lock", NULL };
 
 static int coord_allowed(const char *const allowed[], const char *key) {
   int i;
@@ -150,6 +171,23 @@ static int coord_optbool(lua_State *L, int arg, const char *key) {
   v = lua_toboolean(L, -1);
   lua_pop(L, 1);
   return v;
+}
+
+/* A path option: a non-empty string without NUL that leaves room for temp names, or NULL. It
+ * stays alive in the options table. */
+static const char *coord_optpath(lua_State *L, int arg, const char *key) {
+  const char *s = NULL;
+  size_t len;
+  if (lua_getfield(L, arg, key) != LUA_TNIL) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a string, got %s", key, luaL_typename(L, -1)));
+    s = lua_tolstring(L, -1, &len);
+    if (len == 0 || strlen(s) != len || len + 16 >= PATH_MAX)
+      luaL_argerror(L, arg, lua_pushfstring(L, "option '%s' must be a path (not empty, no NUL, shorter than %d bytes)",
+                                            key, PATH_MAX - 16));
+  }
+  lua_pop(L, 1);
+  return s;
 }
 
 /* Reads the options table at `arg` (nil or absent for none), rejecting keys not in `allowed`. */
@@ -188,6 +226,26 @@ static void coord_checkopts(lua_State *L, int arg, coord_opts *o, const char *co
   o->mkdir = coord_optbool(L, arg, "mkdir");
   o->sync = coord_optbool(L, arg, "sync");
   o->shared = coord_optbool(L, arg, "shared");
+  o->root = coord_optpath(L, arg, "root");
+  o->lock = coord_optpath(L, arg, "lock");
+  if (o->root != NULL) {
+    o->root_len = strlen(o->root);
+    while (o->root_len > 0 && o->root[o->root_len - 1] == '/')
+      o->root_len--;
+  }
+}
+
+/* The part of `path` below o->root (starting with its '/'); raises unless path is below root
+ * without a ".." component (which would climb out of the directory walked from root). */
+static void coord_checkbelow(lua_State *L, int arg, const char *path, const coord_opts *o) {
+  const char *rest = path + o->root_len, *p;
+  if (o->root == NULL)
+    return;
+  if (strncmp(path, o->root, o->root_len) != 0 || rest[0] != '/' || rest[strspn(rest, "/")] == '\0')
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s is not below the root %s", path, o->root));
+  for (p = rest; p != NULL; p = strchr(p + 1, '/'))
+    if (strncmp(p, "/..", 3) == 0 && (p[3] == '/' || p[3] == '\0'))
+      luaL_argerror(L, arg, lua_pushfstring(L, "%s climbs out of the root %s with '..'", path, o->root));
 }
 
 static const char *coord_checkpath(lua_State *L, int arg) {
@@ -197,9 +255,27 @@ static const char *coord_checkpath(lua_State *L, int arg) {
   path = lua_tolstring(L, arg, &len);
   luaL_argcheck(L, len > 0, arg, "empty path");
   luaL_argcheck(L, strlen(path) == len, arg, "path contains a NUL byte");
+  luaL_argcheck(L, path[len - 1] != '/', arg, "path names a directory (ends with '/')");
   /* room for the lock suffix and for the temp name ".<base>.XXXXXX" */
   luaL_argcheck(L, len + 16 < PATH_MAX, arg, "path too long");
   return path;
+}
+
+/* Checks path and the options of one call (the options at `optarg`) and pushes the lock
+ * file's path. */
+static const char *coord_checkall(lua_State *L, const char *path, int optarg, const coord_opts *o) {
+  const char *lockpath;
+  coord_checkbelow(L, 1, path, o);
+  if (o->lock != NULL) {
+    if (o->lock[strlen(o->lock) - 1] == '/')
+      luaL_argerror(L, optarg, "option 'lock' names a directory (ends with '/')");
+    coord_checkbelow(L, optarg, o->lock, o);
+    lua_pushstring(L, o->lock);
+  } else {
+    lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
+  }
+  lockpath = lua_tostring(L, -1);
+  return lockpath;
 }
 
 /* }}} */
@@ -218,22 +294,62 @@ static void coord_sleep(double seconds) {
   nanosleep(&ts, NULL);  /* EINTR: the caller's loop checks its deadline and the signal */
 }
 
-/* The directory of `path` into buf ("." for a bare name, "/" for "/x"). */
-static void coord_dirname(const char *path, char *buf, size_t size) {
-  const char *slash = strrchr(path, '/');
-  if (slash == NULL)
-    snprintf(buf, size, ".");
-  else if (slash == path)
-    snprintf(buf, size, "/");
-  else
-    snprintf(buf, size, "%.*s", (int)(slash - path), path);
+/* -1 with "interrupted by SIGINT" (EINTR) when the host caught a signal that Lua has not
+ * raised yet (coral_interrupt_pending), else 0. */
+static int coord_check_interrupt(coord_err *e) {
+  int signo = coral_interrupt_pending();
+  if (signo == 0)
+    return 0;
+  snprintf(e->code, sizeof e->code, "EINTR");
+  snprintf(e->msg, sizeof e->msg, "interrupted by %s", coral_signal_name(signo));
+  return -1;
 }
 
-/* mkdir -p of path's parent directory; directories it creates get exactly `mode`. */
-static int coord_mkdirs(const char *path, int mode, coord_err *e) {
-  char dir[PATH_MAX];
+/* A loop that ran out of rounds: -1 with "<what>: gave up after N tries (<why>)", EAGAIN. */
+static int coord_gave_up(coord_err *e, const char *what, const char *why) {
+  snprintf(e->code, sizeof e->code, "EAGAIN");
+  snprintf(e->msg, sizeof e->msg, "%.*s: gave up after %d tries (%s)", PATH_MAX, what, COORD_MAX_ROUNDS, why);
+  return -1;
+}
+
+/* Says why `name` in directory `dirfd` (shown as `shown`) could not be opened: a symbolic
+ * link, a non-directory where a directory belongs and a FIFO or socket where a file belongs
+ * get a message of their own, anything else is "<op> <shown>: <ENAME>: ...". `err` is the
+ * errno of the failed call. */
+static int coord_refuse(coord_err *e, int err, int dirfd, const char *name, const char *shown, int want_dir,
+                        const char *op) {
+  struct stat st;
+  if ((err == ELOOP || err == ENOTDIR || err == EEXIST || err == ENXIO) &&
+      fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    if (S_ISLNK(st.st_mode)) {
+      snprintf(e->code, sizeof e->code, "ELOOP");
+      snprintf(e->msg, sizeof e->msg, "%s is a symbolic link (coral does not follow it)", shown);
+      return -1;
+    }
+    if (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+      snprintf(e->code, sizeof e->code, want_dir ? "ENOTDIR" : "EINVAL");
+      snprintf(e->msg, sizeof e->msg, "%s is not a %s", shown, want_dir ? "directory" : "regular file");
+      return -1;
+    }
+  }
+  return coord_fail(e, err, "%s %s", op, shown);
+}
+
+/* open(2) of a directory as named (following links: the caller chose it), EINTR retried. */
+static int coord_opendir_as_named(const char *dir) {
+  int fd, i;
+  for (i = 0; i < COORD_MAX_ROUNDS; i++) {
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0 || errno != EINTR)
+      return fd;
+  }
+  errno = EINTR;
+  return -1;
+}
+
+/* mkdir -p of `dir` (as named, links followed); directories it creates get exactly `mode`. */
+static int coord_mkdirs(char *dir, int mode, coord_err *e) {
   char *p;
-  coord_dirname(path, dir, sizeof dir);
   for (p = dir + 1; ; p++) {
     if (*p == '/' || *p == '\0') {
       char c = *p;
@@ -251,12 +367,100 @@ static int coord_mkdirs(const char *path, int mode, coord_err *e) {
   }
 }
 
-/* Writes all of buf, looping on short writes and EINTR. */
+/* Opens the directory `name` below `dirfd` without following a link, creating it (with
+ * exactly `mode`) when it is missing and `mkdir`. `shown` names it in errors. */
+static int coord_opendir_below(int dirfd, const char *name, const char *shown, int mkdir, int mode, coord_err *e) {
+  int fd, i;
+  for (i = 0; i < COORD_MAX_ROUNDS; i++) {
+    fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd >= 0)
+      return fd;
+    if (errno == EINTR)
+      continue;
+    if (errno != ENOENT || !mkdir)
+      return coord_refuse(e, errno, dirfd, name, shown, 1, "open directory");
+    if (mkdirat(dirfd, name, (mode_t)mode) == 0) {
+      fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd < 0)
+        return coord_refuse(e, errno, dirfd, name, shown, 1, "open directory");
+      if (fchmod(fd, (mode_t)mode) != 0) {
+        coord_fail(e, errno, "chmod %s", shown);
+        close(fd);
+        return -1;
+      }
+      return fd;
+    }
+    if (errno != EEXIST)  /* EEXIST: made meanwhile by another process: open theirs */
+      return coord_refuse(e, errno, dirfd, name, shown, 1, "mkdir");
+  }
+  return coord_gave_up(e, shown, "it keeps appearing and disappearing");
+}
+
+/* Opens the directory that holds `path` and returns its fd; *base is set to path's last
+ * component, to be opened from that fd (openat, O_NOFOLLOW). Without o->root the directory
+ * is opened as named. With o->root only root is; each directory below it is opened from its
+ * parent's fd without following links, so nothing below root can lead elsewhere. `mkdir`:
+ * missing directories (below root, with a root) are created with o->dir_mode. */
+static int coord_parent(const char *path, const coord_opts *o, int mkdir, const char **base, coord_err *e) {
+  char buf[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  char *p, *q;
+  int fd, next;
+
+  *base = slash == NULL ? path : slash + 1;
+  if (o->root == NULL) {
+    if (slash == NULL)
+      snprintf(buf, sizeof buf, ".");
+    else if (slash == path)
+      snprintf(buf, sizeof buf, "/");
+    else
+      snprintf(buf, sizeof buf, "%.*s", (int)(slash - path), path);
+    fd = coord_opendir_as_named(buf);
+    if (fd < 0 && errno == ENOENT && mkdir) {
+      if (coord_mkdirs(buf, o->dir_mode, e) != 0)
+        return -1;
+      fd = coord_opendir_as_named(buf);
+    }
+    if (fd < 0)
+      return coord_fail(e, errno, "open directory %s", buf);
+    return fd;
+  }
+
+  /* root as named: the literal prefix of path (coord_checkbelow made sure; "/" when root is) */
+  snprintf(buf, sizeof buf, "%.*s", o->root_len == 0 ? 1 : (int)o->root_len, path);
+  fd = coord_opendir_as_named(buf);
+  if (fd < 0)
+    return coord_fail(e, errno, "open directory %s", buf);
+  /* then each directory below it from its parent's fd; buf holds path, cut after the
+   * component being opened so that an error names that prefix */
+  snprintf(buf, sizeof buf, "%s", path);
+  for (p = buf + o->root_len; ; p = q) {
+    char c;
+    p += strspn(p, "/");
+    q = p + strcspn(p, "/");
+    if (q[strspn(q, "/")] == '\0')
+      return fd;  /* p is the last component (checked: not empty) */
+    c = *q;
+    *q = '\0';
+    if (strcmp(p, ".") != 0) {
+      next = coord_opendir_below(fd, p, buf, mkdir, o->dir_mode, e);
+      close(fd);
+      if (next < 0)
+        return -1;
+      fd = next;
+    }
+    *q = c;
+  }
+}
+
+/* Writes all of buf, looping on short writes and EINTR (a bounded number of times in a row:
+ * a regular file is not interrupted in practice, a slow NFS server may be). */
 static int coord_write_all(int fd, const char *buf, size_t len) {
+  int interrupted = 0;
   while (len > 0) {
     ssize_t n = write(fd, buf, len);
     if (n < 0) {
-      if (errno == EINTR)
+      if (errno == EINTR && ++interrupted < COORD_MAX_ROUNDS)
         continue;
       return -1;
     }
@@ -264,63 +468,115 @@ static int coord_write_all(int fd, const char *buf, size_t len) {
       errno = ENOSPC;
       return -1;
     }
+    interrupted = 0;
     buf += n;
     len -= (size_t)n;
   }
   return 0;
 }
 
-/* Opens `path` (flags without O_CREAT); if it does not exist and `create`, creates it with
- * exactly `mode`, the parent directories too when o->mkdir. *created tells which happened. */
-static int coord_open(const char *path, int flags, int create, int mode, const coord_opts *o,
+/* Opens `name` in `dirfd` (flags without O_CREAT) without following a link; if it does not
+ * exist and `create`, creates it with exactly `mode`. *created tells which happened. A link
+ * there, dangling or not, is refused at once: O_NOFOLLOW fails with ELOOP where following a
+ * dangling link would say ENOENT and O_EXCL then EEXIST, forever. O_NONBLOCK keeps a FIFO
+ * planted there from blocking the open (it has no effect on a regular file); anything but a
+ * regular file is then refused. */
+static int coord_open(int dirfd, const char *name, const char *shown, int flags, int create, int mode,
                       int *created, coord_err *e) {
-  int fd, tried_mkdir = 0;
+  struct stat st;
+  int fd = -1, i;
   *created = 0;
-  for (;;) {
-    fd = open(path, flags | O_CLOEXEC);
+  flags |= O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+  for (i = 0; i < COORD_MAX_ROUNDS && fd < 0; i++) {
+    if (i > 0 && coord_check_interrupt(e) != 0)
+      return -1;
+    fd = openat(dirfd, name, flags);
     if (fd >= 0)
-      return fd;
+      break;
     if (errno == EINTR)
       continue;
     if (errno != ENOENT || !create)
-      return coord_fail(e, errno, "open %s", path);
-    fd = open(path, flags | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+      return coord_refuse(e, errno, dirfd, name, shown, 0, "open");
+    fd = openat(dirfd, name, flags | O_CREAT | O_EXCL, (mode_t)mode);
     if (fd >= 0) {
       *created = 1;
       if (fchmod(fd, (mode_t)mode) != 0) {
-        coord_fail(e, errno, "chmod %s", path);
+        coord_fail(e, errno, "chmod %s", shown);
         close(fd);
         return -1;
       }
       return fd;
     }
-    if (errno == EEXIST || errno == EINTR)
-      continue;  /* somebody else created it first: open theirs */
-    if (errno == ENOENT && o->mkdir && !tried_mkdir) {
-      tried_mkdir = 1;
-      if (coord_mkdirs(path, o->dir_mode, e) != 0)
-        return -1;
-      continue;
-    }
-    return coord_fail(e, errno, "create %s", path);
+    if (errno != EEXIST && errno != EINTR)  /* EEXIST: somebody created it first: open theirs */
+      return coord_refuse(e, errno, dirfd, name, shown, 0, "create");
   }
+  if (fd < 0)
+    return coord_gave_up(e, shown, "it keeps appearing and disappearing");
+  if (fstat(fd, &st) != 0) {
+    coord_fail(e, errno, "stat %s", shown);
+    close(fd);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    close(fd);
+    if (S_ISDIR(st.st_mode))
+      return coord_fail(e, EISDIR, "open %s", shown);
+    snprintf(e->code, sizeof e->code, "EINVAL");
+    snprintf(e->msg, sizeof e->msg, "%s is not a regular file", shown);
+    return -1;
+  }
+  return fd;
 }
 
-/* fsync of the directory of `path`. Filesystems that cannot sync a directory say EINVAL. */
-static int coord_sync_dir(const char *path, int *fdp, coord_err *e) {
-  char dir[PATH_MAX];
-  int fd;
-  coord_dirname(path, dir, sizeof dir);
-  *fdp = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (*fdp < 0)
-    return coord_fail(e, errno, "open directory %s", dir);
-  if (fsync(*fdp) != 0 && errno != EINVAL && errno != ENOTSUP)
-    return coord_fail(e, errno, "fsync directory %s", dir);
-  fd = *fdp;
-  *fdp = -1;
-  if (close(fd) != 0 && errno != EINTR)
-    return coord_fail(e, errno, "close directory %s", dir);
+/* fsync of the directory `dirfd` that holds `path`. Filesystems that cannot sync a directory
+ * say EINVAL. */
+static int coord_sync_dir(int dirfd, const char *path, coord_err *e) {
+  const char *slash;
+  if (fsync(dirfd) == 0 || errno == EINVAL || errno == ENOTSUP)
+    return 0;
+  slash = strrchr(path, '/');
+  if (slash == NULL)
+    return coord_fail(e, errno, "fsync directory .");
+  return coord_fail(e, errno, "fsync directory %.*s", (int)(slash - path), path);
+}
+
+/* }}} */
+/* {{{ scratch state of one call */
+
+/* The fds and the temp file of one append/update/read, cleaned by __close whether the call
+ * returns or raises: the one cleanup path. */
+typedef struct coord_op {
+  int dirfd;            /* the directory of the data file */
+  int lockdirfd;        /* the lock file's directory until a lock handle takes it over */
+  int fd;               /* the data file */
+  int tmpfd;            /* update's temp file */
+  char tmp[NAME_MAX + 1]; /* its name in dirfd while it exists and is not renamed */
+} coord_op;
+
+static int coord_op_close(lua_State *L) {
+  coord_op *op = luaL_checkudata(L, 1, COORD_OP_MT);
+  if (op->fd >= 0)
+    close(op->fd);
+  if (op->tmpfd >= 0)
+    close(op->tmpfd);
+  if (op->tmp[0] != '\0' && op->dirfd >= 0)
+    unlinkat(op->dirfd, op->tmp, 0);
+  if (op->dirfd >= 0)
+    close(op->dirfd);
+  if (op->lockdirfd >= 0)
+    close(op->lockdirfd);
+  op->fd = op->tmpfd = op->dirfd = op->lockdirfd = -1;
+  op->tmp[0] = '\0';
   return 0;
+}
+
+static coord_op *coord_newop(lua_State *L) {
+  coord_op *op = lua_newuserdatauv(L, sizeof *op, 0);
+  op->fd = op->tmpfd = op->dirfd = op->lockdirfd = -1;
+  op->tmp[0] = '\0';
+  luaL_setmetatable(L, COORD_OP_MT);
+  lua_toclose(L, -1);
+  return op;
 }
 
 /* }}} */
@@ -333,8 +589,8 @@ typedef struct coord_lock {
   int registered;       /* in this state's held table */
   dev_t dev;            /* identity of the lock file */
   ino_t ino;
+  int dirfd;            /* the lock file's directory while the lock is being taken, else -1 */
 } coord_lock;
-
 
 static void coord_key(char *buf, size_t size, dev_t dev, ino_t ino) {
   snprintf(buf, size, "%llx:%llx", (unsigned long long)dev, (unsigned long long)ino);
@@ -428,52 +684,41 @@ static void coord_holder(coord_lock *lk, short type, char *out, size_t size) {
     snprintf(out, size, "held by pid %ld", pid);
 }
 
-/* -1 with "interrupted by SIGINT" (EINTR) when the host caught a signal that Lua has not
- * raised yet (coral_interrupt_pending), else 0. */
-static int coord_check_interrupt(coord_err *e) {
-  int signo = coral_interrupt_pending();
-  if (signo == 0)
-    return 0;
-  snprintf(e->code, sizeof e->code, "EINTR");
-  snprintf(e->msg, sizeof e->msg, "interrupted by %s", coral_signal_name(signo));
-  return -1;
-}
-
 /* The mode of a new lock file: the one asked for, else that of the file it guards, so the
  * lock of a private 0600 file is private too. */
 static int coord_lockmode(const char *path, const coord_opts *o) {
   struct stat st;
   if (o->mode_set)
     return o->mode;
-  if (stat(path, &st) == 0)
+  if (lstat(path, &st) == 0 && S_ISREG(st.st_mode))
     return (int)(st.st_mode & 0666);
   return o->mode;
 }
 
-/* Opens (creating it if needed) the lock file of `path` into lk->fd and locks it, waiting up
- * to o->timeout. lk->fd is set as soon as it is open, so the caller's __close cleans up
- * whatever happens after. `lock_op` only changes the wording of a timeout. */
-static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath, const coord_opts *o,
-                         int shared, int lock_op, coord_err *e) {
+/* Opens (creating it if needed) the lock file `lockbase` in lk->dirfd and locks it, waiting up
+ * to o->timeout; closes lk->dirfd when done. lk->fd is set as soon as it is open, so the
+ * caller's __close cleans up whatever happens after. `lockpath` names the lock file in
+ * errors; `lock_op` only changes the wording of a timeout. */
+static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath, const char *lockbase,
+                         const coord_opts *o, int shared, int lock_op, coord_err *e) {
   short type = shared ? F_RDLCK : F_WRLCK;
   double start = coord_now(), delay = COORD_MIN_SLEEP;
   unsigned rnd = (unsigned)getpid() * 2654435761u ^ (unsigned)(start * 1e6);
   struct stat st, now;
-  int created;
+  int created, round;
 
   lk->shared = shared;
-  for (;;) {
+  for (round = 0; ; round++) {
+    if (round == COORD_MAX_ROUNDS)
+      return coord_gave_up(e, lockpath, "the lock file keeps being replaced");
+    if (round > 0 && coord_check_interrupt(e) != 0)
+      return -1;
     lk->ofd = 1;
-    lk->fd = open(lockpath, O_RDWR | O_CLOEXEC);
-    if (lk->fd < 0 && shared && (errno == EACCES || errno == EROFS))
-      lk->fd = open(lockpath, O_RDONLY | O_CLOEXEC);  /* a reader needs no write access */
-    if (lk->fd < 0) {
-      if (errno != ENOENT)
-        return coord_fail(e, errno, "open %s", lockpath);
-      lk->fd = coord_open(lockpath, O_RDWR, 1, coord_lockmode(path, o), o, &created, e);
-      if (lk->fd < 0)
-        return -1;
-    }
+    lk->fd = coord_open(lk->dirfd, lockbase, lockpath, O_RDWR, 1, coord_lockmode(path, o), &created, e);
+    if (lk->fd < 0 && shared && (strcmp(e->code, "EACCES") == 0 || strcmp(e->code, "EROFS") == 0))
+      lk->fd = coord_open(lk->dirfd, lockbase, lockpath, O_RDONLY, 0, 0, &created, e);  /* a reader needs no write access */
+    if (lk->fd < 0)
+      return -1;
     if (fstat(lk->fd, &st) != 0)
       return coord_fail(e, errno, "stat %s", lockpath);
     lk->dev = st.st_dev;
@@ -507,11 +752,14 @@ static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath,
 
     /* Somebody removed or replaced the lock file while we waited: the lock we hold then
      * excludes nobody. Start over on the file that is there now. */
-    if (stat(lockpath, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino)
+    if (fstatat(lk->dirfd, lockbase, &now, AT_SYMLINK_NOFOLLOW) == 0 && now.st_dev == st.st_dev &&
+        now.st_ino == st.st_ino)
       break;
     close(lk->fd);
     lk->fd = -1;
   }
+  close(lk->dirfd);
+  lk->dirfd = -1;
   if (!shared)
     coord_write_owner(lk->fd);
   return 0;
@@ -521,6 +769,10 @@ static int coord_acquire(coord_lock *lk, const char *path, const char *lockpath,
  * an OFD lock stays while any dup of the fd lives (a child between fork and exec). */
 static void coord_release(lua_State *L, coord_lock *lk) {
   struct flock fl;
+  if (lk->dirfd >= 0) {
+    close(lk->dirfd);
+    lk->dirfd = -1;
+  }
   if (lk->fd < 0)
     return;
   if (lk->registered) {
@@ -549,7 +801,7 @@ static void coord_release(lua_State *L, coord_lock *lk) {
 static coord_lock *coord_newlock(lua_State *L, const char *path) {
   coord_lock *lk = lua_newuserdatauv(L, sizeof *lk, 1);
   memset(lk, 0, sizeof *lk);
-  lk->fd = -1;
+  lk->fd = lk->dirfd = -1;
   luaL_setmetatable(L, COORD_LOCK_MT);
   lua_pushstring(L, path);
   lua_setiuservalue(L, -2, 1);
@@ -566,9 +818,10 @@ static void coord_register(lua_State *L, int idx, coord_lock *lk) {
   lk->registered = 1;
 }
 
-/* Pushes the handle of the lock this state holds on lockpath's file, or nil. The handle is
- * then on the stack, so it cannot be collected (and released) while the caller uses it. */
-static coord_lock *coord_held(lua_State *L, const char *lockpath) {
+/* Pushes the handle of the lock this state holds on the lock file `lockbase` in `dirfd`, or
+ * nil. The handle is then on the stack, so it cannot be collected (and released) while the
+ * caller uses it. */
+static coord_lock *coord_held(lua_State *L, int dirfd, const char *lockbase) {
   struct stat st;
   char key[64];
   coord_lock *lk = NULL;
@@ -576,7 +829,7 @@ static coord_lock *coord_held(lua_State *L, const char *lockpath) {
   lua_pushnil(L);
   if (lua_next(L, -2) != 0) {  /* only stat when this state holds some lock */
     lua_pop(L, 2);
-    if (stat(lockpath, &st) == 0) {
+    if (fstatat(dirfd, lockbase, &st, AT_SYMLINK_NOFOLLOW) == 0) {
       coord_key(key, sizeof key, st.st_dev, st.st_ino);
       lua_getfield(L, -1, key);
       lk = luaL_testudata(L, -1, COORD_LOCK_MT);
@@ -594,13 +847,29 @@ static coord_lock *coord_held(lua_State *L, const char *lockpath) {
   return lk;
 }
 
+/* The directory of the lock file: created when missing if the caller asked for mkdir or
+ * named the lock file itself (its place is the caller's choice, not the user's tree). */
+static int coord_lockdir(const char *lockpath, const coord_opts *o, const char **lockbase, coord_err *e) {
+  return coord_parent(lockpath, o, o->mkdir || o->lock != NULL, lockbase, e);
+}
+
 /* Takes the lock for one call and pushes its handle: the lock this state already holds on
  * `path` (reused, left alone), or a new one marked to be closed when the calling C function
- * returns or raises. `keep`: findable by coord_held while held (Lua code runs under it). */
-static int coord_enter(lua_State *L, const char *path, const char *lockpath, const coord_opts *o,
+ * returns or raises. `keep`: findable by coord_held while held (Lua code runs under it).
+ * The lock file's directory is held by `op` until a new handle takes it over, so that a
+ * reused lock costs no second to-be-closed value (whose closing could fail for memory after
+ * the call has done its work). */
+static int coord_enter(lua_State *L, coord_op *op, const char *path, const char *lockpath, const coord_opts *o,
                        int shared, int keep, coord_err *e) {
-  coord_lock *lk = coord_held(L, lockpath);
+  const char *lockbase;
+  coord_lock *lk;
+  op->lockdirfd = coord_lockdir(lockpath, o, &lockbase, e);
+  if (op->lockdirfd < 0)
+    return -1;
+  lk = coord_held(L, op->lockdirfd, lockbase);
   if (lk != NULL) {
+    close(op->lockdirfd);
+    op->lockdirfd = -1;
     if (lk->shared && !shared) {
       snprintf(e->code, sizeof e->code, "EDEADLK");
       snprintf(e->msg, sizeof e->msg, "this Lua state holds a shared lock on it");
@@ -611,7 +880,9 @@ static int coord_enter(lua_State *L, const char *path, const char *lockpath, con
   lua_pop(L, 1);
   lk = coord_newlock(L, path);
   lua_toclose(L, -1);
-  if (coord_acquire(lk, path, lockpath, o, shared, 0, e) != 0)
+  lk->dirfd = op->lockdirfd;  /* the handle owns it from here */
+  op->lockdirfd = -1;
+  if (coord_acquire(lk, path, lockpath, lockbase, o, shared, 0, e) != 0)
     return -1;
   if (keep)
     coord_register(L, lua_gettop(L), lk);
@@ -634,53 +905,25 @@ static int coord_lock_tostring(lua_State *L) {
 }
 
 /* }}} */
-/* {{{ scratch state of one call */
-
-/* The fds and the temp file of one append/update/read, cleaned by __close whether the call
- * returns or raises: the one cleanup path. */
-typedef struct coord_op {
-  int fd;               /* the data file, or its directory */
-  int tmpfd;            /* update's temp file */
-  char tmp[PATH_MAX];   /* its name while it exists and is not renamed */
-} coord_op;
-
-static int coord_op_close(lua_State *L) {
-  coord_op *op = luaL_checkudata(L, 1, COORD_OP_MT);
-  if (op->fd >= 0)
-    close(op->fd);
-  if (op->tmpfd >= 0)
-    close(op->tmpfd);
-  if (op->tmp[0] != '\0')
-    unlink(op->tmp);
-  op->fd = op->tmpfd = -1;
-  op->tmp[0] = '\0';
-  return 0;
-}
-
-static coord_op *coord_newop(lua_State *L) {
-  coord_op *op = lua_newuserdatauv(L, sizeof *op, 0);
-  op->fd = op->tmpfd = -1;
-  op->tmp[0] = '\0';
-  luaL_setmetatable(L, COORD_OP_MT);
-  lua_toclose(L, -1);
-  return op;
-}
+/* {{{ whole reads, and failed appends taken back */
 
 /* Pushes the rest of fd's content. On a read error returns -1 with errno, the caller then
  * returns at once (the buffer's slot goes with the call). */
 static int coord_readall(lua_State *L, int fd) {
   luaL_Buffer b;
+  int interrupted = 0;
   luaL_buffinit(L, &b);
   for (;;) {
     char *p = luaL_prepbuffsize(&b, COORD_READ_CHUNK);
     ssize_t n = read(fd, p, COORD_READ_CHUNK);
     if (n < 0) {
-      if (errno == EINTR)
+      if (errno == EINTR && ++interrupted < COORD_MAX_ROUNDS)
         continue;
       return -1;
     }
     if (n == 0)
       break;
+    interrupted = 0;
     luaL_addsize(&b, (size_t)n);
   }
   luaL_pushresult(&b);
@@ -689,15 +932,19 @@ static int coord_readall(lua_State *L, int fd) {
 
 /* Takes a failed append back out: the file it created is removed, a file that was there is
  * cut back to its old size. A failure to do so is added to the message. */
-static void coord_undo(coord_op *op, const char *path, off_t size, int created, coord_err *e) {
-  int r;
+static void coord_undo(coord_op *op, const char *base, off_t size, int created, coord_err *e) {
+  int r, fd;
   const char *what = created ? "remove" : "truncate";
-  if (created)
-    r = unlink(path);
-  else if (op->fd >= 0)
+  if (created) {
+    r = unlinkat(op->dirfd, base, 0);
+  } else if (op->fd >= 0) {
     r = ftruncate(op->fd, size);
-  else
-    r = truncate(path, size);
+  } else {
+    fd = openat(op->dirfd, base, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    r = fd < 0 ? -1 : ftruncate(fd, size);
+    if (fd >= 0)
+      close(fd);
+  }
   if (r != 0) {
     char name[32];
     size_t n = strlen(e->msg);
@@ -718,7 +965,7 @@ static int coord_append(lua_State *L) {
   coord_op *op;
   struct stat st;
   size_t len;
-  const char *path, *text, *lockpath;
+  const char *path, *text, *lockpath, *base;
   int created, fd, failed = 0;
   off_t size;
 
@@ -727,12 +974,16 @@ static int coord_append(lua_State *L) {
   text = lua_tolstring(L, 2, &len);
   coord_checkopts(L, 3, &o, APPEND_OPTS);
   coral_checknargs(L, 3);
-  lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
-  if (coord_enter(L, path, lockpath, &o, 0, 0, &e) != 0)
-    return coord_pusherr(L, "append", path, &e);
+  lua_settop(L, 3);
+  lockpath = coord_checkall(L, path, 3, &o);
   op = coord_newop(L);
+  if (coord_enter(L, op, path, lockpath, &o, 0, 0, &e) != 0)
+    return coord_pusherr(L, "append", path, &e);
 
-  op->fd = coord_open(path, O_WRONLY | O_APPEND, 1, o.mode, &o, &created, &e);
+  op->dirfd = coord_parent(path, &o, o.mkdir, &base, &e);
+  if (op->dirfd < 0)
+    return coord_pusherr(L, "append", path, &e);
+  op->fd = coord_open(op->dirfd, base, path, O_WRONLY | O_APPEND, 1, o.mode, &created, &e);
   if (op->fd < 0)
     return coord_pusherr(L, "append", path, &e);
   if (fstat(op->fd, &st) != 0) {
@@ -753,22 +1004,48 @@ static int coord_append(lua_State *L) {
       failed = coord_fail(&e, errno, "close");
   }
   if (failed) {
-    coord_undo(op, path, size, created, &e);
+    coord_undo(op, base, size, created, &e);
     return coord_pusherr(L, "append", path, &e);
   }
-  if (o.sync && created && coord_sync_dir(path, &op->fd, &e) != 0)
+  if (o.sync && created && coord_sync_dir(op->dirfd, path, &e) != 0)
     return coord_pusherr(L, "append", path, &e);
   lua_pushboolean(L, 1);
   return 1;
 }
 
-/* Fills `tmp` with "<dir>/.<base>.XXXXXX" for mkostemp. */
-static void coord_tmpname(const char *path, char *tmp, size_t size) {
-  const char *slash = strrchr(path, '/');
-  if (slash == NULL)
-    snprintf(tmp, size, ".%s.XXXXXX", path);
-  else
-    snprintf(tmp, size, "%.*s/.%s.XXXXXX", (int)(slash - path), path, slash + 1);
+/* Creates update's temp file ".<base>.XXXXXX" in op->dirfd (exclusively, never through a
+ * link), named in op->tmp, with its path for errors in `shown`. */
+static int coord_mktemp(coord_op *op, const char *path, const char *base, char *shown, size_t size,
+                        coord_err *e) {
+  static const char chars[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  struct timespec ts;
+  unsigned long rnd;
+  int i, k;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  rnd = (unsigned long)ts.tv_nsec * 2654435761ul ^ (unsigned long)getpid() << 16 ^ (unsigned long)ts.tv_sec;
+  for (i = 0; i < COORD_MAX_ROUNDS; i++) {
+    char suffix[7];
+    for (k = 0; k < 6; k++) {
+      rnd = rnd * 6364136223846793005ul + 1442695040888963407ul;
+      suffix[k] = chars[(rnd >> 33) % (sizeof chars - 1)];
+    }
+    suffix[6] = '\0';
+    if ((size_t)snprintf(op->tmp, sizeof op->tmp, ".%s.%s", base, suffix) >= sizeof op->tmp) {
+      op->tmp[0] = '\0';
+      snprintf(shown, size, "%s", path);
+      return coord_fail(e, ENAMETOOLONG, "create a temp file beside %s", path);
+    }
+    snprintf(shown, size, "%.*s%s", (int)(base - path), path, op->tmp);
+    op->tmpfd = openat(op->dirfd, op->tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (op->tmpfd >= 0)
+      return 0;
+    if (errno != EEXIST && errno != EINTR)
+      break;
+  }
+  op->tmp[0] = '\0';
+  if (errno == EEXIST)
+    return coord_gave_up(e, shown, "every temp name was taken");
+  return coord_fail(e, errno, "create %s", shown);
 }
 
 /* changed, err, code = coord.update(path, fn [, opts])
@@ -780,26 +1057,28 @@ static int coord_update(lua_State *L) {
   coord_op *op;
   struct stat st;
   size_t len;
-  const char *path, *lockpath, *text;
-  int mode, fd, old;
+  const char *path, *lockpath, *text, *base;
+  char tmp[PATH_MAX + NAME_MAX + 2];
+  int mode, fd, old, created;
 
   path = coord_checkpath(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   coord_checkopts(L, 3, &o, UPDATE_OPTS);
   coral_checknargs(L, 3);
   lua_settop(L, 3);
-  lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
-  if (coord_enter(L, path, lockpath, &o, 0, 1, &e) != 0)
-    return coord_pusherr(L, "update", path, &e);
+  lockpath = coord_checkall(L, path, 3, &o);
   op = coord_newop(L);
+  if (coord_enter(L, op, path, lockpath, &o, 0, 1, &e) != 0)
+    return coord_pusherr(L, "update", path, &e);
 
   mode = o.mode;
-  op->fd = open(path, O_RDONLY | O_CLOEXEC);
+  op->dirfd = coord_parent(path, &o, o.mkdir, &base, &e);
+  if (op->dirfd < 0)
+    return coord_pusherr(L, "update", path, &e);
+  op->fd = coord_open(op->dirfd, base, path, O_RDONLY, 0, 0, &created, &e);
   if (op->fd < 0) {
-    if (errno != ENOENT) {
-      coord_fail(&e, errno, "open");
+    if (strcmp(e.code, "ENOENT") != 0)
       return coord_pusherr(L, "update", path, &e);
-    }
     lua_pushnil(L);
   } else {
     if (fstat(op->fd, &st) != 0 || coord_readall(L, op->fd) != 0) {
@@ -826,38 +1105,34 @@ static int coord_update(lua_State *L) {
     return luaL_error(L, "update function must return a string or nil, got %s", luaL_typename(L, -1));
   text = lua_tolstring(L, -1, &len);
 
-  coord_tmpname(path, op->tmp, sizeof op->tmp);
-  op->tmpfd = mkostemp(op->tmp, O_CLOEXEC);
-  if (op->tmpfd < 0) {
-    coord_fail(&e, errno, "create %s", op->tmp);
-    op->tmp[0] = '\0';
+  if (coord_mktemp(op, path, base, tmp, sizeof tmp, &e) != 0)
     return coord_pusherr(L, "update", path, &e);
-  }
   if (fchmod(op->tmpfd, (mode_t)mode) != 0) {
-    coord_fail(&e, errno, "chmod %s", op->tmp);
+    coord_fail(&e, errno, "chmod %s", tmp);
     return coord_pusherr(L, "update", path, &e);
   }
   if (coord_write_all(op->tmpfd, text, len) != 0) {
-    coord_fail(&e, errno, "write %s", op->tmp);
+    coord_fail(&e, errno, "write %s", tmp);
     return coord_pusherr(L, "update", path, &e);
   }
   if (fsync(op->tmpfd) != 0) {
-    coord_fail(&e, errno, "fsync %s", op->tmp);
+    coord_fail(&e, errno, "fsync %s", tmp);
     return coord_pusherr(L, "update", path, &e);
   }
   fd = op->tmpfd;
   op->tmpfd = -1;
   if (close(fd) != 0 && errno != EINTR) {
-    coord_fail(&e, errno, "close %s", op->tmp);
+    coord_fail(&e, errno, "close %s", tmp);
     return coord_pusherr(L, "update", path, &e);
   }
-  if (rename(op->tmp, path) != 0) {
-    coord_fail(&e, errno, "rename %s", op->tmp);
+  /* renameat replaces whatever is at base, a link too, and never writes through it */
+  if (renameat(op->dirfd, op->tmp, op->dirfd, base) != 0) {
+    coord_fail(&e, errno, "rename %s", tmp);
     return coord_pusherr(L, "update", path, &e);
   }
   op->tmp[0] = '\0';
   /* the new content is in place; this makes the rename itself survive a crash */
-  if (coord_sync_dir(path, &op->fd, &e) != 0)
+  if (coord_sync_dir(op->dirfd, path, &e) != 0)
     return coord_pusherr(L, "update", path, &e);
   lua_pushboolean(L, 1);
   return 1;
@@ -869,25 +1144,30 @@ static int coord_read(lua_State *L) {
   coord_opts o;
   coord_err e;
   coord_op *op;
-  const char *path, *lockpath;
+  struct stat st;
+  const char *path, *lockpath, *base;
+  int created;
 
   path = coord_checkpath(L, 1);
   coord_checkopts(L, 2, &o, READ_OPTS);
   coral_checknargs(L, 2);
   lua_settop(L, 2);
-  lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
-  /* Neither the file nor its lock file: nobody has written it through coord, and a reader
-   * does not create a lock file for a file that is not there. */
-  if (access(lockpath, F_OK) != 0 && errno == ENOENT && access(path, F_OK) != 0 && errno == ENOENT) {
-    coord_fail(&e, ENOENT, "open");
+  lockpath = coord_checkall(L, path, 2, &o);
+  op = coord_newop(L);
+  /* A file that is not there is not there whether or not somebody holds its lock, and a
+   * reader does not create a lock file (or its directory) for it. */
+  op->dirfd = coord_parent(path, &o, 0, &base, &e);
+  if (op->dirfd < 0 || fstatat(op->dirfd, base, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (op->dirfd >= 0 || strcmp(e.code, "ENOENT") == 0)
+      coord_fail(&e, op->dirfd >= 0 ? errno : ENOENT, "open");
     return coord_pusherr(L, "read", path, &e);
   }
-  if (coord_enter(L, path, lockpath, &o, 1, 0, &e) != 0)
+  if (coord_enter(L, op, path, lockpath, &o, 1, 0, &e) != 0)
     return coord_pusherr(L, "read", path, &e);
-  op = coord_newop(L);
-  op->fd = open(path, O_RDONLY | O_CLOEXEC);
+  op->fd = coord_open(op->dirfd, base, path, O_RDONLY, 0, 0, &created, &e);
   if (op->fd < 0) {
-    coord_fail(&e, errno, "open");
+    if (strcmp(e.code, "ENOENT") == 0)
+      coord_fail(&e, ENOENT, "open");
     return coord_pusherr(L, "read", path, &e);
   }
   if (coord_readall(L, op->fd) != 0) {
@@ -903,21 +1183,25 @@ static int coord_lock_new(lua_State *L) {
   coord_opts o;
   coord_err e;
   coord_lock *lk;
-  const char *path, *lockpath;
+  const char *path, *lockpath, *lockbase;
 
   path = coord_checkpath(L, 1);
   coord_checkopts(L, 2, &o, LOCK_OPTS);
   coral_checknargs(L, 2);
   lua_settop(L, 2);
-  lockpath = lua_pushfstring(L, "%s" COORD_LOCK_SUFFIX, path);
-  if (coord_held(L, lockpath) != NULL) {
+  lockpath = coord_checkall(L, path, 2, &o);
+  lk = coord_newlock(L, path);  /* closed; owns the directory's fd from here */
+  lk->dirfd = coord_lockdir(lockpath, &o, &lockbase, &e);
+  if (lk->dirfd < 0)
+    return coord_pusherr(L, "lock", path, &e);
+  if (coord_held(L, lk->dirfd, lockbase) != NULL) {
+    coord_release(L, lk);
     snprintf(e.code, sizeof e.code, "EDEADLK");
     snprintf(e.msg, sizeof e.msg, "already locked by this Lua state");
     return coord_pusherr(L, "lock", path, &e);
   }
   lua_pop(L, 1);
-  lk = coord_newlock(L, path);
-  if (coord_acquire(lk, path, lockpath, &o, o.shared, 1, &e) != 0) {
+  if (coord_acquire(lk, path, lockpath, lockbase, &o, o.shared, 1, &e) != 0) {
     coord_release(L, lk);
     return coord_pusherr(L, "lock", path, &e);
   }

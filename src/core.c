@@ -4,6 +4,7 @@
  * files compiled into the binary, and exposes "coral.host" (version, paths, embedded files).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <limits.h>
 #include <stdio.h>
@@ -415,6 +416,10 @@ int coral_host_open(lua_State *L) {
     lua_pushstring(L, exe);
     lua_setfield(L, -2, "exe");
   }
+  /* luv's uv.constants has no O_NOFOLLOW, and its value differs between architectures:
+   * fsutil opens coral's own files in a project with it (never through a planted link). */
+  lua_pushinteger(L, O_NOFOLLOW);
+  lua_setfield(L, -2, "O_NOFOLLOW");
   /* Where lua/ and recipes/ are read from in --dev mode; nil when the embedded copies are used. */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &LUA_ROOT_KEY);
   lua_setfield(L, -2, "source_root");

@@ -1,4 +1,7 @@
 --- Small file-system helpers over luv, shared by the runner's modules.
+-- None of them loops without a bound: mkdirs recurses once per missing parent, and nothing
+-- here retries; the waits that can block (locks) are coral.coord's, which Ctrl-C ends.
+local host = require "coral.host"
 local uv = require "luv"
 
 -- An executable is a file (a directory passes the X access check too).
@@ -9,9 +12,55 @@ end
 
 local M = {}
 
+--- Why `path` (whose lstat is `st`) is not what coral expected to find there: "<path> is a
+-- symbolic link (coral does not follow it)", "... is not a directory" (`want` "directory") or
+-- "... is not a regular file" (`want` "file"); nil when it is what was wanted. coral.coord
+-- says the same about the coordination files.
+function M.refusal(path, st, want)
+  if not st then return nil end
+  if st.type == "link" then return path .. " is a symbolic link (coral does not follow it)" end
+  if st.type ~= want then
+    return path .. (want == "directory" and " is not a directory" or " is not a regular file")
+  end
+  return nil
+end
+
+--- Is `path` free for coral's own file: missing, or a regular file (not a link, a FIFO, a
+-- directory)? Returns true or nil and the refusal.
+function M.own_file(path)
+  local err = M.refusal(path, uv.fs_lstat(path), "file")
+  if err then return nil, err end
+  return true
+end
+
+--- Creates one directory `path` with `mode`; one that is there already is fine, a link or a
+-- file in its place is refused. One mkdir when it is new, no stat first.
+function M.mkdir(path, mode)
+  local ok, err, code = uv.fs_mkdir(path, mode or tonumber("755", 8))
+  if ok then return true end
+  if code == "EEXIST" then
+    local st = uv.fs_lstat(path)
+    if st and st.type == "directory" then return true end
+    return nil, M.refusal(path, st, "directory") or ("create directory " .. path .. ": " .. err)
+  end
+  return nil, "create directory " .. path .. ": " .. err
+end
+
 --- Creates `path` and its missing parents with `mode` (default 0755). Returns true or nil, err.
-function M.mkdirs(path, mode)
+-- Below `root` (a prefix of path, followed as named: the caller chose it), each component is
+-- checked or made one at a time, and a symbolic link or a file there is refused: coral's own
+-- directories (.coral, run dirs) are never reached through a link.
+function M.mkdirs(path, mode, root)
   mode = mode or tonumber("755", 8)
+  if root and path:sub(1, #root + 1) == root .. "/" then
+    local dir = root
+    for part in path:sub(#root + 2):gmatch("[^/]+") do
+      dir = dir .. "/" .. part
+      local ok, err = M.mkdir(dir, mode)
+      if not ok then return nil, err end
+    end
+    return true
+  end
   local st = uv.fs_stat(path)
   if st and st.type == "directory" then return true end
   local parent = not st and path:match("^(.*)/[^/]+/*$")
@@ -29,6 +78,26 @@ function M.mkdirs(path, mode)
   return true
 end
 
+--- Opens a file to write, never through a symbolic link: `how` "w" (created or truncated) or
+-- "a" (created or appended to). O_NOFOLLOW refuses a link at path, even a dangling one;
+-- O_NONBLOCK keeps a FIFO there from blocking the open, and anything but a regular file is
+-- refused. Returns the fd, or nil and why not (the caller names the operation and the path:
+-- "write <path>: <why>").
+function M.open(path, how, mode)
+  local c = uv.constants
+  local flags = c.O_WRONLY | c.O_CREAT | host.O_NOFOLLOW | c.O_NONBLOCK | (how == "a" and c.O_APPEND or c.O_TRUNC)
+  local fd, err, code = uv.fs_open(path, flags, mode or tonumber("644", 8))
+  if not fd then
+    return nil, (code == "ELOOP" or code == "ENXIO") and M.refusal(path, uv.fs_lstat(path), "file") or err
+  end
+  local st, serr = uv.fs_fstat(fd)
+  if not st or st.type ~= "file" then
+    uv.fs_close(fd)
+    return nil, st and (path .. " is not a regular file") or serr
+  end
+  return fd
+end
+
 --- The whole content of a file, or nil and the error.
 function M.read(path)
   local f, err = io.open(path, "rb")
@@ -40,9 +109,10 @@ function M.read(path)
 end
 
 --- Writes a whole file (no temp file, no fsync: for files that only this process writes and
--- that a crash of coral, not of the machine, must not lose). Returns true or nil, err.
+-- that a crash of coral, not of the machine, must not lose), never through a link (M.open).
+-- Returns true or nil, err.
 function M.write_file(path, data, mode)
-  local fd, err = uv.fs_open(path, "w", mode or tonumber("644", 8))
+  local fd, err = M.open(path, "w", mode)
   if not fd then return nil, "write " .. path .. ": " .. err end
   local n, werr = uv.fs_write(fd, data, 0)
   uv.fs_close(fd)
@@ -51,6 +121,7 @@ function M.write_file(path, data, mode)
 end
 
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
+-- A link at `path` is replaced by the file, never written through.
 function M.write_atomic(path, data, mode)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
   -- A temp file of that name may be left from a crashed process: remove it and create a new one

@@ -7,6 +7,7 @@ local coord = require "coral.coord"
 local coordq = require "coral.records.coordq"
 local fsutil = require "coral.fsutil"
 local names = require "coral.records.names"
+local guard = require "coral.guard"
 local uv = require "luv"
 local yaml = require "coral.records.yaml"
 
@@ -82,7 +83,7 @@ function M.open(project_dir, run_id)
   self.paths = M.paths(project_dir)
   self.id = run_id or M.new_run_id()
   self.dir = self.paths.runs .. "/" .. self.id
-  must(fsutil.mkdirs(self.dir .. "/tasks", PRIVATE_DIR))
+  must(fsutil.mkdirs(self.dir .. "/tasks", PRIVATE_DIR, self.paths.project))  -- no link below the project
   must(names.mark(self.dir))   -- a new run names its task dirs by names.path_name
   uv.fs_chmod(self.paths.coral, PRIVATE_DIR)
   uv.fs_chmod(self.paths.runs, PRIVATE_DIR)
@@ -105,11 +106,16 @@ function Records:task_path(task_id, kind, attempt)
   if not dir then
     dir = M.task_dir(self.dir, task_id)
     -- tasks/ exists (open made it): one mkdir, no stat first; a resumed run finds it there
-    local ok, err, code = uv.fs_mkdir(dir, PRIVATE_DIR)
-    if not ok and code ~= "EEXIST" then error("create directory " .. dir .. ": " .. err, 0) end
+    must(fsutil.mkdir(dir, PRIVATE_DIR))
     self.task_dirs[task_id] = dir
   end
   if kind == "dir" then return dir end
+  if kind == "out" or kind == "err" then
+    -- the process opens these itself, following links: none may be planted there
+    local path = string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
+    must(fsutil.own_file(path))
+    return path
+  end
   if kind == "prompt" then return dir .. "/prompt.md" end
   if kind == "output" then return dir .. "/output.md" end
   if kind == "inputs" then return dir .. "/inputs.json" end
@@ -124,7 +130,7 @@ local function append_private(self, key, path, text, header)
   local fd = self[key]
   if not fd then
     local err
-    fd, err = uv.fs_open(path, "a", PRIVATE_FILE)
+    fd, err = fsutil.open(path, "a", PRIVATE_FILE)
     if not fd then error("append " .. path .. ": " .. err, 0) end
     self[key] = fd
     if header and uv.fs_fstat(fd).size == 0 then text = header .. text end
@@ -193,7 +199,8 @@ function Records:flush_shared()
     local pending = self[key]
     if pending and #pending > 0 then
       self[key] = {}
-      self:coord_queue():append(file[1], table.concat(pending), { header = file[2], mode = SHARED_FILE }, #pending)
+      self:coord_queue():append(file[1], table.concat(pending),
+        guard.coord_opts(self.paths.project, file[1], { header = file[2], mode = SHARED_FILE }), #pending)
     end
   end
 end
@@ -285,7 +292,8 @@ function Records:scratchpad_start(task, when, batch)
                              task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
   if batch then return self:share("pending_scratchpad", text) end
   self:flush_shared()   -- keep the sections in start order
-  self:coord_queue():append(self.paths.scratchpad, text, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
+  self:coord_queue():append(self.paths.scratchpad, text,
+    guard.coord_opts(self.paths.project, self.paths.scratchpad, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
 end
 
 --- Appends a note from an agent (or `coral note`) to a scratchpad.
@@ -295,12 +303,16 @@ local function line_entry(text, who)
 end
 
 function M.note(path, text, who)
-  return coord.append(path, "\n" .. line_entry(text, who), { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE })
+  local project, p = guard.project_of(path)
+  return coord.append(p, "\n" .. line_entry(text, who),
+                      guard.coord_opts(project, p, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
 end
 
 --- Appends a progress line from an agent (or `coral log`) to an activity tracker.
 function M.log(path, text, who)
-  return coord.append(path, line_entry(text, who), { header = M.ACTIVITY_HEADER, mode = SHARED_FILE })
+  local project, p = guard.project_of(path)
+  return coord.append(p, line_entry(text, who),
+                      guard.coord_opts(project, p, { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
 end
 
 local function minutes(seconds)
@@ -359,7 +371,7 @@ function Records:update_state(fn)
     end
     fn(state)
     return yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
-  end, { mode = PRIVATE_FILE })
+  end, guard.coord_opts(self.paths.project, self.paths.state, { mode = PRIVATE_FILE }))
   return true, warning
 end
 

@@ -417,6 +417,9 @@ function Runner:execute_plan(plan, opts)
   run.executor = executor
 
   local paths = records.paths(project_dir)
+  -- A link where coral's own files belong stops the run before it reads or writes any (exit 1)
+  local own_ok, own_err = require("coral.guard").check(paths)
+  if not own_ok then error(own_err, 0) end
   local state, err = records.read_state(paths.state)
   if state then plan:set_estimates(project_state.estimates(state, plan)) end
   run.built = state and type(state.built) == "table" and state.built or {}

@@ -12,7 +12,7 @@ local M = {}
 
 --- Takes the project's run lock without waiting. The refusal names the run that holds it.
 function M.lock(paths)
-  local lock, err = coord.lock(paths.coral .. "/run", { timeout = 0, mkdir = true,
+  local lock, err = coord.lock(paths.coral .. "/run", { timeout = 0, mkdir = true, root = paths.project,
     mode = tonumber("600", 8), dir_mode = tonumber("700", 8) })
   if lock then return lock end
   local owner = records.read_owner(paths)
