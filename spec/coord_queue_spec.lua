@@ -41,12 +41,15 @@ return function()
 end
 ]]
 
--- Another process holding the lock of `path` (through coral.coord, as agents' `coral note`
--- does) until the file `release` exists (or a minute has passed).
+-- Another process holding the lock of `path` (through coral.coord and coral.guard, as agents'
+-- `coral note` does) until the file `release` exists (or a minute has passed).
 local function hold(path, release)
   local code = string.format([[
-local coord, uv = require "coral.coord", require "luv"
-local l = assert(coord.lock(%q, { mkdir = true }))
+local coord, guard, uv = require "coral.coord", require "coral.guard", require "luv"
+-- the lock every writer of the file takes (coral.guard says where it is)
+local path = %q
+local project = path:match("^(.*)/%%.coral/[^/]*$") or guard.project_of(path)   -- the state is in .coral
+local l = assert(coord.lock(path, guard.coord_opts(project, path)))
 assert(io.open(%q, "w")):close()
 local deadline = uv.hrtime() + 60e9
 while not uv.fs_stat(%q) and uv.hrtime() < deadline do uv.sleep(10) end
