@@ -82,9 +82,7 @@ function M.open(run, resuming)
   ws.excludes = {}
   for _, key in ipairs { "scratchpad", "activity" } do
     local path = real .. "/" .. run.records.paths[key]:match("[^/]+$")
-    for _, p in ipairs { path, path .. ".lock" } do
-      if p:sub(1, #ws.top + 1) == ws.top .. "/" then ws.excludes[#ws.excludes + 1] = p:sub(#ws.top + 2) end
-    end
+    if path:sub(1, #ws.top + 1) == ws.top .. "/" then ws.excludes[#ws.excludes + 1] = path:sub(#ws.top + 2) end
   end
   local base_ref = workspace.branch(run.records.id, "base")
   local base = resuming and git.run(ws.top, { "rev-parse", "--verify", "-q", base_ref })
