@@ -89,6 +89,16 @@ describe("coral.proc", function()
       assert.are.equal("spawn " .. dir .. "/script: EACCES: permission denied", err)
     end)
 
+    it("names every errno: ENOEXEC for a file the kernel cannot run", function()
+      local dir = H.tmpdir()
+      -- an ELF header and nothing after it: executable, and not a program
+      H.write_file(dir .. "/broken", "\127ELF\2\1\1\0" .. string.rep("\0", 8), tonumber("755", 8))
+      local p, err, code = proc.spawn { argv = { dir .. "/broken" } }
+      assert.is_nil(p)
+      assert.are.equal("ENOEXEC", code)
+      assert.are.equal("spawn " .. dir .. "/broken: ENOEXEC: exec format error", err)
+    end)
+
     it("runs in cwd, and names a bad cwd as the cause", function()
       local dir = H.tmpdir()
       local out = {}

@@ -339,7 +339,8 @@ static void proc_set_integer(lua_State *L, const char *k, lua_Integer v) {
 
 static void proc_set_errno(lua_State *L, const char *k, int e) {
   if (e != 0) {
-    lua_pushfstring(L, "%s: %s", uv_err_name(-e), uv_strerror(-e));
+    char name[64], text[128];
+    lua_pushfstring(L, "%s: %s", coral_errname(e, name, sizeof name), coral_strerror(e, text, sizeof text));
     lua_setfield(L, -2, k);
   }
 }
@@ -1013,11 +1014,14 @@ static proc_sup *proc_get_sup(lua_State *L) {
   return ((proc_sup_box *)lua_touserdata(L, lua_upvalueindex(1)))->sup;
 }
 
-/* Returns nil, "<what>: <ENAME>: <text>", "<ENAME>" for the positive errno `e`. */
+/* Returns nil, "<what>: <ENAME>: <text>", "<ENAME>" for the positive errno `e`; every errno
+ * has its name, also those libuv does not know (ENOEXEC). */
 static int proc_push_failure(lua_State *L, int e, const char *what) {
+  char name[64], text[128];
+  coral_errname(e, name, sizeof name);
   lua_pushnil(L);
-  lua_pushfstring(L, "%s: %s: %s", what, uv_err_name(-e), uv_strerror(-e));
-  lua_pushstring(L, uv_err_name(-e));
+  lua_pushfstring(L, "%s: %s: %s", what, name, coral_strerror(e, text, sizeof text));
+  lua_pushstring(L, name);
   return 3;
 }
 
