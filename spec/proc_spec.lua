@@ -485,6 +485,48 @@ describe("coral.proc", function()
       assert.are.equal(before, open_fds())
     end)
 
+    it("calls on_reaped with the pid as soon as the child is reaped, before on_exit", function()
+      local order = {}
+      -- the background job holds stdout: on_exit waits for it, on_reaped does not
+      local p = proc.spawn { cmd = "setsid sleep 0.5 & sleep 0.1; echo started", shell = true, stdout = function() end,
+        on_reaped = function(pid) order[#order + 1] = { "reaped", pid, uv.hrtime() } end,
+        on_exit = function() order[#order + 1] = { "exit", nil, uv.hrtime() } end }
+      local t0 = uv.hrtime()
+      p:wait()
+      assert.are.same({ "reaped", p.pid }, { order[1][1], order[1][2] })
+      assert.are.equal("exit", order[2][1])
+      assert.is_true((order[1][3] - t0) / 1e9 < 0.4, "on_reaped waited for the pipe")
+      assert.is_true((order[2][3] - t0) / 1e9 >= 0.4, "on_exit did not wait for the pipe")
+      local ok, err = pcall(proc.spawn, { argv = { "true" }, on_reaped = 1 })
+      assert.is_false(ok)
+      assert.matches("option 'on_reaped': function expected, got number", err)
+    end)
+
+    it("adopts what a child left running outside its group, reaps it, and kills it at exit", function()
+      local dir = H.tmpdir()
+      -- a double fork into a new session: the parent is gone at once, the grandchild stays
+      -- (the short sleep lets setsid happen before the group goes with its leader)
+      local p = proc.spawn { cmd = "(setsid sleep 100 & echo $! > " .. dir .. "/pid; sleep 0.1)", shell = true }
+      p:wait()
+      local pid = tonumber(H.read_file(dir .. "/pid"))
+      local stat = H.read_file("/proc/" .. pid .. "/stat")
+      assert.are.equal(uv.os_getpid(), tonumber(stat:match("^%d+ %(.*%) %S (%d+)")), "not re-parented to coral")
+      assert.are.same({ pid }, proc.adopted())
+      assert.are.equal(0, proc.live())
+      -- killed, it is reaped by the next look (no zombie stays)
+      uv.kill(pid, "sigkill")
+      run_until(function() return #proc.adopted() == 0 end)
+      assert.is_nil(H.read_file("/proc/" .. pid .. "/stat"))
+      -- and at the host's exit, every adopted process still running is killed
+      local pidfile = dir .. "/pid2"
+      local r = H.run({ "-e", "local p = require'coral.proc'.spawn { cmd = '(setsid sh -c \"trap \\\"\\\" TERM; " ..
+        "sleep 100\" & echo $! > " .. pidfile .. "; sleep 0.1)', shell = true }; p:wait()" ..
+        "; assert(#require'coral.proc'.adopted() == 1)" })
+      assert.are.equal(0, r.code, r.stderr)
+      local escapee = tonumber(H.read_file(pidfile))
+      run_until(function() return not alive(escapee) end)
+    end)
+
     it("leaves nothing running when the host ends, errors or exits", function()
       local dir = H.tmpdir()
       for i, tail in ipairs { "", "error('script failed')", "os.exit(3)" } do
