@@ -1,7 +1,10 @@
--- Hostile ground, the processes part: no process a task starts outlives the run, however it
--- escapes its process group (setsid, a double fork, an emptied environment, TERM ignored), on
--- a normal end, a timeout or Ctrl-C, and none is left a zombie. The escapee of these specs is
--- the adversarial one: double-forked, setsid'd, ignoring TERM and HUP, sleeping for 1000 s.
+-- Hostile ground, the processes and records part: no process a task starts outlives the run,
+-- however it escapes its process group (setsid, a double fork, an emptied environment, TERM
+-- ignored), on a normal end, a timeout or Ctrl-C, and none is left a zombie; a journal cut
+-- mid-record by a crash resumes on a fresh line; unreadable journal lines are reported; every
+-- attempt has its joblog row; a kept-aside state file never replaces another; a full disk is
+-- named ENOSPC. The escapee of these specs is the adversarial one: double-forked, setsid'd,
+-- ignoring TERM and HUP, sleeping for 1000 s.
 local H = require("spec.helper").guard(_ENV)
 local uv = require "luv"
 
@@ -46,6 +49,16 @@ local function journal_lines(dir)
   local lines = {}
   for line in (H.read_file(run_dir(dir) .. "/journal.jsonl") or ""):gmatch("([^\n]*)\n") do lines[#lines + 1] = line end
   return lines
+end
+
+local function joblog_rows(dir)
+  local rows = {}
+  for line in (H.read_file(run_dir(dir) .. "/joblog.tsv") or ""):gmatch("([^\n]*)\n") do
+    local task, n, outcome = line:match("^([^\t]*)\t(%d+)\t[^\t]*\t[^\t]*\t[^\t]*\t[^\t]*\t([^\t]*)$")
+    if task then rows[#rows + 1] = task .. " " .. n .. " " .. outcome end
+  end
+  table.sort(rows)
+  return rows
 end
 
 describe("no process outlives the run", function()
@@ -154,5 +167,156 @@ describe("no process outlives the run", function()
     for _, name in ipairs { "before", "a", "b" } do
       H.wait_until(function() return not alive(pid_in(dir .. "/" .. name .. ".pid")) end, 5)
     end
+  end)
+end)
+
+describe("the smaller items", function()
+  it("starts a resumed journal on a fresh line when its last record was cut by a crash", function()
+    local dir = H.tmpdir()
+    write_plan(dir, [[
+      t("w", "a", { id = "a", cmd = "echo a" }),
+      t("w", "b", { id = "b", cmd = "test -e fixed", depends_on = { "a" }, retries = 0 }),]])
+    assert.are.equal(1, run(dir).code)
+    -- coral killed while it wrote a record: the line has no end
+    local journal = run_dir(dir) .. "/journal.jsonl"
+    local f = assert(io.open(journal, "ab"))
+    f:write('{"event":"end","task":"b","atte')
+    f:close()
+    local cut = #journal_lines(dir) + 1
+    H.write_file(dir .. "/fixed", "")
+    local r = H.run({ "resume", "--dir", dir, "--retry-failed", "--quiet" })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.matches("coral: warning: " .. journal:gsub("%p", "%%%0") .. ":" .. cut ..
+      ": the last record was cut short %(coral stopped while writing it%); skipped\n", r.stderr)
+    -- the cut record stays alone on its line; the resumed run's first record is whole
+    local lines = journal_lines(dir)
+    assert.are.equal('{"event":"end","task":"b","atte', lines[cut])
+    assert.matches('"event":"run"', lines[cut + 1])
+    assert.matches('"resumed":true', lines[cut + 1])
+    local status = H.run({ "status", "--dir", dir, "--json" })
+    assert.matches('"status":"succeeded"', status.stdout)
+    -- the warning is the resume's; status names the line again, but only as this line
+    assert.matches(":" .. cut .. ": not a journal record; skipped\n", status.stderr)
+  end)
+
+  it("has a joblog row for every attempt, interrupted ones included", function()
+    local dir = H.tmpdir()
+    write_plan(dir, [[
+      t("w", "quick", { id = "quick", cmd = "echo quick" }),
+      t("w", "slow", { id = "slow", cmd = "test -e resumed || sleep 100" }),]])
+    local r = H.start({ "run", dir .. "/plan.lua", "x", "--dir", dir, "--quiet", "--no-report" })
+    -- until slow has started and quick has ended
+    H.wait_until(function()
+      if not uv.fs_stat(dir .. "/.coral/runs") then return false end
+      local started = false
+      for _, line in ipairs(journal_lines(dir)) do
+        if line:find('"task":"slow"', 1, true) and line:find('"event":"start"', 1, true) then started = true end
+      end
+      return started and (H.read_file(run_dir(dir) .. "/joblog.tsv") or ""):find("quick") ~= nil
+    end)
+    uv.kill(r.pid, "sigkill")
+    H.wait_for(r)
+    H.write_file(dir .. "/resumed", "")
+    -- the joblog row of quick was lost (coral killed between its two records)
+    local joblog = run_dir(dir) .. "/joblog.tsv"
+    H.write_file(joblog, (H.read_file(joblog):gsub("quick\t[^\n]*\n", "")))
+    local res = H.run({ "resume", "--dir", dir, "--quiet" })
+    assert.are.equal(0, res.code, res.stderr)
+    assert.are.same({ "quick 1 succeeded", "slow 1 interrupted", "slow 2 succeeded" }, joblog_rows(dir))
+  end)
+
+  it("keeps each broken project_state.yaml aside under its own name, even within a second", function()
+    local records = require "coral.records"
+    local dir = H.tmpdir()
+    local rec = records.open(dir)
+    local real_date = os.date
+    -- every call in the same second
+    os.date = function(fmt, t) return real_date(fmt, t or 1767225600) end -- luacheck: ignore 122
+    local ok, err = pcall(function()
+      local asides = {}
+      for i = 1, 3 do
+        H.write_file(rec.paths.state, "broken " .. i .. ": [\n")
+        local _, warning = rec:update_state(function(state) state.n = i end)
+        asides[i] = assert(warning:match("kept aside as (%S+)%)$"), warning)
+        assert.are.equal("broken " .. i .. ": [\n", H.read_file(asides[i]))
+      end
+      assert.are_not.equal(asides[1], asides[2])
+      assert.are_not.equal(asides[2], asides[3])
+      assert.are.equal(asides[1] .. "-2", asides[2])
+    end)
+    os.date = real_date   -- luacheck: ignore 122
+    rec:close()
+    assert(ok, err)
+  end)
+end)
+
+describe("a full disk", function()
+  local mounted
+
+  -- A 1 MiB tmpfs (root only), or nil when it cannot be had.
+  local function small_disk()
+    local dir = H.tmpdir()
+    if not os.execute("mount -t tmpfs -o size=1m coral-spec-full " .. dir .. " 2>/dev/null") then return nil end
+    mounted = dir
+    return dir
+  end
+
+  -- Fills the disk: what is left is less than a page.
+  local function fill(dir)
+    os.execute("head -c 2000000 /dev/zero > " .. dir .. "/filler 2>/dev/null")
+  end
+
+  after_each(function()
+    if mounted then
+      os.execute("umount -l " .. mounted)   -- -l: even if a failed spec left a file open there
+      mounted = nil
+    end
+  end)
+
+  it("is named ENOSPC, not 'short write', by a whole-file write", function()
+    local fsutil = require "coral.fsutil"
+    local dir = small_disk()
+    if not dir then
+      -- not root: /dev/full fails every write at once, which only shows the name
+      local ok, err = fsutil.write_file("/dev/full", "x")
+      assert.is_nil(ok)
+      assert.matches("ENOSPC", err)
+      return pending("needs root to mount a small tmpfs: only /dev/full was checked")
+    end
+    -- 2 MB into 1 MiB: the first write stops short, the second says why
+    local ok, err = fsutil.write_file(dir .. "/big", string.rep("x", 2000000))
+    assert.is_nil(ok)
+    assert.are.equal("write " .. dir .. "/big: ENOSPC: no space left on device", err)
+    ok, err = fsutil.write_atomic(dir .. "/big2", string.rep("x", 2000000))
+    assert.is_nil(ok)
+    assert.matches("^write " .. dir:gsub("%p", "%%%0") .. "/big2: ENOSPC: no space left on device", err)
+  end)
+
+  it("is named ENOSPC by the journal, whose record is cut back off", function()
+    local dir = small_disk()
+    if not dir then return pending("needs root to mount a small tmpfs") end
+    local records = require "coral.records"
+    local rec = records.open(dir)
+    rec:event("first", {})
+    local before = H.read_file(rec.journal_path)
+    fill(dir)
+    -- a record bigger than what is left of the journal's page: written in part, then refused
+    local ok, err = pcall(rec.event, rec, "big", { pad = string.rep("x", 8000) })
+    assert.is_false(ok)
+    assert.are.equal("append " .. rec.journal_path .. ": ENOSPC: no space left on device", err)
+    assert.are.equal(before, H.read_file(rec.journal_path))
+    rec:close()
+  end)
+
+  it("stops a run with a message that names the file and ENOSPC", function()
+    local dir = small_disk()
+    if not dir then return pending("needs root to mount a small tmpfs") end
+    write_plan(dir, [[
+      t("w", "fill", { id = "fill", cmd = "head -c 2000000 /dev/zero > filler; echo filled" }),
+      t("w", "after", { id = "after", cmd = "echo after", depends_on = { "fill" } }),]])
+    local r = run(dir)
+    assert.are.equal(1, r.code)
+    assert.matches("coral: the run stopped: append " .. dir:gsub("%p", "%%%0") ..
+      "/%.coral/runs/[^:]+: ENOSPC: no space left on device", r.stderr)
   end)
 end)

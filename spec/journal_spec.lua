@@ -24,6 +24,19 @@ local function attempts(run, id)
   return out
 end
 
+-- Runs fn() with io.stderr replaced; returns what was written to it.
+local function stderr_of(fn)
+  local real, written = io.stderr, {}
+  io.stderr = { write = function(self, ...) -- luacheck: ignore 122
+    for _, v in ipairs { ... } do written[#written + 1] = v end
+    return self
+  end }
+  local ok, err = pcall(fn)
+  io.stderr = real -- luacheck: ignore 122
+  assert(ok, err)
+  return table.concat(written)
+end
+
 describe("journal.read", function()
   it("gives no events for a run dir without a journal", function()
     assert.are.same({}, journal.read(H.tmpdir()))
@@ -63,10 +76,23 @@ describe("journal.read", function()
       { event = "start", t = 101, task = "a", attempt = 1 },
     }, '[]\n"text"\n\n{"t":102}\n{"event":"end"}\n{"event":7,"t":103}\n{"event":"end","t":"late"}\n' ..
        '{"event":"end","t":104,"task":"a","attempt":1,"outc')
-    local events = journal.read(dir)
+    local events
+    local warnings = stderr_of(function() events = journal.read(dir) end)
     assert.are.equal(2, #events)
     assert.are.equal("run", events[1].event)
     assert.are.equal("start", events[2].event)
+    -- each skipped line is named, once (the blank line is no record, and no harm either)
+    local path = dir .. "/journal.jsonl"
+    local want = {}
+    for _, n in ipairs { 3, 4, 6, 7, 8, 9 } do
+      want[#want + 1] = string.format("coral: warning: %s:%d: not a journal record; skipped\n", path, n)
+    end
+    want[#want + 1] = string.format("coral: warning: %s:10: the last record was cut short " ..
+      "(coral stopped while writing it); skipped\n", path)
+    assert.are.equal(table.concat(want), warnings)
+    -- a view that reads the journal again (a redraw) does not say it again
+    assert.are.equal("", stderr_of(function() events = journal.read(dir) end))
+    assert.are.equal(2, #events)
     -- the cut end never happened: the attempt is still open
     local run = journal.replay(events)
     assert.are.equal("running", run.tasks.a.status)
