@@ -273,6 +273,32 @@ describe("journal.replay", function()
     assert.are.same({ { start = 100, last = 101 } }, run.sessions)
   end)
 
+  it("begins an attempt at its spawn, which its start completes: a spawn alone was in flight", function()
+    local run = journal.replay {
+      { event = "run", t = 100, tasks = 2 },
+      { event = "spawn", t = 101, task = "a", agent = "x", attempt = 1 },
+      { event = "start", t = 101.5, task = "a", agent = "x", attempt = 1, pid = 42 },
+      { event = "end", t = 103, task = "a", agent = "x", attempt = 1, outcome = "succeeded", duration = 1.5 },
+      -- coral was killed after b's spawn, before its start: b's process may have run
+      { event = "spawn", t = 104, task = "b", agent = "x", attempt = 1 },
+      { event = "run", t = 200, tasks = 2, resumed = true },
+    }
+    assert.are.same({ { n = 1, start = 101.5, finish = 103, duration = 1.5, outcome = "succeeded" } }, attempts(run, "a"))
+    assert.are.equal(42, run.tasks.a.attempts[1].pid)
+    assert.are.equal("end", run.tasks.a.last.event)
+    assert.are.same({ { n = 1, start = 104, finish = 104, duration = 0, outcome = "interrupted" } }, attempts(run, "b"))
+    assert.are.equal("interrupted", run.tasks.b.status)
+    assert.are.equal(2, #run.attempts)
+    -- and a spawn that failed has its end at once
+    run = journal.replay {
+      { event = "run", t = 100, tasks = 1 },
+      { event = "spawn", t = 101, task = "a", attempt = 1 },
+      { event = "end", t = 101, task = "a", attempt = 1, outcome = "failed", error = "spawn nope: ENOENT", duration = 0 },
+    }
+    assert.are.same({ { n = 1, start = 101, finish = 101, duration = 0, outcome = "failed" } }, attempts(run, "a"))
+    assert.are.equal("failed", run.tasks.a.status)
+  end)
+
   it("closes an attempt open when its session ended as interrupted at that session's last event", function()
     local run = journal.replay {
       { event = "run", t = 100, tasks = 2, mode = "dependency", max_workers = 4 },

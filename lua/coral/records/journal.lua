@@ -78,7 +78,8 @@ local function interrupt(run, a, at)
 end
 M.interrupt = interrupt
 
---- Replays `events` (from read()) into the state of the run they describe:
+--- Replays `events` (from read()) into the state of the run they describe (an attempt begins
+-- with its `spawn` or, in journals of earlier versions and for adopted jobs, its `start`):
 --   run:     { started, plan, project, mode, max_workers, total, sessions = {{start, last}},
 --              ended, status (the done event's), stopping, last_event, tasks, order,
 --              attempts (every attempt, in the order they began), retries }
@@ -127,7 +128,13 @@ function M.replay(events)
       local t = run.tasks[e.task] or new_task(run, e.task, e.agent)
       if e.agent and t.agent == t.id then t.agent = e.agent end
       local k = e.attempt and key(e)
-      if e.event == "start" then
+      local spawned = e.event == "start" and k and open[k]
+      if spawned then
+        -- the start of the attempt whose spawn was recorded: now it runs, with its pid
+        spawned.pid, spawned.start = e.pid, e.t
+      elseif e.event == "start" or e.event == "spawn" then
+        -- `spawn` is written just before the process is started, `start` just after: an
+        -- attempt with only a spawn may have run when coral was killed, and is in flight
         local a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t, pid = e.pid,
                     open = true }
         open[key({ task = e.task, attempt = a.n })] = a
@@ -180,7 +187,8 @@ function M.replay(events)
         run.hook_errors = run.hook_errors or {}
         run.hook_errors[#run.hook_errors + 1] = { task = e.task, error = e.error }
       end
-      if e.event ~= "submit" and e.event ~= "adopt" and e.event ~= "add" and e.event ~= "hook_error" then t.last = e end
+      if e.event ~= "submit" and e.event ~= "adopt" and e.event ~= "add" and e.event ~= "hook_error"
+         and e.event ~= "spawn" then t.last = e end
     end
   end
   close_lost()
