@@ -527,6 +527,30 @@ describe("coral.proc", function()
       run_until(function() return not alive(escapee) end)
     end)
 
+    it("leaves luv's children to libuv, a detached one (in a session of its own) too", function()
+      local dir = H.tmpdir()
+      -- an adopted process, so that the scan looks at the candidates outside coral's group
+      proc.spawn { cmd = "(setsid sleep 100 & echo $! > " .. dir .. "/pid; sleep 0.1)", shell = true }:wait()
+      local orphan = tonumber(H.read_file(dir .. "/pid"))
+      local code
+      local handle, pid
+      handle, pid = uv.spawn("sh", { args = { "-c", "sleep 0.2; exit 7" }, detached = true }, function(c)
+        code = c
+        handle:close()
+      end)
+      assert.are.same({ orphan }, proc.adopted())
+      -- exited and not reaped by libuv yet: adopted() must not steal it
+      local deadline = uv.hrtime() + 5e9
+      while (H.read_file("/proc/" .. pid .. "/stat") or ""):match("^%d+ %(.*%) (%S)") ~= "Z" and uv.hrtime() < deadline do
+        uv.sleep(5)
+      end
+      assert.are.same({ orphan }, proc.adopted())
+      run_until(function() return code ~= nil end)
+      assert.are.equal(7, code)
+      uv.kill(orphan, "sigkill")
+      run_until(function() return #proc.adopted() == 0 end)
+    end)
+
     it("leaves nothing running when the host ends, errors or exits", function()
       local dir = H.tmpdir()
       for i, tail in ipairs { "", "error('script failed')", "os.exit(3)" } do

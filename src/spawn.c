@@ -561,7 +561,7 @@ static int proc_scan_adopted(proc_sup *sup) {
   proc_walk w = { sup, 0, 0 };
   proc_state *s;
   pid_t self = getpid(), self_pgrp = getpgrp();
-  size_t i, n = 0, kept = 0;
+  size_t i, n = 0, found = 0, kept = 0, nlive;
   int e;
   sup->scans++;
   sup->nadopted = 0;
@@ -570,21 +570,36 @@ static int proc_scan_adopted(proc_sup *sup) {
       return e;
     sup->known[w.n++] = s->pid;
   }
-  uv_walk(sup->loop, proc_walk_uv_child, &w);
-  if (w.err != 0)
-    return w.err;
+  nlive = w.n;
   if (w.n > 1)
     qsort(sup->known, w.n, sizeof *sup->known, proc_pid_cmp);
   if ((e = proc_list_children(sup, &n)) != 0)
     return e;
+  /* Candidates: not coral.proc's, outside coral's group; a zombie is kept as -pid. */
   for (i = 0; i < n; i++) {
     pid_t pid = sup->adopted[i], ppid, pgrp;
     char state;
-    if (w.n > 0 && bsearch(&pid, sup->known, w.n, sizeof *sup->known, proc_pid_cmp) != NULL)
+    if (nlive > 0 && bsearch(&pid, sup->known, nlive, sizeof *sup->known, proc_pid_cmp) != NULL)
       continue;
     if (!proc_stat(pid, &state, &ppid, &pgrp) || ppid != self || pgrp == self_pgrp)
       continue;
-    if (state == 'Z' || state == 'X') {
+    sup->adopted[found++] = state == 'Z' || state == 'X' ? -pid : pid;
+  }
+  /* Only then luv's children (one that setsid'd, detached = true, is outside coral's group
+   * too): walking the loop's handles costs more than all the rest when there is no candidate */
+  if (found > 0) {
+    w.n = 0;
+    uv_walk(sup->loop, proc_walk_uv_child, &w);
+    if (w.err != 0)
+      return w.err;
+    if (w.n > 1)
+      qsort(sup->known, w.n, sizeof *sup->known, proc_pid_cmp);
+  }
+  for (i = 0; i < found; i++) {
+    pid_t pid = sup->adopted[i] < 0 ? -sup->adopted[i] : sup->adopted[i];
+    if (w.n > 0 && bsearch(&pid, sup->known, w.n, sizeof *sup->known, proc_pid_cmp) != NULL)
+      continue;
+    if (sup->adopted[i] < 0) {
       int status;
       while (waitpid(pid, &status, WNOHANG) < 0 && errno == EINTR)
         ;
