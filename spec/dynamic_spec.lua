@@ -239,8 +239,8 @@ return coral.plan {
     -- x is journaled in the resumed session, after its run event (its time is this session's)
     local kinds = {}
     for _, e in ipairs(events(dir)) do kinds[#kinds + 1] = e.event .. (e.task and (" " .. e.task) or "") end
-    assert.are.same({ "run", "start a", "end a", "hook_error a", "done", "run", "add x", "start x", "end x", "done" },
-                    kinds)
+    assert.are.same({ "run", "spawn a", "start a", "end a", "hook_error a", "done", "run", "add x", "spawn x", "start x",
+                      "end x", "done" }, kinds)
     s = summary_of(dir)
     assert.are.equal("succeeded", s.status)
     assert.are.equal(2, s.succeeded)

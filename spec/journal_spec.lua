@@ -24,6 +24,19 @@ local function attempts(run, id)
   return out
 end
 
+-- Runs fn() with io.stderr replaced; returns what was written to it.
+local function stderr_of(fn)
+  local real, written = io.stderr, {}
+  io.stderr = { write = function(self, ...) -- luacheck: ignore 122
+    for _, v in ipairs { ... } do written[#written + 1] = v end
+    return self
+  end }
+  local ok, err = pcall(fn)
+  io.stderr = real -- luacheck: ignore 122
+  assert(ok, err)
+  return table.concat(written)
+end
+
 describe("journal.read", function()
   it("gives no events for a run dir without a journal", function()
     assert.are.same({}, journal.read(H.tmpdir()))
@@ -63,10 +76,23 @@ describe("journal.read", function()
       { event = "start", t = 101, task = "a", attempt = 1 },
     }, '[]\n"text"\n\n{"t":102}\n{"event":"end"}\n{"event":7,"t":103}\n{"event":"end","t":"late"}\n' ..
        '{"event":"end","t":104,"task":"a","attempt":1,"outc')
-    local events = journal.read(dir)
+    local events
+    local warnings = stderr_of(function() events = journal.read(dir) end)
     assert.are.equal(2, #events)
     assert.are.equal("run", events[1].event)
     assert.are.equal("start", events[2].event)
+    -- each skipped line is named, once (the blank line is no record, and no harm either)
+    local path = dir .. "/journal.jsonl"
+    local want = {}
+    for _, n in ipairs { 3, 4, 6, 7, 8, 9 } do
+      want[#want + 1] = string.format("coral: warning: %s:%d: not a journal record; skipped\n", path, n)
+    end
+    want[#want + 1] = string.format("coral: warning: %s:10: the last record was cut short " ..
+      "(coral stopped while writing it); skipped\n", path)
+    assert.are.equal(table.concat(want), warnings)
+    -- a view that reads the journal again (a redraw) does not say it again
+    assert.are.equal("", stderr_of(function() events = journal.read(dir) end))
+    assert.are.equal(2, #events)
     -- the cut end never happened: the attempt is still open
     local run = journal.replay(events)
     assert.are.equal("running", run.tasks.a.status)
@@ -245,6 +271,32 @@ describe("journal.replay", function()
     -- submit and adopt are not the task's last event
     assert.are.equal("start", run.tasks.a.last.event)
     assert.are.same({ { start = 100, last = 101 } }, run.sessions)
+  end)
+
+  it("begins an attempt at its spawn, which its start completes: a spawn alone was in flight", function()
+    local run = journal.replay {
+      { event = "run", t = 100, tasks = 2 },
+      { event = "spawn", t = 101, task = "a", agent = "x", attempt = 1 },
+      { event = "start", t = 101.5, task = "a", agent = "x", attempt = 1, pid = 42 },
+      { event = "end", t = 103, task = "a", agent = "x", attempt = 1, outcome = "succeeded", duration = 1.5 },
+      -- coral was killed after b's spawn, before its start: b's process may have run
+      { event = "spawn", t = 104, task = "b", agent = "x", attempt = 1 },
+      { event = "run", t = 200, tasks = 2, resumed = true },
+    }
+    assert.are.same({ { n = 1, start = 101.5, finish = 103, duration = 1.5, outcome = "succeeded" } }, attempts(run, "a"))
+    assert.are.equal(42, run.tasks.a.attempts[1].pid)
+    assert.are.equal("end", run.tasks.a.last.event)
+    assert.are.same({ { n = 1, start = 104, finish = 104, duration = 0, outcome = "interrupted" } }, attempts(run, "b"))
+    assert.are.equal("interrupted", run.tasks.b.status)
+    assert.are.equal(2, #run.attempts)
+    -- and a spawn that failed has its end at once
+    run = journal.replay {
+      { event = "run", t = 100, tasks = 1 },
+      { event = "spawn", t = 101, task = "a", attempt = 1 },
+      { event = "end", t = 101, task = "a", attempt = 1, outcome = "failed", error = "spawn nope: ENOENT", duration = 0 },
+    }
+    assert.are.same({ { n = 1, start = 101, finish = 101, duration = 0, outcome = "failed" } }, attempts(run, "a"))
+    assert.are.equal("failed", run.tasks.a.status)
   end)
 
   it("closes an attempt open when its session ended as interrupted at that session's last event", function()

@@ -89,6 +89,16 @@ describe("coral.proc", function()
       assert.are.equal("spawn " .. dir .. "/script: EACCES: permission denied", err)
     end)
 
+    it("names every errno: ENOEXEC for a file the kernel cannot run", function()
+      local dir = H.tmpdir()
+      -- an ELF header and nothing after it: executable, and not a program
+      H.write_file(dir .. "/broken", "\127ELF\2\1\1\0" .. string.rep("\0", 8), tonumber("755", 8))
+      local p, err, code = proc.spawn { argv = { dir .. "/broken" } }
+      assert.is_nil(p)
+      assert.are.equal("ENOEXEC", code)
+      assert.are.equal("spawn " .. dir .. "/broken: ENOEXEC: exec format error", err)
+    end)
+
     it("runs in cwd, and names a bad cwd as the cause", function()
       local dir = H.tmpdir()
       local out = {}
@@ -515,6 +525,72 @@ describe("coral.proc", function()
       assert.is_true(max_live >= 2)
       collectgarbage(); collectgarbage()
       assert.are.equal(before, open_fds())
+    end)
+
+    it("calls on_reaped with the pid as soon as the child is reaped, before on_exit", function()
+      local order = {}
+      -- the background job holds stdout: on_exit waits for it, on_reaped does not
+      local p = proc.spawn { cmd = "setsid sleep 0.5 & sleep 0.1; echo started", shell = true, stdout = function() end,
+        on_reaped = function(pid) order[#order + 1] = { "reaped", pid, uv.hrtime() } end,
+        on_exit = function() order[#order + 1] = { "exit", nil, uv.hrtime() } end }
+      local t0 = uv.hrtime()
+      p:wait()
+      assert.are.same({ "reaped", p.pid }, { order[1][1], order[1][2] })
+      assert.are.equal("exit", order[2][1])
+      assert.is_true((order[1][3] - t0) / 1e9 < 0.4, "on_reaped waited for the pipe")
+      assert.is_true((order[2][3] - t0) / 1e9 >= 0.4, "on_exit did not wait for the pipe")
+      local ok, err = pcall(proc.spawn, { argv = { "true" }, on_reaped = 1 })
+      assert.is_false(ok)
+      assert.matches("option 'on_reaped': function expected, got number", err)
+    end)
+
+    it("adopts what a child left running outside its group, reaps it, and kills it at exit", function()
+      local dir = H.tmpdir()
+      -- a double fork into a new session: the parent is gone at once, the grandchild stays
+      -- (the short sleep lets setsid happen before the group goes with its leader)
+      local p = proc.spawn { cmd = "(setsid sleep 100 & echo $! > " .. dir .. "/pid; sleep 0.1)", shell = true }
+      p:wait()
+      local pid = tonumber(H.read_file(dir .. "/pid"))
+      local stat = H.read_file("/proc/" .. pid .. "/stat")
+      assert.are.equal(uv.os_getpid(), tonumber(stat:match("^%d+ %(.*%) %S (%d+)")), "not re-parented to coral")
+      assert.are.same({ pid }, proc.adopted())
+      assert.are.equal(0, proc.live())
+      -- killed, it is reaped by the next look (no zombie stays)
+      uv.kill(pid, "sigkill")
+      run_until(function() return #proc.adopted() == 0 end)
+      assert.is_nil(H.read_file("/proc/" .. pid .. "/stat"))
+      -- and at the host's exit, every adopted process still running is killed
+      local pidfile = dir .. "/pid2"
+      local r = H.run({ "-e", "local p = require'coral.proc'.spawn { cmd = '(setsid sh -c \"trap \\\"\\\" TERM; " ..
+        "sleep 100\" & echo $! > " .. pidfile .. "; sleep 0.1)', shell = true }; p:wait()" ..
+        "; assert(#require'coral.proc'.adopted() == 1)" })
+      assert.are.equal(0, r.code, r.stderr)
+      local escapee = tonumber(H.read_file(pidfile))
+      run_until(function() return not alive(escapee) end)
+    end)
+
+    it("leaves luv's children to libuv, a detached one (in a session of its own) too", function()
+      local dir = H.tmpdir()
+      -- an adopted process, so that the scan looks at the candidates outside coral's group
+      proc.spawn { cmd = "(setsid sleep 100 & echo $! > " .. dir .. "/pid; sleep 0.1)", shell = true }:wait()
+      local orphan = tonumber(H.read_file(dir .. "/pid"))
+      local code
+      local handle, pid
+      handle, pid = uv.spawn("sh", { args = { "-c", "sleep 0.2; exit 7" }, detached = true }, function(c)
+        code = c
+        handle:close()
+      end)
+      assert.are.same({ orphan }, proc.adopted())
+      -- exited and not reaped by libuv yet: adopted() must not steal it
+      local deadline = uv.hrtime() + 5e9
+      while (H.read_file("/proc/" .. pid .. "/stat") or ""):match("^%d+ %(.*%) (%S)") ~= "Z" and uv.hrtime() < deadline do
+        uv.sleep(5)
+      end
+      assert.are.same({ orphan }, proc.adopted())
+      run_until(function() return code ~= nil end)
+      assert.are.equal(7, code)
+      uv.kill(orphan, "sigkill")
+      run_until(function() return #proc.adopted() == 0 end)
     end)
 
     it("leaves nothing running when the host ends, errors or exits", function()

@@ -62,6 +62,12 @@ const char *coral_signal_name(int signo);
  * Returns the number of values. */
 int coral_checknargs(lua_State *L, int max);
 
+/* The name ("ENOEXEC") and the text ("exec format error") of the positive errno `e`, written
+ * to buf: libuv's where libuv knows the error, glibc's otherwise, so that no failure reads
+ * "Unknown system error" (util.c). Return buf. */
+const char *coral_errname(int e, char *buf, size_t size);
+const char *coral_strerror(int e, char *buf, size_t size);
+
 /* Kill and reap every child that spawn.c still supervises (spawn.c). */
 void coral_spawn_shutdown(lua_State *L);
 

@@ -29,9 +29,11 @@
 #include <stdarg.h>
 #include <spawn.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -119,6 +121,7 @@ struct proc_state {
   int child_fd[3];          /* what the child gets as 0, 1, 2 (ours to close after spawning) */
   uv_timer_t timer;
   int timer_open;
+  int on_reaped;            /* registry ref or LUA_NOREF: called once the child is reaped */
   uint64_t deadline, idle_ms, grace_ms, last_output;  /* loop milliseconds; 0 = none */
   uint64_t timeout_ms;      /* as given, for the exit information */
   int kill_phase;           /* 0 running, 1 TERM sent, 2 KILL sent */
@@ -144,6 +147,10 @@ struct proc_sup {
   proc_state *live, *all;
   char **scratch;           /* argv and envp of the spawn in progress */
   size_t scratch_size;
+  pid_t *known;             /* scratch of proc_scan_adopted: the pids coral.proc and luv own */
+  pid_t *adopted;           /* ... and the adopted children found still running */
+  size_t known_size, adopted_size, nadopted;
+  unsigned scans;           /* proc_scan_adopted calls, so a caller sees that one intervened */
   int buf_busy;
   char buf[PROC_READ_SIZE];      /* reads go here unless a callback runs a nested loop */
 };
@@ -157,6 +164,8 @@ static void proc_sup_unref(proc_sup *sup) {
   if (--sup->refs > 0)
     return;
   free(sup->scratch);
+  free(sup->known);
+  free(sup->adopted);
   free(sup);
 }
 
@@ -203,7 +212,7 @@ static proc_state *proc_new(proc_sup *sup) {
   s->tag = CORAL_HANDLE_TAG;
   s->sup = sup;
   s->reaped = 1;  /* nothing to reap until a child is started */
-  s->on_exit = s->self_ref = LUA_NOREF;
+  s->on_exit = s->self_ref = s->on_reaped = LUA_NOREF;
   s->in.tag = s->out.tag = s->err.tag = CORAL_HANDLE_TAG;
   s->in.proc = s->out.proc = s->err.proc = s;
   s->in.fd = s->out.rfd = s->err.rfd = -1;
@@ -248,6 +257,7 @@ static void proc_unref(proc_sup *sup, int *ref) {
 /* Drops every Lua reference the state holds; its own box last. */
 static void proc_release_lua(proc_state *s) {
   proc_unref(s->sup, &s->on_exit);
+  proc_unref(s->sup, &s->on_reaped);
   proc_unref(s->sup, &s->out.on_data);
   proc_unref(s->sup, &s->err.on_data);
   proc_unref(s->sup, &s->self_ref);
@@ -344,7 +354,8 @@ static void proc_set_integer(lua_State *L, const char *k, lua_Integer v) {
 
 static void proc_set_errno(lua_State *L, const char *k, int e) {
   if (e != 0) {
-    lua_pushfstring(L, "%s: %s", uv_err_name(-e), uv_strerror(-e));
+    char name[64], text[128];
+    lua_pushfstring(L, "%s: %s", coral_errname(e, name, sizeof name), coral_strerror(e, text, sizeof text));
     lua_setfield(L, -2, k);
   }
 }
@@ -413,7 +424,246 @@ static void proc_check_done(proc_state *s) {
 }
 
 /* }}} */
+/* {{{ adopted processes */
+
+/* coral is a child subreaper (prctl PR_SET_CHILD_SUBREAPER, set when the supervisor is made):
+ * a process whose parent dies is handed to coral, not to init, however it left its task's
+ * process group (setsid, setpgid, a double fork). These are coral's "adopted" children: its
+ * children that neither coral.proc nor luv started. coral reaps them when they exit (nobody
+ * else will) and lists the running ones for the policy that kills them (coral.exec.reaper);
+ * those in coral's own process group are left alone: that is where io.popen's, os.execute's
+ * and luv's children run, which their own waitpid reaps. */
+
+/* Makes room for n pids in *a (of *size). Returns 0 or ENOMEM. */
+static int proc_pids_reserve(pid_t **a, size_t *size, size_t n) {
+  pid_t *p;
+  if (n <= *size)
+    return 0;
+  n = n < 64 ? 64 : n * 2;
+  p = realloc(*a, n * sizeof *p);
+  if (p == NULL)
+    return ENOMEM;
+  *a = p;
+  *size = n;
+  return 0;
+}
+
+static int proc_pid_cmp(const void *a, const void *b) {
+  pid_t x = *(const pid_t *)a, y = *(const pid_t *)b;
+  return (x > y) - (x < y);
+}
+
+typedef struct proc_walk { proc_sup *sup; size_t n; int err; } proc_walk;
+
+/* uv_walk: the children of luv's uv.spawn that libuv has not reaped yet are libuv's. */
+static void proc_walk_uv_child(uv_handle_t *h, void *arg) {
+  proc_walk *w = arg;
+  if (h->type != UV_PROCESS || !uv_is_active(h) || w->err != 0)
+    return;
+  w->err = proc_pids_reserve(&w->sup->known, &w->sup->known_size, w->n + 1);
+  if (w->err == 0)
+    w->sup->known[w->n++] = ((uv_process_t *)h)->pid;
+}
+
+/* State letter, parent and process group of `pid`, from /proc/<pid>/stat. 0 if it is gone. */
+static int proc_stat(pid_t pid, char *state, pid_t *ppid, pid_t *pgrp) {
+  char path[64], buf[512];
+  const char *p;
+  long pp, pg;
+  ssize_t n;
+  int fd;
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return 0;
+  do
+    n = read(fd, buf, sizeof buf - 1);
+  while (n < 0 && errno == EINTR);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  /* "pid (comm) S ppid pgrp ...": comm may hold spaces and parentheses; the last ')' ends it */
+  if ((p = strrchr(buf, ')')) == NULL || sscanf(p + 1, " %c %ld %ld", state, &pp, &pg) != 3)
+    return 0;
+  *ppid = (pid_t)pp;
+  *pgrp = (pid_t)pg;
+  return 1;
+}
+
+/* Adds the pids listed in the file (numbers separated by spaces) to sup->adopted. */
+static int proc_read_pids(proc_sup *sup, const char *path, size_t *n) {
+  char buf[4096];
+  long pid = -1;
+  ssize_t got, i;
+  int fd, e = 0;
+  if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+    return errno;
+  for (;;) {
+    got = read(fd, buf, sizeof buf);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      break;
+    for (i = 0; i < got && e == 0; i++) {  /* a number may go on in the next read */
+      if (buf[i] >= '0' && buf[i] <= '9') {
+        pid = (pid < 0 ? 0 : pid * 10) + (buf[i] - '0');
+      } else if (pid >= 0) {
+        if ((e = proc_pids_reserve(&sup->adopted, &sup->adopted_size, *n + 1)) == 0)
+          sup->adopted[(*n)++] = (pid_t)pid;
+        pid = -1;
+      }
+    }
+  }
+  if (pid >= 0 && e == 0 && (e = proc_pids_reserve(&sup->adopted, &sup->adopted_size, *n + 1)) == 0)
+    sup->adopted[(*n)++] = (pid_t)pid;
+  close(fd);
+  return e;
+}
+
+/* Every child of coral into sup->adopted: /proc/self/task/<tid>/children, or, on a kernel
+ * without that file, every process whose parent is coral. */
+static int proc_list_children(proc_sup *sup, size_t *n) {
+  char path[320];
+  struct dirent *d;
+  DIR *dir;
+  int e = 0, fallback = 0;
+  *n = 0;
+  if ((dir = opendir("/proc/self/task")) == NULL)
+    return errno;
+  while (e == 0 && (d = readdir(dir)) != NULL) {
+    if (d->d_name[0] < '0' || d->d_name[0] > '9')
+      continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/children", d->d_name);
+    e = proc_read_pids(sup, path, n);
+    if (e == ENOENT && *n == 0) {  /* no such file at all (CONFIG_PROC_CHILDREN off) */
+      fallback = 1;
+      e = 0;
+      break;
+    }
+    if (e == ENOENT || e == ESRCH)  /* a thread that ended meanwhile */
+      e = 0;
+  }
+  closedir(dir);
+  if (!fallback || e != 0)
+    return e;
+  if ((dir = opendir("/proc")) == NULL)
+    return errno;
+  while (e == 0 && (d = readdir(dir)) != NULL) {
+    pid_t pid = (pid_t)atoi(d->d_name), ppid, pgrp;
+    char state;
+    if (pid > 0 && proc_stat(pid, &state, &ppid, &pgrp) && ppid == getpid() &&
+        (e = proc_pids_reserve(&sup->adopted, &sup->adopted_size, *n + 1)) == 0)
+      sup->adopted[(*n)++] = pid;
+  }
+  closedir(dir);
+  return e;
+}
+
+/* Reaps the adopted children that have exited and leaves the pids of those still running in
+ * sup->adopted[0 .. nadopted). No Lua is called. Returns 0 or an errno. */
+static int proc_scan_adopted(proc_sup *sup) {
+  proc_walk w = { sup, 0, 0 };
+  proc_state *s;
+  pid_t self = getpid(), self_pgrp = getpgrp();
+  size_t i, n = 0, found = 0, kept = 0, nlive;
+  int e;
+  sup->scans++;
+  sup->nadopted = 0;
+  for (s = sup->live; s != NULL; s = s->live_next) {
+    if ((e = proc_pids_reserve(&sup->known, &sup->known_size, w.n + 1)) != 0)
+      return e;
+    sup->known[w.n++] = s->pid;
+  }
+  nlive = w.n;
+  if (w.n > 1)
+    qsort(sup->known, w.n, sizeof *sup->known, proc_pid_cmp);
+  if ((e = proc_list_children(sup, &n)) != 0)
+    return e;
+  /* Candidates: not coral.proc's, outside coral's group; a zombie is kept as -pid. */
+  for (i = 0; i < n; i++) {
+    pid_t pid = sup->adopted[i], ppid, pgrp;
+    char state;
+    if (nlive > 0 && bsearch(&pid, sup->known, nlive, sizeof *sup->known, proc_pid_cmp) != NULL)
+      continue;
+    if (!proc_stat(pid, &state, &ppid, &pgrp) || ppid != self || pgrp == self_pgrp)
+      continue;
+    sup->adopted[found++] = state == 'Z' || state == 'X' ? -pid : pid;
+  }
+  /* Only then luv's children (one that setsid'd, detached = true, is outside coral's group
+   * too): walking the loop's handles costs more than all the rest when there is no candidate */
+  if (found > 0) {
+    w.n = 0;
+    uv_walk(sup->loop, proc_walk_uv_child, &w);
+    if (w.err != 0)
+      return w.err;
+    if (w.n > 1)
+      qsort(sup->known, w.n, sizeof *sup->known, proc_pid_cmp);
+  }
+  for (i = 0; i < found; i++) {
+    pid_t pid = sup->adopted[i] < 0 ? -sup->adopted[i] : sup->adopted[i];
+    if (w.n > 0 && bsearch(&pid, sup->known, w.n, sizeof *sup->known, proc_pid_cmp) != NULL)
+      continue;
+    if (sup->adopted[i] < 0) {
+      int status;
+      while (waitpid(pid, &status, WNOHANG) < 0 && errno == EINTR)
+        ;
+      continue;
+    }
+    sup->adopted[kept++] = pid;
+  }
+  sup->nadopted = kept;
+  return 0;
+}
+
+/* After a SIGCHLD round: a zombie child that is not ours is an adopted one (or luv's, or a
+ * popen's, which proc_scan_adopted leaves alone). One peek says whether to look at all. */
+static void proc_reap_adopted(proc_sup *sup) {
+  siginfo_t si;
+  proc_state *s;
+  memset(&si, 0, sizeof si);
+  if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0 || si.si_pid == 0)
+    return;
+  for (s = sup->live; s != NULL; s = s->live_next)
+    if (s->pid == si.si_pid)
+      return;  /* ours, exited after this round looked: its SIGCHLD brings us back */
+  proc_scan_adopted(sup);
+}
+
+/* At the host's exit nothing it adopted outlives it: KILL to each, wait for each (KILL
+ * cannot be refused), and again for what their deaths handed to coral, a bounded number of
+ * rounds (a process that forks faster than it is killed is not chased for ever). */
+static void proc_kill_adopted(proc_sup *sup) {
+  int round;
+  size_t i;
+  for (round = 0; round < 32; round++) {
+    if (proc_scan_adopted(sup) != 0 || sup->nadopted == 0)
+      return;
+    for (i = 0; i < sup->nadopted; i++)
+      kill(sup->adopted[i], SIGKILL);
+    for (i = 0; i < sup->nadopted; i++)
+      while (waitpid(sup->adopted[i], NULL, 0) < 0 && errno == EINTR)
+        ;
+  }
+}
+
+/* }}} */
 /* {{{ reaping */
+
+/* on_reaped(pid): the child itself has exited and is reaped, its output may not be drained
+ * yet. Called once, before on_exit: what the child left running outside its group (and that
+ * may hold its pipes, so that on_exit would wait for it) can be dealt with here. */
+static void proc_call_reaped(proc_state *s) {
+  proc_sup *sup = s->sup;
+  lua_State *L = sup->L;
+  if (s->on_reaped == LUA_NOREF || s->detached || L == NULL)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, s->on_reaped);
+  proc_unref(sup, &s->on_reaped);
+  lua_pushinteger(L, s->pid);
+  sup->depth++;
+  coral_callback(L, 1, 0, 0);
+  sup->depth--;
+}
 
 /* wait4 without blocking (or blocking, at shutdown). Returns 1 if the child is reaped now.
  * When the leader has exited, what is left of its process group (a background job, a daemon
@@ -504,10 +754,12 @@ static void proc_sup_on_sigchld(uv_signal_t *h, int signum) {
   for (s = done; s != NULL; s = next) {
     next = s->done_next;
     s->done_next = NULL;
+    proc_call_reaped(s);
     proc_check_done(s);
     s->pinned--;
     proc_release(s);
   }
+  proc_reap_adopted(sup);
 }
 
 /* }}} */
@@ -800,14 +1052,14 @@ static void proc_on_timer(uv_timer_t *t) {
 enum {
   OPT_FIRST = 2,
   OPT_ARGV = OPT_FIRST, OPT_CMD, OPT_SHELL, OPT_ENV, OPT_CLEAR_ENV, OPT_CWD, OPT_STDIN,
-  OPT_STDOUT, OPT_STDERR, OPT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_KILL_GRACE, OPT_ON_EXIT,
+  OPT_STDOUT, OPT_STDERR, OPT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_KILL_GRACE, OPT_ON_EXIT, OPT_ON_REAPED,
   SLOT_OUT_FILE, SLOT_OUT_FN, SLOT_ERR_FILE, SLOT_ERR_FN, SLOT_IN_FILE, SLOT_IN_DATA,
   SLOT_ANCHOR, SLOT_BOX,
   SLOT_LAST = SLOT_BOX
 };
 static const char *const proc_spawn_options[] = {
   "argv", "cmd", "shell", "env", "clear_env", "cwd", "stdin", "stdout", "stderr", "timeout",
-  "idle_timeout", "kill_grace", "on_exit", NULL
+  "idle_timeout", "kill_grace", "on_exit", "on_reaped", NULL
 };
 
 enum { DEST_INHERIT, DEST_NULL, DEST_FILE, DEST_MERGE, DEST_NONE };
@@ -1043,6 +1295,7 @@ static void proc_parse_spawn(lua_State *L, proc_spawn_opts *o) {
   o->idle_ms = proc_opt_seconds(L, OPT_IDLE_TIMEOUT, 0);
   o->grace_ms = lua_isnil(L, OPT_KILL_GRACE) ? PROC_DEFAULT_GRACE_MS : proc_opt_seconds(L, OPT_KILL_GRACE, 1);
   proc_opt_check(L, OPT_ON_EXIT, LUA_TFUNCTION);
+  proc_opt_check(L, OPT_ON_REAPED, LUA_TFUNCTION);
 }
 
 /* }}} */
@@ -1052,11 +1305,14 @@ static proc_sup *proc_get_sup(lua_State *L) {
   return ((proc_sup_box *)lua_touserdata(L, lua_upvalueindex(1)))->sup;
 }
 
-/* Returns nil, "<what>: <ENAME>: <text>", "<ENAME>" for the positive errno `e`. */
+/* Returns nil, "<what>: <ENAME>: <text>", "<ENAME>" for the positive errno `e`; every errno
+ * has its name, also those libuv does not know (ENOEXEC). */
 static int proc_push_failure(lua_State *L, int e, const char *what) {
+  char name[64], text[128];
+  coral_errname(e, name, sizeof name);
   lua_pushnil(L);
-  lua_pushfstring(L, "%s: %s: %s", what, uv_err_name(-e), uv_strerror(-e));
-  lua_pushstring(L, uv_err_name(-e));
+  lua_pushfstring(L, "%s: %s: %s", what, name, coral_strerror(e, text, sizeof text));
+  lua_pushstring(L, name);
   return 3;
 }
 
@@ -1388,9 +1644,11 @@ static int proc_spawn(lua_State *L) {
   }
 
   s->on_exit = proc_take_ref(L, OPT_ON_EXIT);
+  s->on_reaped = proc_take_ref(L, OPT_ON_REAPED);
   s->out.on_data = proc_take_ref(L, SLOT_OUT_FN);
   s->err.on_data = proc_take_ref(L, SLOT_ERR_FN);
-  if (s->on_exit != LUA_NOREF || s->out.on_data != LUA_NOREF || s->err.on_data != LUA_NOREF) {
+  if (s->on_exit != LUA_NOREF || s->on_reaped != LUA_NOREF || s->out.on_data != LUA_NOREF ||
+      s->err.on_data != LUA_NOREF) {
     /* Someone will be called back: the loop owns the proc until its exit is delivered. */
     s->self_ref = proc_take_ref(L, SLOT_BOX);
     s->keeps_loop = 1;
@@ -1442,6 +1700,31 @@ static int proc_fds(lua_State *L) {
   proc_push_limit(L, rl.rlim_cur);
   proc_push_limit(L, rl.rlim_max);
   return 3;
+}
+
+/* pids, err, code = proc.adopted() -- reaps the adopted processes that have exited, and
+ * returns the pids of those still running (see "adopted processes" above) */
+static int proc_adopted(lua_State *L) {
+  proc_sup *sup = proc_get_sup(L);
+  unsigned scans;
+  size_t i;
+  int e;
+  coral_checknargs(L, 0);
+  for (;;) {
+    if ((e = proc_scan_adopted(sup)) != 0)
+      return proc_push_failure(L, e, "list the children of coral");
+    scans = sup->scans;
+    /* may collect garbage, whose finalizers could scan again: then the list is stale */
+    lua_createtable(L, (int)sup->nadopted, 0);
+    if (scans == sup->scans)
+      break;
+    lua_pop(L, 1);
+  }
+  for (i = 0; i < sup->nadopted; i++) {
+    lua_pushinteger(L, sup->adopted[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  return 1;
 }
 
 /* n = proc.live() -- children started and not reaped yet (closed ones included) */
@@ -1685,6 +1968,7 @@ static void proc_sup_shutdown(proc_sup *sup) {
       kill(-s->pid, SIGKILL);
   while (sup->live != NULL)
     proc_reap(sup->live, 0);
+  proc_kill_adopted(sup);
   for (s = sup->all; s != NULL; s = next) {
     next = s->all_next;
     s->pinned++;
@@ -1772,6 +2056,12 @@ static proc_sup *proc_sup_new(lua_State *L) {
   posix_spawn_file_actions_addopen(&sup->fa_default, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addclosefrom_np(&sup->fa_default, 3);
 
+  /* Orphaned descendants (a daemon that double-forked, a setsid'd job whose parent exited) come
+   * to coral instead of init, so that it can kill and reap them: see "adopted processes". A
+   * kernel before 3.4 refuses; then they escape as before, and `coral resume` still finds
+   * them by their environment. */
+  (void)prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
   /* Started now, before any child exists, so no exit can come before we watch. */
   uv_signal_init(sup->loop, &sup->sig);
   sup->sig.data = sup;
@@ -1786,6 +2076,7 @@ static const luaL_Reg proc_functions[] = {
   { "spawn", proc_spawn },
   { "live", proc_live },
   { "fds", proc_fds },
+  { "adopted", proc_adopted },
   { NULL, NULL }
 };
 

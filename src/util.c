@@ -1,7 +1,10 @@
 /*
- * util.c: argument checks shared by the primitives (spawn.c, dag.c, coord.c), so that the
- * same mistake reads the same in every module. Model: luaposix's _helpers.c (checknargs).
+ * util.c: argument checks and error names shared by the primitives (spawn.c, dag.c, coord.c),
+ * so that the same mistake or failure reads the same in every module. Model: luaposix's
+ * _helpers.c (checknargs).
  */
+#include <ctype.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -24,4 +27,37 @@ int coral_checknargs(lua_State *L, int max) {
     msg = lua_pushfstring(L, "no more than %d argument%s expected, got %d", max - self,
                           max - self == 1 ? "" : "s", n - self);
   return luaL_argerror(L, max + 1, msg);
+}
+
+/* libuv names the errors it knows ("ENOENT", "no such file or directory") and calls the rest
+ * "Unknown system error -8" (libuv 1.44 has no ENOEXEC, for one). glibc names them all. */
+static int util_libuv_knows(const char *name) {
+  return strncmp(name, "Unknown", 7) != 0;
+}
+
+const char *coral_errname(int e, char *buf, size_t size) {
+  const char *name;
+  uv_err_name_r(-e, buf, size);
+  if (util_libuv_knows(buf))
+    return buf;
+  name = strerrorname_np(e);
+  if (name != NULL)
+    snprintf(buf, size, "%s", name);
+  else
+    snprintf(buf, size, "E%d", e);
+  return buf;
+}
+
+const char *coral_strerror(int e, char *buf, size_t size) {
+  const char *text;
+  char tmp[128];
+  uv_strerror_r(-e, buf, size);
+  if (util_libuv_knows(buf))
+    return buf;
+  /* glibc's text, lower-cased at the start as libuv writes its own ("exec format error") */
+  text = strerror_r(e, tmp, sizeof tmp);
+  snprintf(buf, size, "%s", text);
+  if (size > 0 && isupper((unsigned char)buf[0]) && !isupper((unsigned char)buf[1]))
+    buf[0] = (char)tolower((unsigned char)buf[0]);
+  return buf;
 }

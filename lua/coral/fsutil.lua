@@ -108,15 +108,30 @@ function M.read(path)
   return data
 end
 
+--- Writes all of `data` to `fd` at `offset` (-1: at the file's position, as O_APPEND does).
+-- A write that stops short (the disk filled up) is followed by another for the rest, which
+-- says why: the error names the cause ("ENOSPC: no space left on device"), not "short write".
+-- Returns true, or nil, the error and the count of bytes written.
+function M.write_all(fd, data, offset)
+  local done = 0
+  while done < #data do
+    local n, err = uv.fs_write(fd, done == 0 and data or data:sub(done + 1), offset < 0 and -1 or offset + done)
+    if not n then return nil, err, done end
+    if n == 0 then return nil, "write returned 0 bytes", done end
+    done = done + n
+  end
+  return true
+end
+
 --- Writes a whole file (no temp file, no fsync: for files that only this process writes and
 -- that a crash of coral, not of the machine, must not lose), never through a link (M.open).
 -- Returns true or nil, err.
 function M.write_file(path, data, mode)
   local fd, err = M.open(path, "w", mode)
   if not fd then return nil, "write " .. path .. ": " .. err end
-  local n, werr = uv.fs_write(fd, data, 0)
+  local ok, werr = M.write_all(fd, data, 0)
   uv.fs_close(fd)
-  if n ~= #data then return nil, "write " .. path .. ": " .. tostring(werr or "short write") end
+  if not ok then return nil, "write " .. path .. ": " .. tostring(werr) end
   return true
 end
 
@@ -129,10 +144,8 @@ function M.write_atomic(path, data, mode)
   uv.fs_unlink(tmp)
   local fd, err = uv.fs_open(tmp, "wx", mode or tonumber("644", 8))
   if not fd then return nil, "write " .. path .. ": " .. err end
-  local n, werr = uv.fs_write(fd, data, 0)
   -- a short write (disk full, file size limit) must not replace the file with a truncated one
-  local ok = n == #data
-  if n and not ok then werr = "short write" end
+  local ok, werr = M.write_all(fd, data, 0)
   if ok then ok, werr = uv.fs_fsync(fd) end
   uv.fs_close(fd)
   if ok then ok, werr = uv.fs_rename(tmp, path) end
@@ -141,6 +154,27 @@ function M.write_atomic(path, data, mode)
     return nil, "write " .. path .. ": " .. tostring(werr)
   end
   return true
+end
+
+--- Writes `data` to a new file named `path`, or `path`-2, -3, ... when that name is taken:
+-- a copy kept aside never replaces an earlier one. Returns the name used, or nil and the error.
+function M.write_new(path, data, mode)
+  for i = 1, 1000 do
+    local name = i == 1 and path or (path .. "-" .. i)
+    local fd, err, code = uv.fs_open(name, "wx", mode or tonumber("644", 8))
+    if fd then
+      local ok, werr = M.write_all(fd, data, 0)
+      if ok then ok, werr = uv.fs_fsync(fd) end
+      uv.fs_close(fd)
+      if not ok then
+        uv.fs_unlink(name)
+        return nil, "write " .. name .. ": " .. tostring(werr)
+      end
+      return name
+    end
+    if code ~= "EEXIST" then return nil, "write " .. name .. ": " .. tostring(err) end
+  end
+  return nil, "write " .. path .. ": 1000 copies of that name already"
 end
 
 --- An absolute, normalised version of `path` (relative to the current directory).

@@ -183,6 +183,43 @@ static void shutdown_kills_live_children(void) {
     CHECK(pids[i] > 0 && kill((pid_t)pids[i], 0) != 0 && errno == ESRCH);
 }
 
+/* Orphans come to the host (a subreaper): proc.adopted() lists the running ones (more than its
+ * first 64-pid buffer), on_reaped comes before on_exit, adopted processes that exit are reaped,
+ * and the host's shutdown kills and reaps the rest. */
+static void adopted_processes_are_listed_reaped_and_killed(void) {
+  ctest_host h;
+  lua_Integer pids[70];
+  int i, n;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local proc = require 'coral.proc'\n"
+    "local order = {}\n"
+    "local p = proc.spawn { cmd = 'for i in $(seq 70); do setsid sleep 30 & done; sleep 0.2', shell = true,\n"
+    "  on_reaped = function(pid) order[#order + 1] = 'reaped'; assert(type(pid) == 'number') end,\n"
+    "  on_exit = function() order[#order + 1] = 'exit' end }\n"
+    "p:wait()\n"
+    "assert(table.concat(order, ' ') == 'reaped exit', table.concat(order, ' '))\n"
+    "local deadline = require('luv').hrtime() + 5e9\n"
+    "PIDS = proc.adopted()\n"
+    "while #PIDS < 70 and require('luv').hrtime() < deadline do PIDS = proc.adopted() end\n"
+    "assert(#PIDS == 70, #PIDS)\n"
+    "-- one exits: the next scan reaps it and lists the others\n"
+    "require('luv').kill(PIDS[1], 'sigkill')\n"
+    "while #proc.adopted() ~= 69 do require('luv').sleep(5) end\n"));
+  lua_getglobal(h.L, "PIDS");
+  n = (int)lua_rawlen(h.L, -1);
+  for (i = 0; i < n && i < 70; i++) {
+    lua_rawgeti(h.L, -1, i + 1);
+    pids[i] = lua_tointeger(h.L, -1);
+    lua_pop(h.L, 1);
+  }
+  lua_pop(h.L, 1);
+  ctest_host_close(&h);
+  CHECK(n == 70);
+  for (i = 0; i < n && i < 70; i++)
+    CHECK(pids[i] > 0 && kill((pid_t)pids[i], 0) != 0 && errno == ESRCH);
+}
+
 int main(void) {
   RUN(spawns_and_reports_exit);
   RUN(reports_failures_and_raises_on_mistakes);
@@ -192,5 +229,6 @@ int main(void) {
   RUN(collected_and_closed_procs_are_reaped);
   RUN(callback_error_is_raised_by_wait);
   RUN(shutdown_kills_live_children);
+  RUN(adopted_processes_are_listed_reaped_and_killed);
   CTEST_EXIT();
 }

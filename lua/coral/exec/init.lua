@@ -1,6 +1,7 @@
 --- Executors: where a task's process runs, one file each in this directory, found by name
 -- (local.lua, slurm.lua). The runner only calls start(spec, on_exit), the handle's cancel(),
--- and recover() on resume when the executor has it; a cluster engine plugs in behind them.
+-- recover() on resume and close() at the run's end when the executor has them; a cluster
+-- engine plugs in behind them.
 --   spec:    { argv = {...}, env = {K = v}, cwd, stdin = string|"pipe"|nil, stdout_path,
 --              stderr_path, timeout, idle_timeout, kill_grace, on_stdout = fn(chunk),
 --              slurm = {...}, adopt = {job_id, start}, on_submit = fn(job_id) }

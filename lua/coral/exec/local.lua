@@ -1,6 +1,9 @@
 --- The local executor: each task a child process of coral on this machine, through coral.proc
 -- (its own process group, a timeout that kills the group, output straight to its files).
+-- Nothing a task starts outlives it: what leaves its group is killed when its process exits,
+-- and whatever is still left when the run ends (coral.exec.reaper).
 local proc = require "coral.proc"
+local reaper = require "coral.exec.reaper"
 
 local Local = {
   name = "local",
@@ -27,7 +30,33 @@ local function fd_room()
 end
 
 function M.new(opts)
-  return setmetatable({ kill_grace = opts and opts.kill_grace or 5 }, Local)
+  -- what was adopted before the run began is not the run's to kill
+  return setmetatable({ kill_grace = opts and opts.kill_grace or 5, spared = reaper.snapshot() }, Local)
+end
+
+-- on_reaped and on_exit of a task's process: when the process itself has exited, what the
+-- task left running outside its group is killed (it may hold the task's pipes, and on_exit
+-- waits for them), and the attempt's stderr file says so.
+local function reaping(spec, on_exit)
+  local env = spec.env or {}
+  local run_id, task_id = env.CORAL_RUN_ID, env.CORAL_TASK_ID
+  if not (run_id and task_id) then return nil, on_exit end
+  local left
+  local function on_reaped()
+    local pids, names = reaper.kill_task(run_id, task_id)
+    if #pids > 0 then
+      left = string.format("\n[coral: killed %d process%s the task left running: %s]\n", #pids,
+        #pids == 1 and "" or "es", reaper.describe(pids, names))
+    end
+  end
+  return on_reaped, function(info)
+    local f = left and spec.stderr_path and io.open(spec.stderr_path, "ab")
+    if f then
+      f:write(left)
+      f:close()
+    end
+    return on_exit(info)
+  end
 end
 
 function Local:start(spec, on_exit)
@@ -36,6 +65,7 @@ function Local:start(spec, on_exit)
   local stdout = { file = spec.stdout_path }
   local stderr = { file = spec.stderr_path }
   if spec.on_stdout then stdout.on_data = spec.on_stdout end
+  local on_reaped, on_exited = reaping(spec, on_exit)
   local p, err, code = proc.spawn {
     argv = spec.argv,
     env = spec.env,
@@ -46,7 +76,8 @@ function Local:start(spec, on_exit)
     timeout = spec.timeout and spec.timeout > 0 and spec.timeout or nil,
     idle_timeout = spec.idle_timeout and spec.idle_timeout > 0 and spec.idle_timeout or nil,
     kill_grace = spec.kill_grace or self.kill_grace,
-    on_exit = on_exit,
+    on_exit = on_exited,
+    on_reaped = on_reaped,
   }
   if not p then return nil, err, code end
   return {
@@ -62,6 +93,12 @@ function Local:start(spec, on_exit)
     pause_stdout = function() p:pause_stdout() end,
     resume_stdout = function() p:resume_stdout() end,
   }
+end
+
+--- At the run's end: every process the run's tasks left, wherever it went, is killed and
+-- reaped.
+function Local:close()
+  reaper.kill_all(self.spared)
 end
 
 M.Local = Local

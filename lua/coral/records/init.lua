@@ -130,18 +130,22 @@ local function append_private(self, key, path, text, header)
   local fd = self[key]
   if not fd then
     local err
-    fd, err = fsutil.open(path, "a", PRIVATE_FILE)
+    fd, err = fsutil.open(path, "a+", PRIVATE_FILE)   -- "+": its last byte is read below
     if not fd then error("append " .. path .. ": " .. err, 0) end
     self[key] = fd
-    if header and uv.fs_fstat(fd).size == 0 then text = header .. text end
+    local size = uv.fs_fstat(fd).size
+    if header and size == 0 then text = header .. text end
+    -- A last line that a crash cut mid-write (no "\n") must not swallow this record: a resumed
+    -- run's records start on a fresh line (the reader reports the cut one and skips it).
+    if size > 0 and uv.fs_read(fd, 1, size - 1) ~= "\n" then text = "\n" .. text end
   end
-  local n, err = uv.fs_write(fd, text, -1)
-  if n ~= #text then
-    if n and n > 0 then
+  local ok, err, n = fsutil.write_all(fd, text, -1)
+  if not ok then
+    if n > 0 then
       local st = uv.fs_fstat(fd)
       if st then uv.fs_ftruncate(fd, st.size - n) end
     end
-    error("append " .. path .. ": " .. (err or "short write"), 0)
+    error("append " .. path .. ": " .. tostring(err), 0)
   end
 end
 
@@ -364,9 +368,11 @@ function Records:update_state(fn)
       if parsed then
         state = parsed
       else
-        local aside = self.paths.state .. ".broken-" .. os.date("%Y%m%d-%H%M%S")
-        fsutil.write_atomic(aside, old, PRIVATE_FILE)
-        warning = string.format("%s:%s (kept aside as %s)", self.paths.state, perr:gsub("^line ", ""), aside)
+        -- a second break in the same second keeps its own copy (-2, -3, ...)
+        local aside, aerr = fsutil.write_new(self.paths.state .. ".broken-" .. os.date("%Y%m%d-%H%M%S"), old,
+                                             PRIVATE_FILE)
+        warning = string.format("%s:%s (%s)", self.paths.state, perr:gsub("^line ", ""),
+                                aside and ("kept aside as " .. aside) or ("not kept aside: " .. tostring(aerr)))
       end
     end
     fn(state)

@@ -9,25 +9,51 @@ local M = {}
 -- JSON numbers come back as floats (1.0): these fields are integers.
 local INTEGER_FIELDS = { "attempt", "exit", "signal", "pid", "pgid", "max_workers", "tasks" }
 
---- Reads the journal of `run_dir`: the list of events, oldest first. A line cut short by a
--- crash is ignored; the words of earlier coral versions are read as today's.
+-- Each unreadable line is reported once per command (a view that redraws reads the journal
+-- again and again): path:line -> true.
+local reported = {}
+
+-- The warning for line `n` of `path` (`cut`: the file's last line, without its "\n").
+local function report(path, n, cut)
+  local key = path .. ":" .. n
+  if reported[key] then return end
+  reported[key] = true
+  io.stderr:write(string.format("coral: warning: %s:%d: %s; skipped\n", path, n,
+    cut and "the last record was cut short (coral stopped while writing it)" or "not a journal record"))
+end
+
+local function decode(line)
+  local e = cjson.decode(line)
+  if type(e) ~= "table" or type(e.event) ~= "string" or type(e.t) ~= "number" then return nil end
+  for _, k in ipairs(INTEGER_FIELDS) do
+    if type(e[k]) == "number" then e[k] = math.tointeger(e[k]) or e[k] end
+  end
+  if e.outcome then e.outcome = states.normalize(e.outcome) end
+  if e.status then e.status = states.normalize(e.status) end
+  return e
+end
+
+--- Reads the journal of `run_dir`: the list of events, oldest first. A line that is not a
+-- record (cut short by a crash, or damaged) is skipped, with a warning on stderr that names
+-- its line; the words of earlier coral versions are read as today's.
 ---@return table[] events
 function M.read(run_dir)
   local events = {}
-  local f = io.open(run_dir .. "/journal.jsonl", "rb")
+  local path = run_dir .. "/journal.jsonl"
+  local f = io.open(path, "rb")
   if not f then return events end
-  for line in f:lines() do
-    local e = cjson.decode(line)
-    if type(e) == "table" and type(e.event) == "string" and type(e.t) == "number" then
-      for _, k in ipairs(INTEGER_FIELDS) do
-        if type(e[k]) == "number" then e[k] = math.tointeger(e[k]) or e[k] end
-      end
-      if e.outcome then e.outcome = states.normalize(e.outcome) end
-      if e.status then e.status = states.normalize(e.status) end
-      events[#events + 1] = e
+  local data = f:read("a") or ""
+  f:close()
+  local n, at = 0, 1
+  while at <= #data do
+    local nl = data:find("\n", at, true)
+    local line = data:sub(at, (nl or #data + 1) - 1)
+    n, at = n + 1, (nl or #data) + 1
+    if line:find("%S") then
+      local e = decode(line)
+      if e then events[#events + 1] = e else report(path, n, not nl) end
     end
   end
-  f:close()
   return events
 end
 
@@ -52,7 +78,8 @@ local function interrupt(run, a, at)
 end
 M.interrupt = interrupt
 
---- Replays `events` (from read()) into the state of the run they describe:
+--- Replays `events` (from read()) into the state of the run they describe (an attempt begins
+-- with its `spawn` or, in journals of earlier versions and for adopted jobs, its `start`):
 --   run:     { started, plan, project, mode, max_workers, total, sessions = {{start, last}},
 --              ended, status (the done event's), stopping, last_event, tasks, order,
 --              attempts (every attempt, in the order they began), retries }
@@ -101,7 +128,13 @@ function M.replay(events)
       local t = run.tasks[e.task] or new_task(run, e.task, e.agent)
       if e.agent and t.agent == t.id then t.agent = e.agent end
       local k = e.attempt and key(e)
-      if e.event == "start" then
+      local spawned = e.event == "start" and k and open[k]
+      if spawned then
+        -- the start of the attempt whose spawn was recorded: now it runs, with its pid
+        spawned.pid, spawned.start = e.pid, e.t
+      elseif e.event == "start" or e.event == "spawn" then
+        -- `spawn` is written just before the process is started, `start` just after: an
+        -- attempt with only a spawn may have run when coral was killed, and is in flight
         local a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t, pid = e.pid,
                     open = true }
         open[key({ task = e.task, attempt = a.n })] = a
@@ -155,7 +188,8 @@ function M.replay(events)
         run.hook_errors = run.hook_errors or {}
         run.hook_errors[#run.hook_errors + 1] = { task = e.task, error = e.error }
       end
-      if e.event ~= "submit" and e.event ~= "adopt" and e.event ~= "add" and e.event ~= "hook_error" then t.last = e end
+      if e.event ~= "submit" and e.event ~= "adopt" and e.event ~= "add" and e.event ~= "hook_error"
+         and e.event ~= "spawn" then t.last = e end
     end
   end
   close_lost()

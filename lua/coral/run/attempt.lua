@@ -398,6 +398,9 @@ function launch(run, st, a, adopt, max_before)
   for k, v in pairs(spec.env or {}) do env[k] = v end
   local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
   local runner = run.runner
+  -- In the journal before the process exists (the start, with its pid, comes after): a coral
+  -- killed in between leaves an attempt that may have run, which resume counts as in flight.
+  if not adopt then run.records:event("spawn", { task = task.id, agent = task.agent, attempt = n }) end
   local xspec = {
     argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
     cwd = st.worktree and st.worktree.cwd or task.cwd or run.project_dir, stdin = stdin,

@@ -277,6 +277,7 @@ function Run:abort()
     if st.handle then pcall(st.handle.cancel, st.handle, true) end
     if st.backoff_timer then st.backoff_timer:close(); st.backoff_timer = nil end
   end
+  if self.executor.close then pcall(self.executor.close, self.executor) end
   self:unwatch_signals()
   if self.project_state then self.project_state:close() end
   pcall(self.records.close, self.records, 0)   -- nobody waits for a coordination lock now
@@ -307,6 +308,8 @@ function Run:execute(opts)
     uv.run("once")
     if not self.finished then self:pump() end
   end
+  -- Nothing the tasks started outlives the run (coral.exec.reaper).
+  if self.executor.close then self.executor:close() end
 
   -- Tasks never reached (a stop) count as skipped.
   for _, t in ipairs(plan.tasks) do

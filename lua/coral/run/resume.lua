@@ -64,6 +64,33 @@ local function lost_attempt_end(run, a, still_running, session_end)
   return records.last_write(run.records.dir, a.task, a.n, math.max(a.start, session_end or a.start))
 end
 
+--- The attempts the joblog of `run_dir` has a row for: "task\tattempt" -> true.
+function M.joblog_rows(run_dir)
+  local rows = {}
+  local f = io.open(run_dir .. "/joblog.tsv", "rb")
+  if not f then return rows end
+  for line in f:lines() do
+    local task, n = line:match("^(.-)\t(%d+)\t[%d.]+\t[%d.]+\t")
+    if task then rows[task .. "\t" .. n] = true end
+  end
+  f:close()
+  return rows
+end
+
+--- One joblog row for every attempt the journal has an end for: the joblog and the journal
+-- are two files, and a coral killed between the two writes leaves an attempt without its
+-- row (or, the other way round, with a row but no end: it is interrupted, and has its row).
+function M.complete_joblog(run, past, rows)
+  for _, a in ipairs(past.attempts) do
+    local key = a.task .. "\t" .. a.n
+    if not a.open and a.outcome and a.finish and not rows[key] then
+      rows[key] = true
+      run.records:joblog { task = a.task, attempt = a.n, start = a.start, duration = a.duration or (a.finish - a.start),
+        exit = a.exit, signal = a.signal, outcome = a.outcome }
+    end
+  end
+end
+
 --- The finished tasks of a resumed run whose definition differs from the one its plan.json
 -- recorded: id -> "its cmd changed since it ran".
 function M.changed_definitions(run)
@@ -97,6 +124,7 @@ function M.restore(run, retry_failed)
     adopted = run.executor:recover(run.records.id, open)
   end
   local survivors = run.executor.recover and {} or M.kill_leftovers(run.records.id)
+  local rows = M.joblog_rows(run.records.dir)
   local session_end = past.sessions[#past.sessions] and past.sessions[#past.sessions].last
   local outcome = {}
   for id, t in pairs(past.tasks) do
@@ -116,10 +144,15 @@ function M.restore(run, retry_failed)
           if last_session then last_session.last = math.max(last_session.last, a.finish) end
           copy.outcome, copy.finish, copy.duration = a.outcome, a.finish, a.duration
           copy.error = "coral stopped while it ran"
+          -- its row first: a coral killed between the two leaves the attempt open, and the
+          -- next resume does not write its row again
+          if not rows[id .. "\t" .. a.n] then
+            rows[id .. "\t" .. a.n] = true
+            run.records:joblog { task = id, attempt = a.n, start = a.start, duration = a.duration,
+              outcome = "interrupted" }
+          end
           run.records:event("end", { t = a.finish, task = id, agent = t.agent, attempt = a.n,
             outcome = "interrupted", duration = a.duration, error = copy.error })
-          run.records:joblog { task = id, attempt = a.n, start = a.start, duration = a.duration,
-            outcome = "interrupted" }
         end
         st.attempts[#st.attempts + 1] = copy
       end
@@ -135,6 +168,7 @@ function M.restore(run, retry_failed)
       end
     end
   end
+  M.complete_joblog(run, past, rows)
   -- The earlier sessions' time, up to the end of the attempts they left running.
   run.prior_wall = journal.session_time(past)
   -- Walk the graph: hand finished tasks back to it, queue the rest for the first pump. A

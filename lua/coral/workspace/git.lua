@@ -38,7 +38,9 @@ local function failure(dir, args, info, stdout, stderr)
 end
 
 local function options(dir, args, env, out)
-  local argv = { "git", "-C", dir }
+  -- no automatic gc or maintenance: git would detach it as a daemon, which coral, the
+  -- subreaper of its run, kills when the run ends; the user's own git does it later
+  local argv = { "git", "-c", "gc.auto=0", "-c", "maintenance.auto=false", "-C", dir }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
   out.stdout, out.stderr = {}, {}
   return {
