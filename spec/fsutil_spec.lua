@@ -206,6 +206,23 @@ describe("coral.fsutil", function()
     end)
   end)
 
+  it("open appends with \"a\" and \"a+\" (which reads too) and truncates only with \"w\"", function()
+    local path = H.tmpdir() .. "/journal"
+    H.write_file(path, "one\n")
+    local fd = assert(fsutil.open(path, "a+", oct("600")))
+    assert.are.equal("\n", uv.fs_read(fd, 1, 3))   -- its last byte
+    assert(uv.fs_write(fd, "two\n"))
+    uv.fs_close(fd)
+    fd = assert(fsutil.open(path, "a"))
+    assert(uv.fs_write(fd, "three\n"))
+    uv.fs_close(fd)
+    assert.are.equal("one\ntwo\nthree\n", H.read_file(path))
+    fd = assert(fsutil.open(path, "w"))
+    uv.fs_close(fd)
+    assert.are.equal("", H.read_file(path))
+    assert.has_error(function() fsutil.open(path, "r") end)
+  end)
+
   describe("links where coral's own files belong", function()
     local function setup()
       local dir = H.tmpdir()

@@ -78,14 +78,17 @@ function M.mkdirs(path, mode, root)
   return true
 end
 
---- Opens a file to write, never through a symbolic link: `how` "w" (created or truncated) or
--- "a" (created or appended to). O_NOFOLLOW refuses a link at path, even a dangling one;
+--- Opens a file to write, never through a symbolic link: `how` "w" (created or truncated),
+-- "a" (created or appended to) or "a+" (the same, and readable: the journal reads its last byte). O_NOFOLLOW refuses a link at path, even a dangling one;
 -- O_NONBLOCK keeps a FIFO there from blocking the open, and anything but a regular file is
 -- refused. Returns the fd, or nil and why not (the caller names the operation and the path:
 -- "write <path>: <why>").
 function M.open(path, how, mode)
   local c = uv.constants
-  local flags = c.O_WRONLY | c.O_CREAT | host.O_NOFOLLOW | c.O_NONBLOCK | (how == "a" and c.O_APPEND or c.O_TRUNC)
+  assert(how == "w" or how == "a" or how == "a+", "fsutil.open: how must be \"w\", \"a\" or \"a+\"")
+  local append = how == "a" or how == "a+"
+  local flags = (how == "a+" and c.O_RDWR or c.O_WRONLY) | c.O_CREAT | host.O_NOFOLLOW | c.O_NONBLOCK
+    | (append and c.O_APPEND or c.O_TRUNC)
   local fd, err, code = uv.fs_open(path, flags, mode or tonumber("644", 8))
   if not fd then
     return nil, (code == "ELOOP" or code == "ENXIO") and M.refusal(path, uv.fs_lstat(path), "file") or err
