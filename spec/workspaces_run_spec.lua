@@ -210,4 +210,41 @@ return coral.plan({ coral.task { id = "ok", cmd = "echo ok > ok.txt" },
     local id = newest_run(dir)
     assert.are.equal("1\n2\n3\n4\n5\n6\n7\n8\n", git(dir, { "show", "coral/" .. id .. "/result:all.txt" }))
   end)
+
+  it("put a resolver of the role on_conflict names before a task, which then starts from the resolved work", function()
+    local dir = repo()
+    assert(os.execute("mkdir -p '" .. dir .. "/.coral/agents' '" .. dir .. "/.coral/drivers'"))
+    -- a role whose driver (a project's own) resolves by keeping both sides' lines
+    H.write_file(dir .. "/.coral/agents/merger.md", "---\nname: merger\ndriver: keep-both\n---\nYou merge.\n")
+    H.write_file(dir .. "/.coral/drivers/keep_both.lua", [=[
+return { name = "keep-both", edits_files = true,
+  prepare = function() return { cmd = "grep -v '^[<=>]\\{7\\}' readme.txt > r.tmp && mv r.tmp readme.txt && echo merged" } end }
+]=])
+    H.write_file(dir .. "/plan.lua", [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan({
+  t("a", "a", { id = "x", cmd = "echo x > readme.txt" }),
+  t("b", "b", { id = "y", cmd = "echo y > readme.txt" }),
+  t("c", "after both", { id = "z", depends_on = { "x", "y" }, on_conflict = "merger", cmd = "cat readme.txt > z.txt" }),
+  t("d", "no conflict", { id = "w", depends_on = { "x", "q" }, on_conflict = "merger", cmd = "true" }),
+  t("q", "q", { id = "q", cmd = "echo q > q.txt" }),
+}, { workspace = "worktree" })
+]])
+    local r = H.run { dir .. "/plan.lua", "x", "--dir", dir, "--quiet" }
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local id = newest_run(dir)
+    local summary = require("cjson").decode(H.read_file(dir .. "/.coral/runs/" .. id .. "/summary.json"))
+    assert.are.equal(7, summary.tasks)   -- two resolvers were put in
+    assert.are.equal("succeeded", summary.results["z.resolve"].status)
+    assert.are.equal("x\ny\n", git(dir, { "show", "coral/" .. id .. "/task/z:z.txt" }))
+    -- the resolver before w had nothing to resolve: it ended at once, without its agent
+    assert.matches("nothing to resolve", H.read_file(summary.results["w.resolve"].output_file))
+    assert.are.equal(0, summary.results["w.resolve"].exit_code)
+    -- a role that does not exist is refused before anything is written
+    H.write_file(dir .. "/plan.lua", (H.read_file(dir .. "/plan.lua"):gsub('"merger"', '"mergr"', 1)))
+    r = H.run { dir .. "/plan.lua", "x", "--dir", dir, "--quiet" }
+    assert.are.equal(2, r.code)
+    assert.matches("on_conflict names no agent role 'mergr' %(did you mean 'merger'%?%)", r.stderr)
+  end)
 end)

@@ -364,6 +364,11 @@ function M.start(run, st)
         st.cancelled = "cancelled: " .. run.stopping
         return ended(run, st, a, nil, { ok = false, error = st.cancelled, retryable = false })
       end
+      if task.resolves and #st.worktree.conflicts == 0 then
+        -- a resolver with nothing to resolve: done, without an agent
+        return ended(run, st, a, { code = 0, duration = 0 }, { ok = true,
+          text = "The dependencies' work merged without a conflict: nothing to resolve.\n" })
+      end
       launch(run, st, a, adopt, max_before)
     end)
   end

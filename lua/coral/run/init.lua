@@ -428,6 +428,7 @@ function Runner:execute_plan(plan, opts)
   run.built = state and type(state.built) == "table" and state.built or {}
   if not state and err then io.stderr:write("coral: warning: ", err, "\n") end
 
+  workspaces.insert_resolvers(run)
   run.mode:check(plan)
   run.g = plan:graph(run.mode:graph_options())
   assert(run.g:validate())

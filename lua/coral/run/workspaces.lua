@@ -66,6 +66,55 @@ function M.plan(run, driver_of)
   if any then run.workspace = { top = top } end
 end
 
+--- Before the run's graph is built: for each task whose on_conflict names a role (not "fail" or
+-- "agent") and that will work in a worktree, a resolver task of that role is put before it: it
+-- depends on the task's dependencies, starts from their merged work, resolves what conflicts
+-- (at once and without an agent when nothing does), and the task then depends on it too, so
+-- that it starts from the resolved work. Raises a user error for a role that does not exist.
+function M.insert_resolvers(run)
+  local plan = run.plan
+  local top_checked, top = false, nil
+  local tasks = { table.unpack(plan.tasks) }
+  for _, t in ipairs(tasks) do
+    local role = t.on_conflict
+    local kind = t.workspace or plan.workspace or run.runner.workspace
+    if role and role ~= "fail" and role ~= "agent" and not t.resolver_id and kind ~= "shared"
+       and #t.depends_on >= 2 then   -- one dependency merges onto the base it came from: no conflict
+      if not top_checked then top, top_checked = workspace.toplevel(run.project_dir), true end
+      if top then
+        if not (run.roles and run.roles({ agent = role, id = t.id })) then
+          local known = require("coral.agents").load(run.project_dir).order
+          require("coral.check").user_error(string.format("task '%s': on_conflict names no agent role '%s'%s " ..
+            "(\"fail\", \"agent\", or a role: 'coral agents' lists them)", t.id, role,
+            require("coral.check").did_you_mean(role, known)), t.where)
+        end
+        local id = t.id .. ".resolve"
+        while plan.by_id[id] do id = id .. "-2" end
+        local r = require("coral.plan").task {
+          id = id, agent = role, depends_on = { table.unpack(t.depends_on) }, workspace = "worktree",
+          on_conflict = "agent",
+          task = string.format("Resolve the merge conflicts between the work of %s, so that task '%s' (%s) " ..
+            "starts from work that fits together. Change nothing else.", table.concat(t.depends_on, ", "), t.id,
+            t.task ~= "" and t.task or t.agent),
+        }
+        r.where, r.resolves = t.where, t.id
+        t.resolver_id = id
+        t.depends_on = { id, table.unpack(t.depends_on) }   -- its branch first: the rest merge as no-ops
+        for i, pt in ipairs(plan.tasks) do
+          if pt == t then table.insert(plan.tasks, i, r); break end
+        end
+        plan.by_id[id] = r
+        for _, phase in ipairs(plan.declared_phases or {}) do
+          for i, pt in ipairs(phase) do
+            if pt.id == t.id then table.insert(phase, i, r); break end
+          end
+        end
+        plan.analysis, plan.checked_graph, plan.dependents_index = nil, nil, nil
+      end
+    end
+  end
+end
+
 --- When the run's records are open: captures the base (or, on resume, takes the one the run
 -- captured then). Raises an error when git fails (the run stops with it).
 function M.open(run, resuming)
