@@ -252,4 +252,27 @@ return coral.plan {
     assert.are.equal(1, summary.results.still_running.attempts)
     assert.matches("done%-still_running", H.read_file(summary.results.still_running.output_file))
   end)
+
+  it("runs worktree tasks as jobs: each in its worktree on the shared file system, merged as a local run does", function()
+    local dir = H.tmpdir()
+    assert(sh("cd '" .. dir .. "' && git init -q -b main . && echo base > readme.txt && git add . && " ..
+              "git -c user.name=u -c user.email=u@x commit -qm init"))
+    H.write_file(dir .. "/r.lua", [[
+local coral = require "coral"
+local t = coral.task
+return coral.plan({
+  t("a", "a", { id = "a", cmd = "echo a > a.txt; pwd" }),
+  t("b", "b", { id = "b", cmd = "echo b > b.txt" }),
+  t("c", "c", { id = "c", depends_on = { "a", "b" }, cmd = "cat a.txt b.txt > c.txt" }),
+}, { workspace = "worktree" })
+]])
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--quiet", "--no-report", "--executor", "slurm" },
+                    { timeout = 90 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local summary = cjson.decode(H.read_file(run_dir(dir) .. "/summary.json"))
+    assert.matches("/%.coral/worktrees/[^/]+/a\n$", H.read_file(summary.results.a.output_file))
+    local ok, shown = sh("git -C '" .. dir .. "' show " .. summary.workspace.result_branch .. ":c.txt")
+    assert.is_true(ok, shown)
+    assert.are.equal("a\nb\n", shown)
+  end)
 end)
