@@ -102,6 +102,9 @@ return coral.plan({
     local id = newest_run(dir)
     local prompt = H.read_file(dir .. "/.coral/runs/" .. id .. "/tasks/agent/prompt.md")
     assert.matches("^## First: resolve the merge conflicts", prompt)
+    -- each dependency's commit and diff stat against the base
+    assert.matches("## x %(a%)\n\nIts work, merged into your worktree: commit %x+ on coral/[^ ]+/task/x, against the " ..
+                   "base:\n\n readme%.txt | %d+ %+*%-*\n 1 file changed", prompt)
     assert.matches("\n%- readme%.txt\n", prompt)
     assert.matches("agent: commit of its worktree failed: conflict markers left in readme%.txt", r.stdout)
   end)

@@ -88,7 +88,7 @@ local function team_text(task, plan)
 end
 
 ---@param task table the plan's task
----@param ctx table { project = description, project_dir, scratchpad, activity, handoffs = list of {id, agent, output_path}, role = text, plan = the plan, worktree = the dir the agent works in when it has a git worktree }
+---@param ctx table { project = description, project_dir, scratchpad, activity, handoffs = list of {id, agent, output_path, work = {commit, branch, diffstat} or nil}, role = text, plan = the plan, worktree = the dir the agent works in when it has a git worktree }
 ---@return string
 function M.compose(task, ctx)
   local parts = { "# Role\n\n" .. role_text(task, ctx) .. "\n" }
@@ -109,7 +109,13 @@ function M.compose(task, ctx)
                 "Their final output, each trimmed to " .. budget .. " bytes; read the full file when you need more.\n" }
     for _, dep in ipairs(ctx.handoffs) do
       local text = (fsutil.read(dep.output_path) or ""):gsub("%s+$", "")
-      h[#h + 1] = string.format("## %s (%s)\n\nFull output: %s\n\n%s\n", dep.id, dep.agent, dep.output_path,
+      local work = ""
+      if dep.work then   -- its work in git, merged into yours (docs/workspaces.md)
+        local stat = (dep.work.diffstat or ""):gsub("%s+$", "")
+        work = string.format("Its work, merged into your worktree: commit %s on %s%s\n\n", tostring(dep.work.commit),
+          tostring(dep.work.branch), stat ~= "" and (", against the base:\n\n" .. stat) or " (no change)")
+      end
+      h[#h + 1] = string.format("## %s (%s)\n\n%sFull output: %s\n\n%s\n", dep.id, dep.agent, work, dep.output_path,
                                 text ~= "" and trim(text, budget, dep.output_path) or "(no output)")
     end
     parts[#parts + 1] = table.concat(h, "\n")

@@ -107,7 +107,8 @@ local function compose_prompt(run, st)
   for _, d in ipairs(task.depends_on) do
     local dst = run.state[d]
     if dst and dst.output_path then
-      handoffs[#handoffs + 1] = { id = d, agent = dst.task.agent, output_path = dst.output_path }
+      handoffs[#handoffs + 1] = { id = d, agent = dst.task.agent, output_path = dst.output_path,
+                                  work = workspaces.handoff(st, d) }   -- its commit, in a worktree task
     end
   end
   local r = run.records
