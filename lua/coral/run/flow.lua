@@ -164,16 +164,23 @@ function Flow:chunk(up, data)
   self:update_pause(up)
 end
 
--- A write to the consumer is done: it may take more, and its upstreams may go on.
-function Flow:drained(down, handle, err)
+-- Feeds consumer `down` what its upstreams have for it, reads or pauses them as their
+-- consumers' room says, and ends its stdin once it has everything.
+function Flow:refill(down)
   local sink = self.sinks[down]
-  if sink.handle ~= handle then return end   -- an earlier attempt's, or detached
-  if err then return self:detach(down) end
   for _, e in ipairs(sink.edges) do
     if e.handle then self:feed(e) end
   end
   for _, e in ipairs(sink.edges) do self:update_pause(e.up) end
   self:maybe_close(down)
+end
+
+-- A write to the consumer is done: it may take more, and its upstreams may go on.
+function Flow:drained(down, handle, err)
+  local sink = self.sinks[down]
+  if sink.handle ~= handle then return end   -- an earlier attempt's, or detached
+  if err then return self:detach(down) end
+  self:refill(down)
 end
 
 --- A consumer's process started (`handle` writes its stdin): it gets all its upstreams printed
@@ -183,11 +190,7 @@ function Flow:attach(down, handle)
   sink.handle, sink.closed = handle, false
   sink.on_written = function(err) self:drained(down, handle, err) end
   for _, e in ipairs(sink.edges) do e.handle, e.sent = handle, 0 end
-  for _, e in ipairs(sink.edges) do
-    if e.handle then self:feed(e) end
-  end
-  for _, e in ipairs(sink.edges) do self:update_pause(e.up) end
-  self:maybe_close(down)
+  self:refill(down)
 end
 
 --- An upstream ended for good: its consumers' stdin ends once they have all of it; if it
