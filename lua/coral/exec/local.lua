@@ -22,16 +22,32 @@ local M = {}
 M.FDS_PER_TASK = 8
 M.FDS_RESERVE = 16
 
-local function fd_room()
+-- Counting them (proc.fds: a scan of /proc/self/fd) costs two directory reads a task; an
+-- estimate does as well while it is far from the limit: what was open without the tasks at the
+-- last count, plus FDS_PER_TASK for each task running now (more than a running task holds).
+-- The executor counts again when the estimate comes within twice a task's need of the limit,
+-- and every RECOUNT starts (coral's own records may take more as the run goes on).
+M.RECOUNT = 64
+
+function Local:fd_room()
+  self.starts = self.starts + 1
+  local need = M.FDS_PER_TASK + M.FDS_RESERVE
+  if self.fds_base and self.starts % M.RECOUNT ~= 0
+     and self.fds_base + self.live * M.FDS_PER_TASK + 2 * need <= self.fds_soft then
+    return true
+  end
   local open, soft = proc.fds()
-  if open + M.FDS_PER_TASK + M.FDS_RESERVE <= soft then return true end
+  -- a running task holds at least 4: the rest is coral's (counted high, so the estimate errs safe)
+  self.fds_base, self.fds_soft = math.max(0, open - 4 * self.live), soft
+  if open + need <= soft then return true end
   return nil, string.format("not enough file descriptors: %d of %d in use (ulimit -n), a task needs up to %d " ..
     "and coral keeps %d for its records", open, soft, M.FDS_PER_TASK, M.FDS_RESERVE)
 end
 
 function M.new(opts)
   -- what was adopted before the run began is not the run's to kill
-  return setmetatable({ kill_grace = opts and opts.kill_grace or 5, spared = reaper.snapshot() }, Local)
+  return setmetatable({ kill_grace = opts and opts.kill_grace or 5, spared = reaper.snapshot(),
+                        starts = 0, live = 0 }, Local)
 end
 
 -- on_reaped and on_exit of a task's process: when the process itself has exited, what the
@@ -60,12 +76,15 @@ local function reaping(spec, on_exit)
 end
 
 function Local:start(spec, on_exit)
-  local room, why = fd_room()
+  local room, why = self:fd_room()
   if not room then return nil, why, "EMFILE" end
   local stdout = { file = spec.stdout_path }
   local stderr = { file = spec.stderr_path }
   if spec.on_stdout then stdout.on_data = spec.on_stdout end
-  local on_reaped, on_exited = reaping(spec, on_exit)
+  local on_reaped, on_exited = reaping(spec, function(info)
+    self.live = self.live - 1
+    return on_exit(info)
+  end)
   local p, err, code = proc.spawn {
     argv = spec.argv,
     env = spec.env,
@@ -80,6 +99,7 @@ function Local:start(spec, on_exit)
     on_reaped = on_reaped,
   }
   if not p then return nil, err, code end
+  self.live = self.live + 1
   return {
     pid = p.pid,
     proc = p,
