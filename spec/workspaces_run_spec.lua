@@ -24,6 +24,11 @@ local function repo()
   return dir
 end
 
+-- How many worktrees the repository has (its own main one included).
+local function worktrees(dir)
+  return #(git(dir, { "worktree", "list" }):gsub("[^\n]", ""))
+end
+
 local function newest_run(dir)
   local runs = H.entries(dir .. "/.coral/runs")
   return runs[#runs]
@@ -78,7 +83,7 @@ describe("workspaces", function()
                    '<td class="added">%+2</td>', html)
     assert.matches("Result: <code>" .. result:gsub("%-", "%%-") .. "</code>", html)
         -- succeeded tasks' worktrees are gone, their branches stay
-    assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
+    assert.are.equal(1, worktrees(dir))
     assert.truthy(git(dir, { "rev-parse", "--verify", "coral/" .. id .. "/task/backend" }))
   end)
 
@@ -161,7 +166,7 @@ return coral.plan({
     assert.are.equal("slow\nquick\n", git(dir, { "show", "coral/" .. id .. "/result:join.txt" }))
     local locks = H.run({ dir .. "/.git", "-name", "*.lock" }, { exe = "/usr/bin/find" })
     assert.are.equal("", locks.stdout)
-    assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
+    assert.are.equal(1, worktrees(dir))
   end)
 
   it("are listed by coral workspaces and removed by --prune", function()
@@ -184,7 +189,7 @@ return coral.plan({ coral.task { id = "ok", cmd = "echo ok > ok.txt" },
     r = H.run { "workspaces", "--dir", dir, "--prune" }
     assert.matches("1 worktree, %d branches removed", r.stdout)
     assert.are.equal("", git(dir, { "for-each-ref", "refs/heads/coral/" }))
-    assert.are.equal(1, #(git(dir, { "worktree", "list" }):gsub("[^\n]", "")))
+    assert.are.equal(1, worktrees(dir))
   end)
 
   it("start eight worktree tasks at once, and Ctrl-C leaves no git lock; resume finishes", function()

@@ -12,18 +12,11 @@
 -- Processes are stopped (SIGSTOP: a stopped process cannot fork) before they are killed, so a
 -- tree that forks while it is being killed is caught whole. KILL, not TERM: the task has
 -- ended, and what it left has no say in that, as in its own group.
+local fsutil = require "coral.fsutil"
 local proc = require "coral.proc"
 local uv = require "luv"
 
 local M = {}
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local data = f:read("a")
-  f:close()
-  return data
-end
 
 -- Appends the children of `pid` (every thread's) to `into`.
 local function children(pid, into)
@@ -31,7 +24,7 @@ local function children(pid, into)
   while dir do
     local tid = uv.fs_scandir_next(dir)
     if not tid then break end
-    for child in (read("/proc/" .. pid .. "/task/" .. tid .. "/children") or ""):gmatch("%d+") do
+    for child in (fsutil.read("/proc/" .. pid .. "/task/" .. tid .. "/children") or ""):gmatch("%d+") do
       into[#into + 1] = tonumber(child)
     end
   end
@@ -40,7 +33,7 @@ end
 
 -- Has `pid` exited (gone, or a zombie nobody reaped yet)?
 local function dead(pid)
-  local stat = read("/proc/" .. pid .. "/stat")
+  local stat = fsutil.read("/proc/" .. pid .. "/stat")
   return not stat or stat:match("^%d+ %(.*%) ([ZX])") ~= nil
 end
 
@@ -67,7 +60,7 @@ function M.kill_trees(roots)
       seen[pid] = true
       order[#order + 1] = pid
       uv.kill(pid, "sigstop")
-      local stat = read("/proc/" .. pid .. "/stat")
+      local stat = fsutil.read("/proc/" .. pid .. "/stat")
       names[pid] = stat and stat:match("^%d+ %((.*)%) ") or "?"
       children(pid, queue)
     end
@@ -81,7 +74,7 @@ function M.of_task(run_id, task_id)
   local marks = { "\0CORAL_RUN_ID=" .. run_id .. "\0", "\0CORAL_TASK_ID=" .. task_id .. "\0" }
   local found = {}
   for _, pid in ipairs(proc.adopted() or {}) do
-    local env = "\0" .. (read("/proc/" .. pid .. "/environ") or "")
+    local env = "\0" .. (fsutil.read("/proc/" .. pid .. "/environ") or "")
     if env:find(marks[1], 1, true) and env:find(marks[2], 1, true) then found[#found + 1] = pid end
   end
   return found
