@@ -175,6 +175,9 @@ function M.replay(events)
         run.retries[#run.retries + 1] = { task = e.task, attempt = e.attempt, delay = e.delay, reason = e.reason }
       elseif e.event == "skip" then
         t.status, t.error = "skipped", e.reason
+      elseif e.event == "park" then
+        -- not started in that session (its budget): the next one decides again
+        t.status, t.error = e.state or "pending", e.reason
       elseif e.event == "up_to_date" then
         t.status, t.finish, t.output, t.error, t.since = "up_to_date", e.t, e.output, nil, e.since
       elseif e.event == "rerun" then

@@ -1,6 +1,7 @@
 --- One attempt of a task, from start to end: the driver that turns the task into a process,
 -- the prompt, the process (through the run's executor), then the attempt's classification and
 -- what follows it: done, a retry after backoff, or failed for good.
+local admission = require "coral.run.admission"
 local drivers = require "coral.drivers"
 local fsutil = require "coral.fsutil"
 local host = require "coral.host"
@@ -202,6 +203,7 @@ local function ended(run, st, a, info, result, driver, ctx)
                  usage = result.usage, cost_usd = result.cost_usd }
     end
   end
+  admission.ended(run, st, a, result)   -- its units and reservation go back before anything starts
   if result.ok and st.worktree then
     -- its work committed to its branch before it counts as done (git on the loop; `waiting`
     -- keeps the run going meanwhile)
@@ -339,6 +341,16 @@ function M.start(run, st)
     if entry then return run:up_to_date(st, entry) end
     st.stale = stale
   end
+  if go == nil then return M.begin(run, st, why) end   -- the condition raised: it ends at once
+  -- the gates (limits, budget, approval, a pause): it may wait, and starts from the waiting list
+  if not admission.admit(run, st, st.adopt ~= nil) then return end
+  return M.begin(run, st)
+end
+
+--- Starts an attempt of a task that was admitted (run/admission.lua). `condition_error`: its
+-- condition raised that error; the attempt ends at once.
+function M.begin(run, st, condition_error)
+  local task = st.task
   local n = #st.attempts + 1
   -- An attempt adopted on resume (a cluster job still known to the executor) keeps its start.
   local adopt = st.adopt
@@ -354,8 +366,8 @@ function M.start(run, st)
   local busy = run.running - resources.waiting(run)   -- those waiting for a resource do not run
   if busy > run.max_parallel then run.max_parallel = busy end
 
-  if go == nil then   -- the condition raised: a mistake in the recipe, not worth a retry
-    return ended(run, st, a, nil, { ok = false, error = why, retryable = false })
+  if condition_error then   -- a mistake in the recipe, not worth a retry
+    return ended(run, st, a, nil, { ok = false, error = condition_error, retryable = false })
   end
   if st.workspace and not adopt then
     -- its worktree first (git on the loop: other tasks go on meanwhile)

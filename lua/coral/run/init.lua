@@ -11,6 +11,7 @@
 --   run/resume.lua         the run lock, and a run rebuilt from its journal
 --   run/script.lua         a script that calls execute_plan itself, and its resume
 --   run/summary.lua        the summary of a run
+local admission = require "coral.run.admission"
 local attempt = require "coral.run.attempt"
 local check = require "coral.check"
 local drivers = require "coral.drivers"
@@ -188,6 +189,18 @@ function Run:up_to_date(st, entry)
   self:pump()
 end
 
+--- A task the gates will not start in this run (run/admission.lua): its status is `state`
+-- (budget_exhausted), and its dependents wait with it; a resume decides again.
+function Run:park(st, state, why)
+  st.status, st.error = state, why
+  self:emit("park", { task = st.task.id, agent = st.task.agent, state = state, reason = why })
+  self.records:activity {
+    when = fsutil.now(), agent = st.task.agent, id = st.task.id, task = st.task.task,
+    mode = self.mode.label, group = self:group_label(st.task), deps = st.task.depends_on,
+    outcome = state, reason = why,
+  }
+end
+
 --- Records that a task is skipped (it is not running).
 function Run:skipped(st, why)
   st.skip_reason = nil
@@ -211,6 +224,7 @@ function Run:stop(why, hard)
   if not self.stopping then
     self.stopping = why
     self:emit("stopping", { reason = why })
+    admission.drop(self)
   end
   for _, st in pairs(self.state) do
     if st.status == "running" and st.handle then
@@ -236,14 +250,22 @@ function Run:pump()
       while self.running < self.max_workers and #self.retry_queue > 0 do
         self:start(table.remove(self.retry_queue, 1))
       end
+      admission.pump(self, function(st) attempt.begin(self, st) end)
+      -- the mode's ready tasks; again while some went to wait for a gate and workers are free
       local free = self.max_workers - self.running
-      if free > 0 then self.mode:pump(free) end
+      while free > 0 and not self.stopping do
+        local held = #self.held
+        self.mode:pump(free)
+        local now_free = self.max_workers - self.running
+        if now_free == 0 or #self.held == held then break end
+        free = now_free
+      end
     end
   until not self.pump_again
   self.pumping = false
-  if self.running == 0 and self.waiting == 0 and #self.retry_queue == 0 then
+  if self.running == 0 and self.waiting == 0 and #self.retry_queue == 0 and #self.held == 0 then
     local c = self.g:counts()
-    if self.stopping or (c.ready == 0 and c.running == self.mode:held()) then self.finished = true end
+    if self.stopping or (c.ready == 0 and c.running == self.mode:held() + self.parked) then self.finished = true end
   end
 end
 
@@ -413,6 +435,7 @@ function Runner:execute_plan(plan, opts)
     retry_queue = {}, state = {},
     roles = opts.roles or require("coral.agents").resolver(project_dir),
   }, Run)
+  admission.init(run)
   run.mode = modes.new(Mode, run)
   run.max_workers = run.mode:workers(self.max_workers)
   local executor, xerr = exec.get(self.executor, { kill_grace = self.kill_grace })

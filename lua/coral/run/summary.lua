@@ -57,6 +57,7 @@ function M.of(run)
   -- A resumed run counts the time of its earlier sessions too.
   local wall = run.finish_time - run.start_time + (run.prior_wall or 0)
   local sequential, succeeded, failed, skipped, unfinished, by_condition, up_to_date = 0, 0, 0, 0, 0, 0, 0
+  local budget_exhausted = 0
   local results, total_cost, times = {}, nil, {}
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
@@ -70,6 +71,7 @@ function M.of(run)
       skipped = skipped + 1
       if st.by_condition then by_condition = by_condition + 1 end
     elseif status == "interrupted" then unfinished = unfinished + 1
+    elseif status == "budget_exhausted" then budget_exhausted = budget_exhausted + 1
     else failed = failed + 1 end
     local last = st.attempts[#st.attempts]
     local usage, cost = usage_of(st.attempts)
@@ -97,11 +99,11 @@ function M.of(run)
     -- an on_success hook that failed is the recipe's mistake: what it meant to add did not run
     status = run.interrupted and "interrupted"
       -- worktree results that do not merge leave no one result: that is a failure too
-      or ((failed + skipped - by_condition + unfinished == 0 and not run.hook_errors and not (ws and ws.error))
+      or ((failed + skipped - by_condition + unfinished + budget_exhausted == 0 and not run.hook_errors and not (ws and ws.error))
           and "succeeded" or "failed"),
     hook_errors = run.hook_errors,
     tasks = total, succeeded = succeeded, failed = failed, skipped = skipped, interrupted_tasks = unfinished,
-    skipped_by_condition = by_condition, up_to_date = up_to_date,
+    skipped_by_condition = by_condition, up_to_date = up_to_date, budget_exhausted = budget_exhausted,
     -- a task up to date is as good as one that succeeded
     success_rate = total > 0 and (succeeded + up_to_date) / total * 100 or 0,
     total_time_seconds = wall, sequential_estimate_seconds = sequential,
