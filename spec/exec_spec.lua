@@ -251,6 +251,17 @@ describe("coral.exec.slurm", function()
       }, ex:sbatch_args(job, { run = "r1", task = "a", attempt = 2 }, "/r/tasks/a/attempt-2.sbatch"))
     end)
 
+    it("asks the cluster for the task's resources; its slurm table wins", function()
+      local job = { cwd = "/w", stdout_path = "/r/o", stderr_path = "/r/e", resources = { cpus = 2, mem_gb = 1.5, gpu = 1 } }
+      local argv = slurm.new():sbatch_args(job, { run = "r", task = "t", attempt = 1 }, "s")
+      assert.are.same({ "sbatch", "--parsable", "--export=ALL", "--job-name=coral.t", "--comment=coral:r:1:t",
+                        "--chdir=/w", "--output=/r/o", "--error=/r/e", "--cpus-per-task=2", "--mem=1536",
+                        "--gres=gpu:1", "s" }, argv)
+      job.slurm = { cpus = 8 }
+      argv = slurm.new():sbatch_args(job, { run = "r", task = "t", attempt = 1 }, "s")
+      assert.are.equal("--cpus-per-task=8", argv[9])
+    end)
+
     it("takes a task's time as given, and adds no limit without a timeout", function()
       local ex = slurm.new { sbatch = "/opt/slurm/bin/sbatch", time = 30 }
       local job = { cwd = "/w", stdout_path = "/r/o", stderr_path = "/r/e", timeout = 600,

@@ -20,6 +20,7 @@ local TASK_OPTIONS = {
   estimate = "number", cmd = "string|list", driver = "string|table", context = "table",
   cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
   when = "function", force = "boolean", on_success = "function", workspace = "string", on_conflict = "string",
+  resources = "table", estimate_usd = "number", estimate_tokens = "number", budget = "table",
 }
 
 -- The words of a task's (or a plan's) `workspace` (coral.run.workspaces).
@@ -47,7 +48,7 @@ local function new_task(spec)
   local refusal = id_refusal(t.id or t.agent)
   if refusal then return nil, "coral.task: " .. refusal end
   if t.agent == "" then return nil, "coral.task: agent must not be empty" end
-  for _, k in ipairs { "retries", "timeout", "idle_timeout", "estimate" } do
+  for _, k in ipairs { "retries", "timeout", "idle_timeout", "estimate", "estimate_usd", "estimate_tokens" } do
     if t[k] and t[k] < 0 then return nil, string.format("coral.task: %s must be >= 0", k) end
   end
   if type(t.cmd) == "table" then
@@ -73,6 +74,12 @@ local function new_task(spec)
     end
     if t[key] then t[key] = paths end
   end
+  if t.resources then
+    local rerr = require("coral.run.limits").check_resources(t.resources)
+    if rerr then return nil, rerr end
+  end
+  local berr = require("coral.run.budget").check(t.budget, "coral.task: budget")
+  if berr then return nil, berr end
   if t.workspace ~= nil then
     local werr = check.choice_error("coral.task", "workspace", t.workspace, WORKSPACES)
     if werr then return nil, werr end

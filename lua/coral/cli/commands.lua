@@ -58,6 +58,20 @@ for _, o in ipairs {
     apply = function(r) r.output = "json" end },
   { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary",
     apply = function(r) if r.output ~= "json" then r.output = "quiet" end end },
+  { flag = "--budget-usd", key = "budget_usd", kind = "number", value = "N",
+    help = "the run's spend ceiling in dollars: a task whose expected spend would pass it does not start",
+    apply = function(r, v) r.budget = r.budget or {}; r.budget.usd = v end },
+  { flag = "--budget-tokens", key = "budget_tokens", kind = "number", value = "N",
+    help = "the run's ceiling in tokens (input + output), planned with as --budget-usd",
+    apply = function(r, v) r.budget = r.budget or {}; r.budget.tokens = v end },
+  { flag = "--limit", key = "limit", kind = "string", value = "NAME=N", many = true,
+    help = "at most N units of NAME at once: a driver (claude), model:NAME, or a resource (gpu, cpus, mem_gb)",
+    apply = function(r, v)
+      local limits, err = require("coral.run.limits").parse(v)
+      if not limits then r.limits_error = err; return end
+      r.limits = r.limits or {}
+      for k, n in pairs(limits) do r.limits[k] = n end
+    end },
   { flag = "--param", key = "param", kind = "string", value = "NAME=VALUE", many = true,
     help = "a parameter of the recipe (repeatable; coral run TYPE --help lists them)" },
   { flag = "--params", key = "params_file", kind = "string", value = "FILE",
@@ -95,6 +109,7 @@ function M.runner_options(opts)
       if o.runner then r[o.key] = v elseif o.apply then o.apply(r, v) end
     end
   end
+  if r.limits_error then return nil, r.limits_error end
   local err = run_options.check(r, true)
   if err then return nil, err end
   if opts.executor == "slurm" then r.executor = require("coral.exec.slurm").from_cli(opts) end
@@ -328,7 +343,13 @@ M.LIST = {
             "execute_plan calls continues its own run, in order (--json and --quiet are the script's to choose).",
     options = { DIR, { flag = "--retry-failed", key = "retry_failed", kind = "flag", help = "run the failed tasks again too" },
                 { flag = "--quiet", key = "quiet", kind = "flag", help = "only the summary" },
-                { flag = "--json", key = "json", kind = "flag", help = "JSON lines, then the summary" } },
+                { flag = "--json", key = "json", kind = "flag", help = "JSON lines, then the summary" },
+                { flag = "--budget-usd", key = "budget_usd", kind = "number", value = "N",
+                  help = "a new spend ceiling in dollars for the run (what it spent so far counts)" },
+                { flag = "--budget-tokens", key = "budget_tokens", kind = "number", value = "N",
+                  help = "a new ceiling in tokens" },
+                { flag = "--limit", key = "limit", kind = "string", value = "NAME=N", many = true,
+                  help = "a limit, as coral run takes it (repeatable; it replaces the run's own for NAME)" } },
     run = function(opts, args)
       local dir = opts.dir or "."
       local run_dir, err = records.find_run(dir, args[1])
@@ -355,6 +376,10 @@ M.LIST = {
       for _, k in ipairs { "retry_failed", "quiet", "json" } do
         if opts[k] then flags[#flags + 1] = "--" .. k:gsub("_", "-") end
       end
+      for _, k in ipairs { "budget_usd", "budget_tokens" } do
+        if opts[k] then flags[#flags + 1] = "--" .. k:gsub("_", "-"); flags[#flags + 1] = tostring(opts[k]) end
+      end
+      for _, l in ipairs(opts.limit or {}) do flags[#flags + 1] = "--limit"; flags[#flags + 1] = l end
       local plan, ropts = M.rebuild(inv, dir, flags)
       if not plan then return ropts end
       ropts.resume = run_id

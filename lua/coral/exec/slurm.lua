@@ -182,6 +182,12 @@ function Slurm:sbatch_args(job, ids, script)
     for _, w in ipairs(type(a) == "string" and words(a) or a or {}) do extra[#extra + 1] = tostring(w) end
   end
   add_args(self.defaults.args)
+  -- the task's resources (what coral's limits count) are what the job asks the cluster for;
+  -- its own slurm table says more exactly, and wins
+  local res = job.resources or {}
+  if res.cpus then o.cpus = math.ceil(res.cpus) end
+  if res.mem_gb then o.mem = math.ceil(res.mem_gb * 1024) end   -- sbatch --mem is in MB
+  if res.gpu and res.gpu > 0 then extra[#extra + 1] = "--gres=gpu:" .. math.ceil(res.gpu) end
   for k, v in pairs(job.slurm or {}) do o[k] = v end
   add_args(job.slurm and job.slurm.args)
   local grace = job.kill_grace or self.kill_grace

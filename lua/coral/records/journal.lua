@@ -160,6 +160,7 @@ function M.replay(events)
         a.open = nil
         a.finish, a.outcome, a.exit, a.signal, a.error = e.t, e.outcome or "failed", e.exit, e.signal, e.error
         a.duration = e.duration or (a.finish - a.start)
+        a.cost_usd, a.usage = e.cost_usd, e.usage
         t.finish = e.t
         if a.outcome == "succeeded" then
           t.status, t.error, t.output = "succeeded", nil, e.output

@@ -26,6 +26,7 @@ M.ATTEMPT = {
   timeout = "killed after the task's timeout",
   ["idle-timeout"] = "killed after printing nothing for the task's idle_timeout",
   ["rate-limited"] = "the agent's API refused for a rate limit; retried on its own budget",
+  budget_exceeded = "stopped: its spend passed the task's own budget",
   cancelled = "stopped by coral (on_failure = stop, a failed upstream in a pipeline)",
   interrupted = "stopped by Ctrl-C, SIGTERM or SIGHUP, or coral was killed while it ran",
   running = "still running (a live run)",

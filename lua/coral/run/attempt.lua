@@ -163,6 +163,7 @@ local function outcome_of(result, info, st, run)
   if info and info.timed_out == "idle" then return "idle-timeout" end
   if info and info.timed_out then return "timeout" end
   if result.rate_limited then return "rate-limited" end
+  if st.budget_exceeded then return "budget_exceeded" end
   if st.cancelled then return "cancelled" end
   return "failed"
 end
@@ -247,6 +248,7 @@ function conclude(run, st, a, info, result, ctx)
   end
   run:emit("end", { task = task.id, agent = task.agent, attempt = a.n, outcome = outcome,
     exit = a.code, signal = a.signal, duration = a.duration, error = a.error, output = output_path,
+    cost_usd = result.cost_usd, usage = result.usage,
     branch = result.ok and st.branch or nil, commit = result.ok and st.commit or nil,
     changes = result.ok and st.changes and { files = st.changes.files, added = st.changes.added,
                                              removed = st.changes.removed } or nil })
@@ -426,7 +428,7 @@ function launch(run, st, a, adopt, max_before)
     timeout = task.timeout or runner.timeout,
     idle_timeout = task.idle_timeout or runner.idle_timeout,
     kill_grace = runner.kill_grace, on_stdout = on_stdout,
-    slurm = task.slurm, adopt = adopt,
+    slurm = task.slurm, resources = task.resources, adopt = adopt,
     on_submit = function(job_id) run:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
   }
   local function on_exit(info)

@@ -13,11 +13,13 @@
 --   run/summary.lua        the summary of a run
 local admission = require "coral.run.admission"
 local attempt = require "coral.run.attempt"
+local budget = require "coral.run.budget"
 local check = require "coral.check"
 local drivers = require "coral.drivers"
 local dynamic = require "coral.run.dynamic"
 local exec = require "coral.exec"
 local fsutil = require "coral.fsutil"
+local limits = require "coral.run.limits"
 local host = require "coral.host"
 local modes = require "coral.run.modes"
 local options = require "coral.run.options"
@@ -201,6 +203,50 @@ function Run:park(st, state, why)
   }
 end
 
+--- Live usage of a running attempt, cumulative for the attempt (a streaming CLI's driver
+-- reports it as it goes). A task whose own budget it passes is stopped (budget_exceeded).
+function Run:usage(st, a, usage, cost_usd)
+  if st.handle == nil or a ~= st.attempts[#st.attempts] then return end
+  a.live_usage, a.live_cost_usd = usage, cost_usd
+  local stop = self.budget:live(st, usage, cost_usd)
+  if stop and not st.cancelled then
+    st.budget_exceeded, st.cancelled = true, stop
+    st.handle:cancel()
+  end
+end
+
+--- A streaming CLI saw its API refuse for a rate limit while the attempt runs (it may retry
+-- by itself): the driver's limit adapts now, not only when the attempt ends.
+function Run:rate_limit_seen(st, a, retry_after)
+  local driver = st.driver_name
+  if driver then self.limits:throttle(driver, self.limits.used[driver] or 1, a, retry_after) end
+end
+
+--- Sets limit `name` to `n` while the run goes on (live control).
+function Run:set_limit(name, n)
+  self.limits:set(name, n)
+  self:pump()
+end
+
+--- Tasks that wait for a task parked by the budget wait with it: their status is its.
+function Run:park_dependents()
+  if self.parked == 0 then return end
+  for _, t in ipairs(self.plan.tasks) do   -- in dependency order: a dependent's dependency is decided first
+    local st = self.state[t.id]
+    if st.status == "pending" then
+      for _, d in ipairs(t.depends_on) do
+        local dst = self.state[d]
+        if dst.status == "budget_exhausted" then
+          st.status = "budget_exhausted"
+          st.error = string.format("waits for '%s' (%s)", d, dst.parked and "budget" or dst.error or "budget")
+          self:emit("park", { task = t.id, agent = t.agent, state = st.status, reason = st.error })
+          break
+        end
+      end
+    end
+  end
+end
+
 --- Records that a task is skipped (it is not running).
 function Run:skipped(st, why)
   st.skip_reason = nil
@@ -313,6 +359,7 @@ function Run:execute(opts)
   if opts.resume then
     dynamic.rebuild(self)   -- the tasks added by hooks first: the journal's states are theirs too
     resume.restore(self, opts.retry_failed)
+    self.budget:restore(self.state)   -- what the earlier sessions spent counts against the ceiling
   end
   self:emit("run", { run_id = self.records.id, plan = plan.name, project = self.description,
                      tasks = #plan.tasks, mode = self.mode.name, max_workers = self.max_workers,
@@ -333,7 +380,8 @@ function Run:execute(opts)
   -- Nothing the tasks started outlives the run (coral.exec.reaper).
   if self.executor.close then self.executor:close() end
 
-  -- Tasks never reached (a stop) count as skipped.
+  -- Tasks waiting for one the budget held wait with it; tasks never reached (a stop) are skipped.
+  if not self.stopping then self:park_dependents() end
   for _, t in ipairs(plan.tasks) do
     local s = self.state[t.id]
     if s.status == "pending" then self:skip(s, self.stopping or "not run") end
@@ -409,6 +457,7 @@ local function preflight(run, project_dir)
     end
   end
   for _, t in ipairs(run.plan.tasks) do run:preflight_task(t) end
+  run.limits:preflight(run.plan.tasks)
   workspaces.plan(run, function(t) return attempt.driver_for(run, t) end)
 end
 
@@ -441,6 +490,12 @@ function Runner:execute_plan(plan, opts)
   local executor, xerr = exec.get(self.executor, { kill_grace = self.kill_grace })
   if not executor then check.user_error(xerr) end
   run.executor = executor
+  local function driver_name(t)
+    local driver = attempt.driver_for(run, t)
+    return driver and driver.name
+  end
+  run.limits = limits.new(run, driver_name)
+  admission.add(run, run.limits)
 
   local paths = records.paths(project_dir)
   -- A link where coral's own files belong stops the run before it reads or writes any (exit 1)
@@ -449,6 +504,8 @@ function Runner:execute_plan(plan, opts)
   local state, err = records.read_state(paths.state)
   if state then plan:set_estimates(project_state.estimates(state, plan)) end
   run.built = state and type(state.built) == "table" and state.built or {}
+  run.budget = budget.new(run, budget.history(state), function(t) return driver_name(t) ~= "cmd" end)
+  admission.add(run, run.budget)
   if not state and err then io.stderr:write("coral: warning: ", err, "\n") end
 
   workspaces.insert_resolvers(run)

@@ -44,6 +44,8 @@ M.LIST = {
     choices = { "auto", "worktree", "shared" },
     help = "auto: agents that edit files work in a git worktree each (in a git repository); worktree: every " ..
       "task; shared: all in the project dir" },
+  { key = "limits", type = "table" },
+  { key = "budget", type = "table" },
   { key = "output", type = "string", default = "auto", choices = { "auto", "live", "lines", "json", "quiet" } },
   { key = "backoff", type = "table", default = { base = 0.5, factor = 2, max = 30, jitter = 0.25 } },
   { key = "on_event", type = "function" },
@@ -77,6 +79,11 @@ function M.check(opts, flags)
     if v ~= nil and o.min and type(v) == "number" and v < o.min then
       return string.format("%s must be at least %s, got %s", name, tostring(o.min), tostring(v))
     end
+  end
+  if opts then
+    err = require("coral.run.limits").check(opts.limits, flags and "option '--limit'" or "coral.runner: limits")
+      or require("coral.run.budget").check(opts.budget, flags and "the budget options" or "coral.runner: budget")
+    if err then return err end
   end
   local mode = opts and opts.mode
   if mode ~= nil then

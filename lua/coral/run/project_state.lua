@@ -63,12 +63,19 @@ end
 --- Adds the history entry of a task that ended (succeeded or failed); written with the next flush.
 function ProjectState:record(st)
   local a = st.attempts[#st.attempts]
+  -- its spend, over its attempts: the budget's estimates of the agent's next tasks (run/budget.lua)
+  local cost, tokens
+  for _, x in ipairs(st.attempts) do
+    if x.cost_usd then cost = (cost or 0) + x.cost_usd end
+    if type(x.usage) == "table" then tokens = (tokens or 0) + require("coral.run.budget").tokens(x.usage) end
+  end
   self.pending[#self.pending + 1] = {
     agent = st.task.agent, entry = {
       task = st.task.task, task_id = st.task.id, run_id = self.run.records.id, status = st.status,
       started = fsutil.timestamp(st.first_start), finished = fsutil.timestamp(a.finish),
       duration = math.floor((a.finish - st.first_start) * 1000 + 0.5) / 1000,
       attempts = #st.attempts, output = st.output_path, error = st.error,
+      cost_usd = cost, tokens = tokens,
     },
   }
   self.dirty = true

@@ -132,7 +132,8 @@ function M.restore(run, retry_failed)
     if st then
       for _, a in ipairs(t.attempts) do
         local copy = { n = a.n, start = a.start, duration = a.duration, finish = a.finish, outcome = a.outcome,
-                       code = a.exit, signal = a.signal, error = a.error, restored = true }
+                       code = a.exit, signal = a.signal, error = a.error, restored = true,
+                       cost_usd = a.cost_usd, usage = a.usage }
         if a.open and adopted[id] and a == t.attempts[#t.attempts] then
           st.adopt = { job_id = adopted[id].job_id, start = a.start }
           copy = nil

@@ -1,6 +1,7 @@
 --- The summary of a run (summary.json, the text `coral run` prints, the `done` JSON line):
 -- per task its state, attempts, times, usage and cost; for the run its counts, wall time,
 -- speedup over the measured sequential time, and the measured critical path.
+local budget = require "coral.run.budget"
 local dag = require "coral.dag"
 
 local M = {}
@@ -59,6 +60,13 @@ function M.of(run)
   local sequential, succeeded, failed, skipped, unfinished, by_condition, up_to_date = 0, 0, 0, 0, 0, 0, 0
   local budget_exhausted = 0
   local results, total_cost, times = {}, nil, {}
+  local total_tokens, by_role, by_driver = nil, {}, {}
+  local function add_spend(into, key, cost, tokens)
+    if not key or (not cost and not tokens) then return end
+    local e = into[key] or { usd = 0, tokens = 0, tasks = 0 }
+    into[key] = e
+    e.usd, e.tokens, e.tasks = e.usd + (cost or 0), e.tokens + (tokens or 0), e.tasks + 1
+  end
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
     local duration = 0
@@ -76,13 +84,17 @@ function M.of(run)
     local last = st.attempts[#st.attempts]
     local usage, cost = usage_of(st.attempts)
     if cost then total_cost = (total_cost or 0) + cost end
+    local tokens = usage and budget.tokens(usage) or nil
+    if tokens then total_tokens = (total_tokens or 0) + tokens end
+    add_spend(by_role, t.agent, cost, tokens)
+    add_spend(by_driver, st.driver_name, cost, tokens)
     if st.first_start and st.finish then times[t.id] = { start = st.first_start, finish = st.finish } end
     results[t.id] = {
       agent = t.agent, task = t.task, status = status,
       attempts = #st.attempts, exit_code = last and last.code, signal = last and last.signal,
       duration_seconds = duration, output_file = st.output_path, error = st.error,
       started = st.first_start, finished = st.finish, usage = usage, cost_usd = cost,
-      rate_limited = st.rate_limits,
+      rate_limited = st.rate_limits, driver = st.driver_name,
       -- a worktree task's result: its branch and what it changed against its base
       branch = st.branch, commit = st.commit,
       files_changed = st.changes and st.changes.files, lines_added = st.changes and st.changes.added,
@@ -115,7 +127,10 @@ function M.of(run)
     worker_utilisation_percent = wall > 0 and run.busy / (wall * run.max_workers) * 100 or 0,
     interrupted = run.interrupted or false, stopped = run.stopping or nil,
     started = run.start_time, finished = run.finish_time,
-    total_cost_usd = total_cost, results = results,
+    total_cost_usd = total_cost, total_tokens = total_tokens, results = results,
+    spend = (total_cost or total_tokens) and { by_role = by_role, by_driver = by_driver } or nil,
+    budget = run.budget and run.budget:summary() or nil,
+    limits = run.limits and #run.limits.changes > 0 and run.limits.changes or nil,
     workspace = ws and { base = ws.base, base_branch = ws.base_branch, result = ws.result, result_branch = ws.branch,
                          error = ws.error, conflicts = ws.conflicts } or nil,
   }

@@ -57,6 +57,12 @@ function Lines:event(e)
     out:write(string.format("[%s] %s\n", when, e.event == "coord_behind" and ("warning   " .. e.message) or e.message))
   elseif e.event == "wait" then
     out:write(string.format("[%s] waiting   %s\n", when, e.reason))
+  elseif e.event == "park" then
+    out:write(string.format("[%s] %s %s: %s\n", when, e.state, e.task, e.reason))
+  elseif e.event == "budget_warning" then
+    out:write(string.format("[%s] warning   %s\n", when, e.message))
+  elseif e.event == "limit" then
+    out:write(string.format("[%s] limit     %s = %d (%s)\n", when, e.name, e.limit, e.reason))
   end
   out:flush()
 end
@@ -71,6 +77,7 @@ function Json:event(e)
   -- a warning goes to stderr too, as coral's other warnings do
   if e.event == "hook_error" then io.stderr:write("coral: warning: ", e.error, "\n") end
   if e.event == "coord_behind" then io.stderr:write("coral: warning: ", e.message, "\n") end
+  if e.event == "budget_warning" then io.stderr:write("coral: warning: ", e.message, "\n") end
 end
 function Json:finish() end
 
@@ -81,6 +88,7 @@ function Quiet.event(_, e)
   -- a coordination file behind, and its catching up after that warning
   if e.event == "coord_behind" then io.stderr:write("coral: warning: ", e.message, "\n") end
   if e.event == "coord_caught_up" then io.stderr:write("coral: ", e.message, "\n") end
+  if e.event == "budget_warning" then io.stderr:write("coral: warning: ", e.message, "\n") end
 end
 function Quiet:finish() end
 
@@ -146,7 +154,7 @@ end
 function Live:event(e)
   if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
      or e.event == "rerun" or e.event == "hook_error" or e.event == "coord_behind" or e.event == "coord_caught_up"
-     or e.event == "wait" then
+     or e.event == "wait" or e.event == "park" or e.event == "budget_warning" or e.event == "limit" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
@@ -156,6 +164,9 @@ function Live:event(e)
     elseif e.event == "coord_behind" then text = "warning: " .. e.message
     elseif e.event == "coord_caught_up" then text = "✓ " .. e.message
     elseif e.event == "wait" then text = "waiting: " .. e.reason
+    elseif e.event == "park" then text = string.format("⏸ %s %s: %s", e.task, e.state, e.reason)
+    elseif e.event == "budget_warning" then text = "warning: " .. e.message
+    elseif e.event == "limit" then text = string.format("limit %s = %d (%s)", e.name, e.limit, e.reason)
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
@@ -219,8 +230,32 @@ function M.summary_text(s)
   elseif ws and ws.error then
     lines[#lines + 1] = row("Result", "none: " .. ws.error .. " (every task's branch stays)")
   end
+  if (s.budget_exhausted or 0) > 0 then   -- after "Skipped"
+    table.insert(lines, 7 + ((s.up_to_date or 0) > 0 and 1 or 0),
+      row("Budget Exhausted", int(s.budget_exhausted) .. " (not started; coral resume --budget-usd N goes on)"))
+  end
   if s.total_cost_usd then
     lines[#lines + 1] = row("Cost", string.format("$%.4f (as the agent CLIs reported it)", s.total_cost_usd))
+  end
+  if s.total_tokens then lines[#lines + 1] = row("Tokens", int(s.total_tokens) .. " (input + output)") end
+  local b = s.budget
+  if b then
+    local parts = {}
+    if b.usd then parts[#parts + 1] = string.format("$%.2f of $%.2f spent", b.spent_usd or 0, b.usd) end
+    if b.tokens then parts[#parts + 1] = string.format("%s of %s tokens", int(b.spent_tokens), int(b.tokens)) end
+    lines[#lines + 1] = row("Budget", table.concat(parts, ", ") ..
+      string.format(" ($%.2f reserved before starts)", b.reserved_usd or 0))
+  end
+  if s.spend and s.spend.by_role and next(s.spend.by_role) and s.total_cost_usd then
+    local roles = {}
+    for name, e in pairs(s.spend.by_role) do roles[#roles + 1] = { name = name, usd = e.usd } end
+    table.sort(roles, function(x, y) return x.usd > y.usd or (x.usd == y.usd and x.name < y.name) end)
+    local parts = {}
+    for i, r in ipairs(roles) do
+      if i > 6 then parts[#parts + 1] = "..."; break end
+      parts[#parts + 1] = string.format("%s $%.2f", r.name, r.usd)
+    end
+    lines[#lines + 1] = row("Spend By Role", table.concat(parts, ", "))
   end
   if s.interrupted then lines[#lines + 1] = row("Interrupted", "yes (" .. tostring(s.interrupted) .. ")") end
   if (s.interrupted_tasks or 0) > 0 then
