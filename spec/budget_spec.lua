@@ -65,7 +65,7 @@ describe("a run budget", function()
     uv.fs_mkdir(dir .. "/.coral", 448); uv.fs_mkdir(dir .. "/.coral/drivers", 448)
     H.write_file(dir .. "/.coral/drivers/paid.lua", PAID)
     H.write_file(dir .. "/r.lua", SIX)
-    local r = H.run { dir .. "/r.lua", "x", "--dir", dir, "--budget-usd", "3.5", "--max-workers", "1", "--no-report" }
+    local r = H.run { dir .. "/r.lua", "x", "--dir", dir, "--budget-usd", "3.5", "--max-workers", "1" }
     assert.are.equal(1, r.code, r.stderr)
     -- the first has no figure to go by (0), the next ones the median of the run's: $1 each
     local s = summary_of(dir)
@@ -91,6 +91,11 @@ describe("a run budget", function()
     -- the soft threshold (80 %): one warning, and one event
     local warnings = events(dir, "budget_warning")
     assert.are.equal(1, #warnings)
+    -- the report: the budget, what it held, and the spend per role and driver
+    local html = H.read_file(run_dir_of(dir) .. "/report.html")
+    assert.matches("Budget: %$3%.00 of %$3%.50 spent", html)
+    assert.matches("Not started %(budget_exhausted%): t%d, t%d, t%d, after", html)
+    assert.matches('<table id="spend%-by%-role">.-<td>worker</td><td>3</td><td>%$3%.0000</td><td>450</td>', html)
     assert.matches("warning   the run has spent %$3%.00 of its %$3%.50 budget %(86%%%)", r.stderr)
 
     r = H.run { "resume", "--dir", dir, "--budget-usd", "10" }
@@ -242,7 +247,7 @@ local tasks = {}
 for i = 1, 12 do tasks[i] = coral.task { id = "a" .. i, agent = "worker", driver = "api" } end
 return coral.plan(tasks)
 ]])
-    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--max-workers", "8", "--no-report" },
+    local r = H.run({ dir .. "/r.lua", "x", "--dir", dir, "--max-workers", "8" },
                     { env = H.env { SLOTS = dir .. "/slots" } })
     assert.are.equal(0, r.code, r.stderr)
     local s = summary_of(dir)
@@ -257,6 +262,11 @@ return coral.plan(tasks)
     for _, e in ipairs(events(dir, "end")) do if e.outcome == "rate-limited" then refused = refused + 1 end end
     -- the first wave's six, then a few while the limit comes down
     assert.is_true(refused >= 6 and refused <= 12, "rate-limited attempts: " .. refused)
-    assert.are.equal(#changes, #s.limits)   -- summary.json keeps the changes, for the report
+    assert.are.equal(#changes, #s.limits)   -- summary.json keeps the changes
+    -- the report draws each change under the Gantt chart
+    local html = H.read_file(run_dir_of(dir) .. "/report.html")
+    local drawn = 0
+    for _ in html:gmatch('<circle class="limit%-change" data%-limit="api"') do drawn = drawn + 1 end
+    assert.are.equal(#changes, drawn)
   end)
 end)

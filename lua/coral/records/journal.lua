@@ -122,6 +122,10 @@ function M.replay(events)
         run.ended, run.status = e.t, e.status
       elseif e.event == "stopping" then
         run.stopping = e.reason
+      elseif e.event == "limit" then
+        -- a limit's value over time (run/limits.lua): the report draws it
+        run.limits = run.limits or {}
+        run.limits[#run.limits + 1] = { t = e.t, name = e.name, limit = e.limit, reason = e.reason }
       end
     end
     if e.task then

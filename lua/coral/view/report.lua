@@ -344,6 +344,7 @@ td,th{padding:3px 10px 3px 0;text-align:left;vertical-align:top}
 .status-succeeded{background:#dff3e3;color:#1e6b32}
 .status-failed,.status-timeout{background:#f9dcdb;color:#9b2420}
 .status-interrupted,.status-killed{background:#ebe2f5;color:#553c7b}
+.status-budget_exhausted{background:#fdf0d5;color:#7a5200}
 .status-running,.status-retrying{background:#dcebf8;color:#1d5d94}
 .status-skipped,.status-pending{background:#eee;color:#555}
 .status-up_to_date{background:#eef7ef;color:#3d6b47}
@@ -391,6 +392,95 @@ local SCRIPT = [[
   });
 })();
 ]]
+
+-- Each limit that changed during the run (a rate-limited driver's, one set live) as a step line
+-- over the Gantt chart's time axis: its value from the first change to the end of the run.
+local function limits_svg(run)
+  local changes = run.limits
+  if not changes or #changes == 0 then return "" end
+  local names, by_name = {}, {}
+  for _, c in ipairs(changes) do
+    if not by_name[c.name] then by_name[c.name] = {}; names[#names + 1] = c.name end
+    table.insert(by_name[c.name], c)
+  end
+  local label_w, chart_w, row_h = 92, 1040, 72
+  local span = math.max(run.ended_at - run.started, 1e-3)
+  local function x(t) return label_w + math.max(0, math.min(t - run.started, span)) / span * chart_w end
+  local height = #names * row_h + 8
+  local out = { string.format('<svg id="limits" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" ' ..
+    'viewBox="0 0 %d %d" role="img" aria-label="limits over time">', label_w + chart_w + 20, height,
+    label_w + chart_w + 20, height) }
+  for i, name in ipairs(names) do
+    local list = by_name[name]
+    local top = (i - 1) * row_h + 4
+    local most = 1
+    for _, c in ipairs(list) do most = math.max(most, c.limit) end
+    local function y(v) return top + row_h - 10 - v / most * (row_h - 18) end
+    out[#out + 1] = string.format('<text class="lane-label" x="%d" y="%s">%s</text>', label_w - 8,
+      num(top + row_h / 2), esc(name))
+    out[#out + 1] = string.format('<line x1="%d" y1="%s" x2="%d" y2="%s" stroke="#e3e3e3"/><text x="%d" y="%s" ' ..
+      'font-size="10" text-anchor="end">%d</text><text x="%d" y="%s" font-size="10" text-anchor="end">0</text>',
+      label_w, num(y(0)), label_w + chart_w, num(y(0)), label_w - 30, num(y(most) + 4), most, label_w - 30, num(y(0)))
+    local d = {}
+    for j, c in ipairs(list) do
+      local x1 = x(c.t)
+      local x2 = x(list[j + 1] and list[j + 1].t or run.ended_at)
+      if j == 1 then
+        d[#d + 1] = string.format("M%s,%s H%s", num(x1), num(y(c.limit)), num(x2))
+      else   -- from where the last step ended (x1): up or down to the new value, then on
+        d[#d + 1] = string.format("V%s H%s", num(y(c.limit)), num(x2))
+      end
+      out[#out + 1] = string.format('<circle class="limit-change" data-limit="%s" data-value="%d" cx="%s" cy="%s" ' ..
+        'r="3" fill="#a06cd5"><title>%s</title></circle>', esc(name), c.limit, num(x1), num(y(c.limit)),
+        esc(string.format("%s = %d at %s: %s", name, c.limit, fmt(c.t - run.started), c.reason or "")))
+    end
+    out[#out + 1] = string.format('<path d="%s" fill="none" stroke="#a06cd5" stroke-width="2"/>', table.concat(d, " "))
+    out[#out + 1] = string.format('<text x="%s" y="%s" font-size="11">%d</text>', num(label_w + chart_w + 4),
+      num(y(list[#list].limit) + 4), list[#list].limit)
+  end
+  out[#out + 1] = "</svg>"
+  return '<p class="note">Limits that changed during the run (a rate-limited driver\'s, or one set while it ran), ' ..
+    "over the same time axis.</p>" .. table.concat(out, "\n")
+end
+
+-- The run's spend: the budget, and the spend per role and per driver (summary.json).
+local function spend_section(run)
+  local s = run.summary
+  if not s or not (s.budget or s.spend) then return "" end
+  local parts = { '<section id="spend"><h2>Spend</h2>' }
+  local b = s.budget
+  if b then
+    local held = {}
+    for _, id in ipairs(run.order) do
+      if run.tasks[id].status == "budget_exhausted" then held[#held + 1] = id end
+    end
+    parts[#parts + 1] = string.format("<p>Budget: %s%s; %s reserved before starts.%s</p>",
+      b.usd and string.format("$%.2f of $%.2f spent", b.spent_usd or 0, b.usd) or "",
+      b.tokens and string.format("%s%d of %d tokens", b.usd and ", " or "", math.floor(b.spent_tokens or 0),
+        math.floor(b.tokens)) or "",
+      string.format("$%.2f", b.reserved_usd or 0),
+      #held > 0 and (" Not started (budget_exhausted): " .. esc(table.concat(held, ", ")) .. ".") or "")
+  end
+  for _, kind in ipairs { "by_role", "by_driver" } do
+    local rows = {}
+    for name, e in pairs(s.spend and s.spend[kind] or {}) do
+      rows[#rows + 1] = { name = name, usd = e.usd or 0, tokens = e.tokens or 0, tasks = e.tasks or 0 }
+    end
+    table.sort(rows, function(x, y) return x.usd > y.usd or (x.usd == y.usd and x.name < y.name) end)
+    if #rows > 0 then
+      local html = {}
+      for _, r in ipairs(rows) do
+        html[#html + 1] = string.format("<tr><td>%s</td><td>%d</td><td>$%.4f</td><td>%d</td></tr>", esc(r.name),
+          r.tasks, r.usd, math.floor(r.tokens))
+      end
+      parts[#parts + 1] = string.format('<table id="spend-%s"><thead><tr><th>%s</th><th>tasks</th><th>cost</th>' ..
+        "<th>tokens</th></tr></thead><tbody>%s</tbody></table>", kind:gsub("_", "-"), kind == "by_role" and "role" or
+        "driver", table.concat(html))
+    end
+  end
+  parts[#parts + 1] = "</section>"
+  return table.concat(parts)
+end
 
 local function status_badge(s)
   return string.format('<span class="status status-%s">%s</span>', esc(s:gsub(" ", "-")), esc(s))
@@ -526,10 +616,11 @@ function M.html(run, out_dir, opts)
       for _, a in ipairs(run.attempts) do if run.on_critical[a.task] then n = n + 1 end end
       return n
     end)())
-  parts[#parts + 1] = '<div class="scroll">' .. gantt_svg(run) .. "</div>" .. legend() .. "</section>"
+  parts[#parts + 1] = '<div class="scroll">' .. gantt_svg(run) .. limits_svg(run) .. "</div>" .. legend() .. "</section>"
   parts[#parts + 1] = '<section id="plan"><h2>Plan</h2><p class="note">Tasks by phase, arrows from a dependency to its dependent, filled by status; the critical path in red.</p>'
   parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run) .. "</div></section>"
   parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir) .. "</div></section>"
+  parts[#parts + 1] = spend_section(run)
   parts[#parts + 1] = changes_section(run)
   parts[#parts + 1] = string.format('<p class="note">Written by coral at %s.</p>', esc(when(fsutil.now())))
   parts[#parts + 1] = "</main>"
