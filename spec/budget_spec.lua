@@ -270,3 +270,23 @@ return coral.plan(tasks)
     assert.are.equal(#changes, drawn)
   end)
 end)
+
+describe("the live view", function()
+  it("shows each limit in use, a throttled driver's as rate-limited, and how many tasks wait", function()
+    local limits = require "coral.run.limits"
+    local progress = require "coral.view.progress"
+    local emitted = {}
+    local run = { executor = { on_this_machine = false }, runner = { limits = { gpu = 1 } }, max_workers = 8,
+                  held = { {}, {} }, emit = function(_, name, e) emitted[#emitted + 1] = { name, e } end }
+    run.limits = limits.new(run, function() return "claude" end)
+    local st = { task = { id = "a", resources = { gpu = 1 } } }
+    assert.is_true(run.limits:admit(st))
+    run.limits:take(st)
+    run.limits:throttle("claude", 6, nil, nil)
+    assert.are.equal("  limits: claude 1/3 (rate-limited), gpu 1/1, 2 waiting", progress.limits_line(run))
+    assert.are.same({ "limit", { name = "claude", limit = 3, reason = "rate-limited with 6 running" } }, emitted[1])
+    -- another of its kind waits for the gpu
+    local other = { task = { id = "b", resources = { gpu = 1 } } }
+    assert.are.same({ "wait", "limit gpu: 1 of 1 in use" }, { run.limits:admit(other) })
+  end)
+end)

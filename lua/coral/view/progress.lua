@@ -92,6 +92,23 @@ function Quiet.event(_, e)
 end
 function Quiet:finish() end
 
+--- The limits in force as one line of the live view ("limits: claude 2/4 (rate-limited), gpu 1/1,
+-- 3 waiting"), or nil when no task is counted against one and none waits.
+function M.limits_line(run)
+  local l = run.limits
+  if not l then return nil end
+  local parts = {}
+  for name, v in pairs(l:snapshot()) do
+    parts[#parts + 1] = string.format("%s %d/%d%s", name, math.tointeger(v.used) or v.used, v.limit,
+      v.adaptive and " (rate-limited)" or "")
+  end
+  table.sort(parts)
+  local held = run.held and #run.held or 0
+  if held > 0 then parts[#parts + 1] = string.format("%d waiting", held) end
+  if #parts == 0 then return nil end
+  return "  limits: " .. table.concat(parts, ", ")
+end
+
 -- The live view: redrawn at most every 100 ms and on each start or end.
 local Live = {}
 Live.__index = Live
@@ -136,6 +153,8 @@ function Live:draw()
       counts.interrupted and string.format("  interrupted %d", counts.interrupted) or "", counts.running,
       fmt_duration((now - self.started) / 1e9), fmt_duration(left / run.max_workers)),
   }
+  local limits = M.limits_line(run)
+  if limits then lines[#lines + 1] = limits end
   for i = 1, math.min(#running, 12) do lines[#lines + 1] = running[i] end
   if #running > 12 then lines[#lines + 1] = string.format("  … and %d more", #running - 12) end
   local out = {}
