@@ -98,6 +98,12 @@ describe("a run budget", function()
     assert.matches('<table id="spend%-by%-role">.-<td>worker</td><td>3</td><td>%$3%.0000</td><td>450</td>', html)
     assert.matches("warning   the run has spent %$3%.00 of its %$3%.50 budget %(86%%%)", r.stderr)
 
+    -- status and why say it
+    r = H.run { "status", "--dir", dir }
+    assert.matches("\n  budget_exhausted after%s+attempts 0", r.stdout)
+    r = H.run { "why", "after", "--dir", dir }
+    assert.matches("after will run on resume if the budget allows it: it was not started because waits for", r.stdout)
+
     r = H.run { "resume", "--dir", dir, "--budget-usd", "10" }
     assert.are.equal(0, r.code, r.stdout .. r.stderr)
     s = summary_of(dir)

@@ -100,6 +100,9 @@ function why(run, task, current)
       "its old process group is killed first", task, tostring(last and last.pid))
   elseif t.status == "retrying" then
     return string.format("%s will run again: it was waiting to retry after attempt %d failed", task, n)
+  elseif t.status == "budget_exhausted" then
+    return string.format("%s will run on resume if the budget allows it: it was not started because %s " ..
+      "(coral resume --budget-usd N sets a new ceiling)", task, t.error or "the run's budget was exhausted")
   end
   local waiting = {}
   for _, d in ipairs(t.depends_on or {}) do
@@ -128,9 +131,11 @@ end
 function M.text(run)
   local lines = { string.format("run %s  %s%s", run.id, run.status, run.plan_name and ("  plan " .. run.plan_name) or "") }
   if run.project then lines[#lines + 1] = "project: " .. run.project end
+  local width = 11
+  for _, id in ipairs(run.order) do width = math.max(width, #run.tasks[id].status) end
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    lines[#lines + 1] = string.format("  %-11s %-28s attempts %d  %s%s", t.status, id, #t.attempts,
+    lines[#lines + 1] = string.format("  %-" .. width .. "s %-28s attempts %d  %s%s", t.status, id, #t.attempts,
       progress.fmt_duration(task_time(t)), t.error and ("  " .. t.error) or "")
   end
   if run.summary then
