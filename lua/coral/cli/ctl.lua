@@ -115,8 +115,8 @@ local function result_text(name, r)
   if name == "cancel" then return "cancelling " .. r.task .. "\n" end
   if name == "pause" then return "paused: nothing new starts (coral ctl resume)\n" end
   if name == "resume" then return "resumed\n" end
-  if name == "workers" then return "max_workers " .. r.max_workers .. "\n" end
-  if name == "limit" then return "limit " .. r.limit .. " = " .. r.value .. "\n" end
+  if name == "workers" then return string.format("max_workers %d\n", r.max_workers) end
+  if name == "limit" then return string.format("limit %s = %d\n", r.limit, r.value) end
   if name == "approve" then return "approved " .. r.task .. "\n" end
   if name == "reject" then return "rejected " .. r.task .. "\n" end
   return json.encode(r) .. "\n"
