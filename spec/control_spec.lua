@@ -245,6 +245,12 @@ return coral.task{ id = "late", cmd = "echo late", depends_on = { "a" } }]])
       if e.event == "control" and e.action == "approve" then note = e.note end
     end
     assert.equal("looks good", note)
+    local rep = H.run({ "report", "--dir", dir })   -- the report lists them
+    assert.equal(0, rep.code, rep.stderr)
+    local html = assert(H.read_file(run_dir(dir) .. "/report.html"))
+    assert.matches("Live control", html)
+    assert.matches("<td>approve</td><td>deploy</td><td>note looks good</td>", html)
+    assert.matches("<td>reject</td><td>merge</td><td>reason not this week</td>", html)
   end)
 
   it("--approve-all passes every gate", function()

@@ -155,6 +155,22 @@ function Control:close()
   self.server = nil
 end
 
+--- One line for a live-control event in the progress view: a task awaiting approval says
+-- how to approve it; a control action says what was done and by whom.
+function M.event_text(e)
+  if e.event == "awaiting_approval" then
+    return string.format("awaiting approval: %s%s (coral ctl approve %s, or reject %s --reason TEXT)", e.task,
+      e.prompt and (": " .. e.prompt) or "", e.task, e.task)
+  end
+  local args = {}
+  for _, k in ipairs { "target", "workers", "name", "value", "reason", "note" } do
+    if e[k] ~= nil then args[#args + 1] = tostring(e[k]) end
+  end
+  if type(e.tasks) == "table" then args[#args + 1] = table.concat(e.tasks, ", ") end
+  return string.format("control   %s %s (uid %s, pid %s)", tostring(e.action), table.concat(args, " "),
+    tostring(math.tointeger(e.uid) or e.uid), tostring(math.tointeger(e.pid) or e.pid))
+end
+
 -- {{{ the operations
 
 local function task_state(ctl, id)

@@ -81,7 +81,9 @@ local function eval(conn, code)
   end
   local results = table.pack(xpcall(fn, function(e)
     if check.is_user_error(e) then return tostring(e) end
-    return debug.traceback(type(e) == "string" and e or inspect.format(e), 2)
+    local tb = debug.traceback(type(e) == "string" and e or inspect.format(e), 2)
+    -- the user's frames only: what is below the chunk is coral's server
+    return (tb:gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
   end))
   if not results[1] then return nil, results[2] end
   local values = {}

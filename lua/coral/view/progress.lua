@@ -57,6 +57,8 @@ function Lines:event(e)
     out:write(string.format("[%s] %s\n", when, e.event == "coord_behind" and ("warning   " .. e.message) or e.message))
   elseif e.event == "wait" then
     out:write(string.format("[%s] waiting   %s\n", when, e.reason))
+  elseif e.event == "awaiting_approval" or e.event == "control" then
+    out:write(string.format("[%s] %s\n", when, require("coral.control").event_text(e)))
   end
   out:flush()
 end
@@ -146,7 +148,7 @@ end
 function Live:event(e)
   if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
      or e.event == "rerun" or e.event == "hook_error" or e.event == "coord_behind" or e.event == "coord_caught_up"
-     or e.event == "wait" then
+     or e.event == "wait" or e.event == "awaiting_approval" or e.event == "control" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
@@ -156,6 +158,7 @@ function Live:event(e)
     elseif e.event == "coord_behind" then text = "warning: " .. e.message
     elseif e.event == "coord_caught_up" then text = "✓ " .. e.message
     elseif e.event == "wait" then text = "waiting: " .. e.reason
+    elseif e.event == "awaiting_approval" or e.event == "control" then text = require("coral.control").event_text(e)
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0
