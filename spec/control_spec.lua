@@ -152,13 +152,20 @@ describe("coral ctl", function()
     assert.equal(2, ctl(dir, "workers", "zero").code)
   end)
 
-  it("pause starts nothing new until resume; running tasks go on", function()
+  it("pause starts nothing new until resume; running tasks go on; tail; limit without limits", function()
     write_plan(dir, [[
-  coral.task{ id = "a", cmd = "sleep 1; echo a" },
+  coral.task{ id = "a", cmd = "echo one; echo two; echo three; sleep 1.5; echo a" },
   coral.task{ id = "b", cmd = "echo b", depends_on = { "a" } },]])
     run = start_run(dir)
     wait_status(dir, function(st) return st.by_id.a.status == "running" end)
     assert.equal(0, ctl(dir, "pause").code)
+    wait_status(dir, function(st) return st.by_id.a.last_line == "three" end)
+    local r = ctl(dir, "tail", "a", "-n", "2")
+    assert.equal(0, r.code, r.stderr)
+    assert.equal("two\nthree\n", r.stdout)
+    r = ctl(dir, "limit", "api=2")
+    assert.equal(1, r.code)
+    assert.matches("no limits in this run", r.stderr)
     local s = wait_status(dir, function(st) return st.by_id.a.status == "succeeded" end)
     assert.is_true(s.paused)
     uv.sleep(500)
