@@ -275,6 +275,7 @@ return coral.task{ id = "late", cmd = "echo late", depends_on = { "a" } }]])
     wait_status(dir, function(st) return st.by_id.a.status == "running" end)
     assert.equal(0, ctl(dir, "pause").code)
     assert.equal(0, ctl(dir, "approve", "deploy").code)   -- before it waits: it will not
+    assert.equal(0, ctl(dir, "workers", "2").code)
     wait_status(dir, function(st) return st.by_id.a.status == "succeeded" end)
     uv.kill(run.pid, "sigkill")
     H.wait_for(run, 5)
@@ -286,7 +287,12 @@ return coral.task{ id = "late", cmd = "echo late", depends_on = { "a" } }]])
     assert.equal(0, r.code, r.stderr)
     local sum = summary(dir)
     assert.equal("succeeded", sum.by_id.deploy.status)
-    for _, e in ipairs(journal(dir)) do assert.not_equal("awaiting_approval", e.event) end
+    local workers = {}
+    for _, e in ipairs(journal(dir)) do
+      assert.not_equal("awaiting_approval", e.event)
+      if e.event == "run" then workers[#workers + 1] = math.tointeger(e.max_workers) end
+    end
+    assert.same({ 4, 2 }, workers)   -- the resumed session keeps the workers set by ctl
   end)
 
   it("exits 3 without a running run, 2 for a usage mistake", function()
@@ -299,6 +305,13 @@ return coral.task{ id = "late", cmd = "echo late", depends_on = { "a" } }]])
     assert.equal(2, ctl(dir, "cancel").code)
     assert.equal(2, ctl(dir, "limit", "api").code)
     assert.equal(3, H.run({ "attach", "--dir", dir }).code)
+    -- a mistake in a gate is a recipe mistake: exit 2, its file:line, nothing written
+    write_plan(dir, [[
+  coral.task{ id = "g", cmd = "true", approve = { promt = "deploy?" } },]])
+    r = H.run({ dir .. "/plan.lua", "x", "--dir", dir })
+    assert.equal(2, r.code)
+    assert.matches("plan.lua:3: coral.task: approve: unknown option 'promt' %(did you mean 'prompt'%?", r.stderr)
+    assert.is_nil(uv.fs_stat(dir .. "/.coral"))
   end)
 
   it("refuses a connection from another uid (peer credentials)", function()
@@ -387,6 +400,10 @@ describe("coral attach", function()
     wait_screen("attach:1: oops")
     line("run:task('late').status")
     wait_screen('"succeeded"')
+    tmux("send-keys", "-l", "run:canc")
+    tmux("send-keys", "Tab")
+    wait_screen("coral> run:cancel")                      -- completion knows the run object
+    tmux("send-keys", "C-u")
     tmux("send-keys", "C-d")
     assert.equal(1, H.wait_for(run, 20))   -- slow was cancelled
     local sum = summary(dir)

@@ -153,7 +153,7 @@ local function event_line(e)
   local what = e.task and (" " .. e.task) or ""
   local detail = e.outcome or e.reason or e.error or e.action or e.status or ""
   if e.event == "control" then
-    detail = e.action .. (e.target and (" " .. e.target) or "") .. " (uid " .. tostring(e.uid) .. ")"
+    detail = e.action .. (e.target and (" " .. e.target) or "") .. " (uid " .. tostring(math.tointeger(e.uid) or e.uid) .. ")"
   elseif e.event == "awaiting_approval" then
     detail = (e.prompt or "") .. " (run:approve(\"" .. tostring(e.task) .. "\"))"
   end
@@ -187,6 +187,12 @@ function M.attach(opts, args)
       return not ended
     end)
   end
+  -- Tab completes `run:` with the remote object's methods (the completer reads this REPL's globals)
+  local names = {}
+  for _, m in ipairs { "status", "task", "tail", "cancel", "retry", "pause", "resume", "workers", "limit", "add",
+                       "approve", "reject" } do names[m] = function() end end
+  rawset(_G, "run", names)
+  rawset(_G, "coral", rawget(_G, "coral") or require "coral")
   io.stdout:write(string.format("attached to run %s (%s): `run` is the running run (run:status(), run:cancel(id), " ..
     "run:retry(id), run:add(coral.task{...}), run:pause(), run:resume(), run:workers(n), run:approve(id), " ..
     "run:reject(id, why), run:tail(id)); Ctrl-D detaches\n", status.result.run_id, run_dir))
