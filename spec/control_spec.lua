@@ -295,6 +295,18 @@ return coral.task{ id = "late", cmd = "echo late", depends_on = { "a" } }]])
     assert.same({ 4, 2 }, workers)   -- the resumed session keeps the workers set by ctl
   end)
 
+  it("serves a run dir whose socket path is longer than a socket address holds", function()
+    dir = dir .. "/" .. string.rep("d", 100)
+    assert(uv.fs_mkdir(dir, tonumber("700", 8)))
+    write_plan(dir, [[
+  coral.task{ id = "a", cmd = "sleep 30" },]])
+    run = start_run(dir)
+    wait_status(dir, function(st) return st.by_id.a.status == "running" end)
+    assert.is_true(#(run_dir(dir) .. "/control.sock") > 107)
+    assert.equal(0, ctl(dir, "cancel", "a").code)
+    assert.equal(1, H.wait_for(run, 20))
+  end)
+
   it("exits 3 without a running run, 2 for a usage mistake", function()
     local r = ctl(dir, "status")
     assert.equal(3, r.code)
