@@ -275,4 +275,29 @@ return coral.plan({
     assert.is_true(ok, shown)
     assert.are.equal("a\nb\n", shown)
   end)
+
+  it("cancels one task's job through scancel (coral ctl cancel) while the others go on", function()
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/r.lua", [[
+local coral = require "coral"
+return { coral.task{ id = "long", cmd = "sleep 60" }, coral.task{ id = "short", cmd = "sleep 4; echo short" } }
+]])
+    local run = start({ dir .. "/r.lua", "x", "--dir", dir, "--quiet", "--no-report", "--executor", "slurm" })
+    local job
+    wait_until(function()
+      for _, e in ipairs(journal(dir)) do
+        if e.event == "submit" and e.task == "long" then job = tostring(math.tointeger(e.job_id)) end
+      end
+      return job and job_state(job) == "RUNNING"
+    end, 30)
+    local r = H.run({ "ctl", "cancel", "long", "--dir", dir })
+    assert.are.equal(0, r.code, r.stderr)
+    assert.are.equal(1, wait_for(run, 60))
+    assert.are_not.equal("RUNNING", job_state(job))
+    local summary = cjson.decode(H.read_file(run_dir(dir) .. "/summary.json"))
+    assert.are.equal("failed", summary.results.long.status)
+    assert.matches("cancelled by coral ctl", summary.results.long.error)
+    assert.are.equal("succeeded", summary.results.short.status)
+    assert.are.same({}, live_jobs(summary.run_id))
+  end)
 end)

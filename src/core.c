@@ -395,6 +395,27 @@ static int host_exec(lua_State *L) {
   return 0;
 }
 
+/* uid, gid, pid = host.peer_cred(fd) | nil, err: who is at the other end of a connected
+ * Unix socket (SO_PEERCRED, which luv does not expose): the live-control socket refuses a
+ * connection from another uid (lua/coral/control/server.lua). `fd` from pipe:fileno(). */
+static int host_peer_cred(lua_State *L) {
+  int fd = (int)luaL_checkinteger(L, 1);
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  coral_checknargs(L, 1);
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) {
+    char buf[128];
+    int e = errno;
+    luaL_pushfail(L);
+    lua_pushfstring(L, "peer credentials of fd %d: %s", fd, coral_strerror(e, buf, sizeof buf));
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)cred.uid);
+  lua_pushinteger(L, (lua_Integer)cred.gid);
+  lua_pushinteger(L, (lua_Integer)cred.pid);
+  return 3;
+}
+
 static const luaL_Reg host_functions[] = {
   { "embedded", host_embedded },
   { "embedded_files", host_embedded_files },
@@ -402,6 +423,7 @@ static const luaL_Reg host_functions[] = {
   { "exit", host_exit },
   { "exec", host_exec },
   { "catch_signals", host_catch_signals },
+  { "peer_cred", host_peer_cred },
   { NULL, NULL }
 };
 

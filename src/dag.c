@@ -964,6 +964,86 @@ static int dag_done(lua_State *L) {
   }
 }
 
+
+/* Whether a dependency keeps node w skipped: it failed (not released) or was skipped. */
+static uint32_t dag_blocker(const dag *g, uint32_t w) {
+  uint32_t e;
+  for (e = g->dep_off[w]; e < g->dep_off[w + 1]; e++) {
+    const dag_node *d = &g->nodes[g->deps[e]];
+    if ((d->state == ST_FAILED && !d->released) || d->state == ST_SKIPPED)
+      return g->deps[e];
+  }
+  return DAG_EMPTY;
+}
+
+/* Orders nodes by phase, then declaration: a node after all its dependencies (qsort_r: the
+ * graph is the argument, no global). */
+static int dag_cmp_phase(const void *a, const void *b, void *arg) {
+  const dag *g = arg;
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  uint32_t px = g->nodes[x].phase, py = g->nodes[y].phase;
+  if (px != py)
+    return (px > py) - (px < py);
+  return (x > y) - (x < y);
+}
+
+/* ids = g:reset(task)
+ * A task that failed (its dependents not released) or was skipped runs again: it is ready
+ * (or pending, while a dependency is not done), and so is every task skipped behind it that
+ * nothing else keeps skipped. Returns those ids, the task first, then in declaration order.
+ * For a live-control retry: the runner's policy decides which task to reset. */
+static int dag_reset(lua_State *L) {
+  dag *g = dag_check(L, 1);
+  uint32_t v = dag_checktask(L, g, 2), e, b;
+  uint32_t *queue;
+  size_t head = 0, tail = 0, i, kept = 0;
+  coral_checknargs(L, 2);
+  dag_checkvalid(L, g, "reset");
+  if (g->nodes[v].state == ST_FAILED && g->nodes[v].released)
+    return luaL_error(L, "dag reset: task '%s' failed and its dependents were released", dag_name(g, v));
+  if (g->nodes[v].state != ST_FAILED && g->nodes[v].state != ST_SKIPPED)
+    return luaL_error(L, "dag reset: task '%s' is %s, not failed or skipped", dag_name(g, v),
+                      dag_state_names[g->nodes[v].state]);
+  if (g->nodes[v].state == ST_SKIPPED && (b = dag_blocker(g, v)) != DAG_EMPTY)
+    return luaL_error(L, "dag reset: task '%s' is behind %s task '%s'", dag_name(g, v),
+                      dag_state_names[g->nodes[b].state], dag_name(g, b));
+  /* make room first: nothing below may fail halfway through a state change */
+  GROW(L, g, tmp, tmp_cap, g->n);
+  GROW(L, g, heap, heap_cap, g->heap_n + g->n);
+  queue = g->tmp;
+  /* v and the skipped tasks behind it, each once: a task found is pending from then on */
+  queue[tail++] = v;
+  dag_set_state(g, v, ST_PENDING);
+  while (head < tail) {
+    uint32_t u = queue[head++];
+    for (e = g->rdep_off[u]; e < g->rdep_off[u + 1]; e++) {
+      uint32_t w = g->rdeps[e];
+      if (g->nodes[w].state == ST_SKIPPED) {
+        dag_set_state(g, w, ST_PENDING);
+        queue[tail++] = w;
+      }
+    }
+  }
+  if (g->nodes[v].missing == 0)
+    dag_push_ready(L, g, v);
+  /* the rest in topological order, each decided after its dependencies: a task that another
+   * failure (or skip) still blocks stays skipped */
+  qsort_r(queue + 1, tail - 1, sizeof *queue, dag_cmp_phase, g);
+  for (i = 1; i < tail; i++) {
+    uint32_t w = queue[i];
+    if (dag_blocker(g, w) != DAG_EMPTY) {
+      dag_set_state(g, w, ST_SKIPPED);
+      continue;
+    }
+    if (g->nodes[w].missing == 0)
+      dag_push_ready(L, g, w);
+    queue[1 + kept++] = w;
+  }
+  qsort(queue + 1, kept, sizeof *queue, dag_cmp_u32);
+  dag_push_ids(L, dag_ids(L), queue, kept + 1);
+  return 1;
+}
+
 /* }}} */
 /* {{{ the userdata */
 
@@ -1022,6 +1102,7 @@ static const luaL_Reg dag_methods[] = {
   { "phase", dag_phase },
   { "ready", dag_ready },
   { "done", dag_done },
+  { "reset", dag_reset },
   { "state", dag_state },
   { "counts", dag_counts },
   { "id", dag_id },

@@ -7,7 +7,9 @@
  * the completer are held in statics only while readline() is running.
  */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,8 @@
 static volatile sig_atomic_t interrupted;
 static lua_State *completing_state;     /* set while readline() runs with a completer */
 static int completer_ref = LUA_NOREF;
+static int watch_fd = -1;               /* readline.watch: a descriptor watched while reading */
+static int watch_ref = LUA_NOREF;       /* ... and the function called when it is readable */
 
 static void on_sigint(int signo) {
   (void)signo;
@@ -75,6 +79,61 @@ static char **complete(const char *text, int start, int end) {
   return matches;
 }
 
+/* Calls the watch function (the REPL's state is the one reading); it returns false to stop
+ * watching. An error stops watching too: the line being typed must never be lost to it. */
+static void call_watcher(void) {
+  lua_State *L = completing_state;
+  int keep;
+  if (L == NULL || watch_ref == LUA_NOREF)
+    return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, watch_ref);
+  keep = lua_pcall(L, 0, 1, 0) == LUA_OK && lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (!keep)
+    watch_fd = -1;
+  rl_forced_update_display();   /* the prompt and the line typed so far, below what was printed */
+}
+
+/* readline's getc while a descriptor is watched: waits for a key or the descriptor, and
+ * returns one character (a UTF-8 sequence decoded to its code point, which libedit takes). */
+static int getc_watching(FILE *in) {
+  int fd = fileno(in);
+  unsigned char c[4];
+  int need, i, cp;
+  for (;;) {
+    struct pollfd p[2];
+    int n;
+    p[0].fd = fd; p[0].events = POLLIN; p[0].revents = 0;
+    p[1].fd = watch_fd; p[1].events = POLLIN; p[1].revents = 0;
+    n = poll(p, watch_fd >= 0 ? 2 : 1, -1);
+    if (n < 0) {
+      if (errno == EINTR && !interrupted)
+        continue;
+      return EOF;   /* Ctrl-C: readline returns NULL, and `interrupted` says why */
+    }
+    if (watch_fd >= 0 && (p[1].revents & (POLLIN | POLLHUP | POLLERR)))
+      call_watcher();
+    if (p[0].revents & (POLLIN | POLLHUP | POLLERR))
+      break;
+  }
+  for (;;) {
+    ssize_t r = read(fd, c, 1);
+    if (r == 1)
+      break;
+    if (r < 0 && errno == EINTR && !interrupted)
+      continue;
+    return EOF;
+  }
+  need = c[0] < 0x80 ? 0 : c[0] >= 0xf0 ? 3 : c[0] >= 0xe0 ? 2 : c[0] >= 0xc0 ? 1 : 0;
+  cp = need == 0 ? c[0] : need == 1 ? (c[0] & 0x1f) : need == 2 ? (c[0] & 0x0f) : (c[0] & 0x07);
+  for (i = 1; i <= need; i++) {
+    if (read(fd, c + i, 1) != 1 || (c[i] & 0xc0) != 0x80)
+      return '?';
+    cp = (cp << 6) | (c[i] & 0x3f);
+  }
+  return cp;
+}
+
 /* line = readline.readline(prompt): the line typed, nil at end of input (Ctrl-D), or false
  * when Ctrl-C cancelled the line. */
 static int rl_readline_l(lua_State *L) {
@@ -105,6 +164,27 @@ static int rl_readline_l(lua_State *L) {
   lua_pushstring(L, line);
   free(line);
   return 1;
+}
+
+/* readline.watch(fd, fn) | readline.watch(nil): while readline() waits for a key, fn() is
+ * called whenever `fd` is readable (coral attach prints the run's events above the prompt);
+ * fn returns false to stop. libedit reads its getc function when it is set up, so each
+ * change sets it up again (its history starts empty: read_history after). */
+static int rl_watch_l(lua_State *L) {
+  luaL_unref(L, LUA_REGISTRYINDEX, watch_ref);
+  watch_ref = LUA_NOREF;
+  watch_fd = -1;
+  if (lua_isnoneornil(L, 1)) {
+    rl_getc_function = NULL;
+  } else {
+    watch_fd = (int)luaL_checkinteger(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    watch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    rl_getc_function = getc_watching;
+  }
+  rl_initialize();
+  return 0;
 }
 
 /* readline.add_history(line) */
@@ -162,6 +242,7 @@ static const luaL_Reg readline_functions[] = {
   { "read_history", rl_read_history_l },
   { "write_history", rl_write_history_l },
   { "set_completer", rl_set_completer_l },
+  { "watch", rl_watch_l },
   { NULL, NULL }
 };
 

@@ -21,6 +21,7 @@ local TASK_OPTIONS = {
   cwd = "string", env = "table", model = "string", slurm = "table", inputs = "list", outputs = "list",
   when = "function", force = "boolean", on_success = "function", workspace = "string", on_conflict = "string",
   resources = "table", estimate_usd = "number", estimate_tokens = "number", budget = "table",
+  approve = "boolean|table",
 }
 
 -- The words of a task's (or a plan's) `workspace` (coral.run.workspaces).
@@ -83,6 +84,12 @@ local function new_task(spec)
   if t.workspace ~= nil then
     local werr = check.choice_error("coral.task", "workspace", t.workspace, WORKSPACES)
     if werr then return nil, werr end
+  end
+  if type(t.approve) == "table" then
+    -- an approval gate (coral.control): who approves it reads `prompt`; `timeout` rejects it
+    local aerr = check.option_error("coral.task: approve", t.approve, { prompt = "string", timeout = "number" })
+    if aerr then return nil, aerr end
+    if t.approve.timeout and t.approve.timeout <= 0 then return nil, "coral.task: approve.timeout must be > 0" end
   end
   if t.on_conflict == "" then return nil, "coral.task: on_conflict must be \"fail\", \"agent\" or a role id" end
   for k, v in pairs(t.env or {}) do

@@ -117,14 +117,12 @@ local function run_chunk(fn)
   if not ok then io.stderr:write(tostring(err), "\n") end
 end
 
---- Runs the REPL until end of input (Ctrl-D). Returns 0.
-function M.run()
-  _G.coral = _G.coral or require "coral"
+--- Reads chunks until end of input (Ctrl-D) and runs each: here, or with `remote(source)`
+-- (coral attach: it returns the text to print, or nil and an error). Returns 0.
+function M.loop(remote)
   local history = M.history_path()
   if history then readline.read_history(history) end
   readline.set_completer(function(word) return M.complete(word) end)
-  io.stdout:write("coral ", require("coral.host").version,
-    " (Lua 5.4) - Ctrl-D to leave, Ctrl-C to drop the line\n")
   local buffer
   while true do
     local line = readline.readline(buffer and CONTINUE or PROMPT)
@@ -138,11 +136,20 @@ function M.run()
       if buffer:match("^%s*$") then
         buffer = nil
       else
-        local fn, err = M.compile(buffer:gsub("^=", "return "))
+        local source = buffer:gsub("^=", "return ")
+        local fn, err = M.compile(source)
         if err ~= "incomplete" then
           readline.add_history(buffer)
           buffer = nil
-          if fn then run_chunk(fn) else io.stderr:write(err, "\n") end
+          if not fn then
+            io.stderr:write(err, "\n")
+          elseif remote then
+            local text, rerr = remote(source)
+            if text == nil then io.stderr:write(tostring(rerr), "\n")
+            elseif text ~= "" then io.stdout:write(text, "\n") end
+          else
+            run_chunk(fn)
+          end
         end
       end
     end
@@ -154,6 +161,14 @@ function M.run()
     if not ok then io.stderr:write("coral: ", err, "\n") end
   end
   return 0
+end
+
+--- Runs the REPL until end of input (Ctrl-D). Returns 0.
+function M.run()
+  _G.coral = _G.coral or require "coral"
+  io.stdout:write("coral ", require("coral.host").version,
+    " (Lua 5.4) - Ctrl-D to leave, Ctrl-C to drop the line\n")
+  return M.loop()
 end
 
 return M

@@ -110,11 +110,47 @@ static void long_cycle(void) {
   lua_close(L);
 }
 
+/* reset(): a failed task and the tasks skipped behind it run again, except those another
+ * failure still blocks; then the graph drains as if they had never failed. */
+static void reset_runs_failed_tasks_again(void) {
+  lua_State *L = bare_state();
+  CHECK(ctest_lua(L,
+    "local g = dag.new()\n"
+    "g:add('a'); g:add('b'); g:add('c', {'a'}); g:add('d', {'c', 'b'}); g:add('e', {'a', 'x'}); g:add('x')\n"
+    "g:add('f', {'b'})\n"
+    "assert(g:validate())\n"
+    "local r = g:ready(); assert(#r == 3)\n"   /* a, b, x */
+    "local sk = g:done('a', false); assert(table.concat(sk, ' ') == 'c d e', table.concat(sk, ' '))\n"
+    "local sk2 = g:done('x', false); assert(#sk2 == 0)\n"
+    "g:done('b', true)\n"
+    "assert(not pcall(g.reset, g, 'b'))\n"   /* done: not resettable */
+    "local ok, err = pcall(g.reset, g, 'd'); assert(not ok and err:find(\"behind skipped task 'c'\"), err)\n"
+    "local ids = g:reset('a')\n"
+    "assert(table.concat(ids, ' ') == 'a c d', table.concat(ids, ' '))\n"   /* e stays: x failed */
+    "assert(g:state('a') == 'ready' and g:state('c') == 'pending' and g:state('e') == 'skipped')\n"
+    "local c = g:counts(); assert(c.ready == 2 and c.pending == 2 and c.skipped == 1 and c.failed == 1, c.ready)\n"
+    "local order = {}\n"
+    "while true do\n"
+    "  local batch = g:ready()\n"
+    "  if #batch == 0 then break end\n"
+    "  for _, id in ipairs(batch) do order[#order + 1] = id; g:done(id, true) end\n"
+    "end\n"
+    "assert(table.concat(order, ' ') == 'a f c d', table.concat(order, ' '))\n"
+    "assert(table.concat(g:reset('x'), ' ') == 'x e')\n"
+    "assert(g:ready()[1] == 'x'); g:done('x', true); assert(g:ready()[1] == 'e'); g:done('e', true)\n"
+    "c = g:counts(); assert(c.done == c.total)\n"
+    "local h = dag.new(); h:add('p'); h:add('q', {'p'}); assert(h:validate()); h:ready()\n"
+    "h:done('p', false, { release = true })\n"
+    "ok, err = pcall(h.reset, h, 'p'); assert(not ok and err:find('released'), err)\n"));
+  lua_close(L);
+}
+
 int main(void) {
   RUN(opens_without_the_host);
   RUN(preloaded_by_the_host);
   RUN(errors_midway_leave_no_trace);
   RUN(random_runs);
   RUN(long_cycle);
+  RUN(reset_runs_failed_tasks_again);
   CTEST_EXIT();
 }

@@ -139,6 +139,34 @@ static void signal_raises_interrupted_error(void) {
   CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+/* host.peer_cred: the uid and pid at the other end of a Unix socket luv accepted (the
+ * live-control socket compares the uid with its own), nil and an error for a non-socket. */
+static void peer_cred_names_the_connecting_process(void) {
+  ctest_host h;
+  ctest_host_open(&h);
+  CHECK(ctest_lua(h.L,
+    "local uv, host = require 'luv', require 'coral.host'\n"
+    "local path = os.tmpname(); os.remove(path)\n"
+    "local server = uv.new_pipe(false)\n"
+    "assert(server:bind(path))\n"
+    "local got\n"
+    "assert(server:listen(4, function()\n"
+    "  local c = uv.new_pipe(false); server:accept(c)\n"
+    "  got = { host.peer_cred(c:fileno()) }\n"
+    "  c:close()\n"
+    "end))\n"
+    "local client = uv.new_pipe(false)\n"
+    "client:connect(path, function() end)\n"
+    "while not got do uv.run('once') end\n"
+    "client:close(); server:close(); uv.run(); os.remove(path)\n"
+    "assert(got[1] == uv.getuid() and got[2] == uv.getgid() and got[3] == uv.os_getpid(), tostring(got[1]))\n"
+    "local f = io.open('/dev/null')\n"
+    "local fd = assert(uv.fs_open('/dev/null', 'r', 0))\n"
+    "local ok, err = host.peer_cred(fd); uv.fs_close(fd); f:close()\n"
+    "assert(ok == nil and err:find('^peer credentials of fd %d+: '), err)\n"));
+  ctest_host_close(&h);
+}
+
 int main(void) {
   RUN(opens_embedded_modules);
   RUN(callback_error_is_raised_by_run);
@@ -147,5 +175,6 @@ int main(void) {
   RUN(shutdown_restores_default_signal_actions);
   RUN(signal_after_shutdown_takes_default_action);
   RUN(signal_raises_interrupted_error);
+  RUN(peer_cred_names_the_connecting_process);
   CTEST_EXIT();
 }

@@ -76,6 +76,9 @@ for _, o in ipairs {
     help = "a parameter of the recipe (repeatable; coral run TYPE --help lists them)" },
   { flag = "--params", key = "params_file", kind = "string", value = "FILE",
     help = "the recipe's parameters from a JSON or YAML file (--param wins)" },
+  { flag = "--approve-all", key = "approve_all", kind = "flag",
+    help = "pass every approval gate (a task's approve) without asking: for unattended runs",
+    apply = function(r) r.approve_all = true end },
   { flag = "--show-plan", key = "show_plan", kind = "flag", help = "print the plan and run nothing" },
   { flag = "--default-plan", key = "default_plan", kind = "flag",
     help = "for a project type the library does not have: the default plan (architect, full-stack engineer, QA)" },
@@ -561,6 +564,29 @@ M.LIST = {
       io.stdout:write(text)
       return EXIT_OK
     end,
+  },
+  {
+    name = "ctl", args = { "COMMAND", "[ARGS]" }, min = 1, max = math.huge,
+    missing = "a command: status, tail, cancel, retry, pause, resume, workers, limit, add, approve or reject",
+    summary = "steer the project's running run: status, tail, cancel, retry, pause, resume, workers, limit, add, " ..
+              "approve, reject",
+    options = { DIR, { flag = "--run", key = "run", kind = "string", value = "RUN", help = "the run's id (default: the running one)" },
+                JSON,
+                { flag = "--lines", short = "-n", key = "lines", kind = "integer", value = "N", help = "ctl tail: lines (20)" },
+                { flag = "--note", key = "note", kind = "string", value = "TEXT", help = "ctl approve: a note kept in the journal" },
+                { flag = "--reason", key = "reason", kind = "string", value = "TEXT", help = "ctl reject: why (needed)" } },
+    notes = "commands: status | tail TASK [-n N] | cancel TASK | retry TASK | pause | resume | workers N |\n" ..
+            "limit NAME=N | add FILE.lua | approve TASK [--note TEXT] | reject TASK --reason TEXT (docs/control.md)\n" ..
+            "exit status: 0 done, 1 refused (the reason on stderr), 2 usage error, 3 no running run",
+    run = function(opts, args) return require("coral.cli.ctl").ctl(opts, args) end,
+  },
+  {
+    name = "attach", args = { "[RUN]" },
+    summary = "the REPL inside the project's running run: a `run` object to inspect and steer it, its events as they happen",
+    options = { DIR },
+    notes = "Code typed at the prompt runs inside the running coral between scheduling steps; an error is\n" ..
+            "printed and the run goes on. Ctrl-D detaches (the run goes on). Exit 3: no running run.",
+    run = function(opts, args) return require("coral.cli.ctl").attach(opts, args) end,
   },
   -- note and log: one locked append to a coordination file, from an agent or a person
   (function()

@@ -89,6 +89,7 @@ M.interrupt = interrupt
 --              a task added while the run went on (an `add` event): added_by (the task whose
 --              on_success hook added it), spec (its definition), text, depends_on }
 --   run.hook_errors: { task, error } of each on_success hook that failed
+--   run.controls: the `control` events (live control's actions), in order
 --   attempt: { task, agent, n, start, finish, duration, outcome, exit, signal, error, pid,
 --              job_id, open (no end yet: running, or lost with a killed coral) }
 -- Attempts left open by an earlier session that coral lost are closed as interrupted at that
@@ -126,6 +127,10 @@ function M.replay(events)
         -- a limit's value over time (run/limits.lua): the report draws it
         run.limits = run.limits or {}
         run.limits[#run.limits + 1] = { t = e.t, name = e.name, limit = e.limit, reason = e.reason }
+      elseif e.event == "control" then
+        -- live control (coral ctl, coral attach): what was done, by whom, when
+        run.controls = run.controls or {}
+        run.controls[#run.controls + 1] = e
       end
     end
     if e.task then

@@ -13,6 +13,8 @@ M.TASK = {
   skipped = "not run: a dependency failed, or the run stopped first",
   up_to_date = "not run: its declared outputs are as its last success left them, its inputs are not newer, " ..
     "and its definition is unchanged (--force runs it)",
+  awaiting_approval = "its dependencies are done and it has an approval gate (approve): it waits for " ..
+    "`coral ctl approve` (or reject, or its timeout) without taking a worker",
   budget_exhausted = "not started: its expected spend would take the run past its budget; its dependents " ..
     "wait with it (coral resume --budget-usd N goes on)",
   interrupted = "unfinished: its attempt was stopped by Ctrl-C, SIGTERM or SIGHUP, or coral was killed " ..

@@ -53,6 +53,10 @@ local function unhold(run, st)
   end
 end
 
+--- Takes a waiting task off the waiting list: it will not start from there (live control
+-- ends it another way: a cancel, a rejected approval).
+M.unhold = unhold
+
 --- Whether `st` may start now; when it may not, it waits (or is parked). `forced`: it starts
 -- whatever the gates say (an attempt adopted on resume is already running): its units count.
 function M.admit(run, st, forced)

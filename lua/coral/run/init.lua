@@ -15,6 +15,7 @@ local admission = require "coral.run.admission"
 local attempt = require "coral.run.attempt"
 local budget = require "coral.run.budget"
 local check = require "coral.check"
+local control = require "coral.control"
 local drivers = require "coral.drivers"
 local dynamic = require "coral.run.dynamic"
 local exec = require "coral.exec"
@@ -78,6 +79,7 @@ function Run:emit(name, fields)
   self.records:event(name, fields)
   self.reporter:event(fields, self)
   if self.runner.on_event then self.runner.on_event(fields) end
+  if self.control then self.control:on_event(fields) end   -- live control: its subscribers
 end
 
 --- Writes plan.json: the plan as it runs now, with each task's definition (a resume compares
@@ -346,6 +348,7 @@ function Run:abort()
     if st.backoff_timer then st.backoff_timer:close(); st.backoff_timer = nil end
   end
   if self.executor.close then pcall(self.executor.close, self.executor) end
+  if self.control then pcall(self.control.close, self.control) end
   self:unwatch_signals()
   if self.project_state then self.project_state:close() end
   pcall(self.records.close, self.records, 0)   -- nobody waits for a coordination lock now
@@ -361,6 +364,7 @@ function Run:execute(opts)
     resume.restore(self, opts.retry_failed)
     self.budget:restore(self.state)   -- what the earlier sessions spent counts against the ceiling
   end
+  control.open(self, opts.resume)   -- its gates, and what a resume keeps of live control
   self:emit("run", { run_id = self.records.id, plan = plan.name, project = self.description,
                      tasks = #plan.tasks, mode = self.mode.name, max_workers = self.max_workers,
                      resumed = opts.resume and true or nil })
@@ -369,6 +373,7 @@ function Run:execute(opts)
     self:emit("workspace", { base = self.workspace.base, top = self.workspace.top })
   end
   dynamic.started(self)
+  self.control:listen()   -- <run dir>/control.sock (coral ctl, coral attach)
   self.project_state:flush()
   self:watch_signals()
 
@@ -399,6 +404,7 @@ function Run:execute(opts)
   self:emit("done", { status = summary.status, succeeded = summary.succeeded,
                       failed = summary.failed, skipped = summary.skipped,
                       total_time_seconds = summary.total_time_seconds })
+  self.control:close()
   self.reporter:finish(summary)
   -- after Ctrl-C nobody waits for a coordination file's lock: what waits is reported
   self.records:close(self.interrupted and 0 or nil)

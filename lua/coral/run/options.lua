@@ -48,6 +48,7 @@ M.LIST = {
   { key = "budget", type = "table" },
   { key = "output", type = "string", default = "auto", choices = { "auto", "live", "lines", "json", "quiet" } },
   { key = "backoff", type = "table", default = { base = 0.5, factor = 2, max = 30, jitter = 0.25 } },
+  { key = "approve_all", type = "boolean", default = false },
   { key = "on_event", type = "function" },
   { key = "env", type = "table" },
   { key = "description", type = "string" },

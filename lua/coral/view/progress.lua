@@ -63,6 +63,8 @@ function Lines:event(e)
     out:write(string.format("[%s] warning   %s\n", when, e.message))
   elseif e.event == "limit" then
     out:write(string.format("[%s] limit     %s = %d (%s)\n", when, e.name, e.limit, e.reason))
+  elseif e.event == "awaiting_approval" or e.event == "control" then
+    out:write(string.format("[%s] %s\n", when, require("coral.control").event_text(e)))
   end
   out:flush()
 end
@@ -173,7 +175,8 @@ end
 function Live:event(e)
   if e.event == "end" and e.outcome ~= "succeeded" or e.event == "skip" or e.event == "stopping"
      or e.event == "rerun" or e.event == "hook_error" or e.event == "coord_behind" or e.event == "coord_caught_up"
-     or e.event == "wait" or e.event == "park" or e.event == "budget_warning" or e.event == "limit" then
+     or e.event == "wait" or e.event == "park" or e.event == "budget_warning" or e.event == "limit"
+     or e.event == "awaiting_approval" or e.event == "control" then
     -- Failures scroll above the live view, so they stay readable after it is redrawn.
     local text
     if e.event == "end" then text = string.format("✗ %s (attempt %d): %s", e.task, e.attempt, e.error or e.outcome)
@@ -186,6 +189,7 @@ function Live:event(e)
     elseif e.event == "park" then text = string.format("⏸ %s %s: %s", e.task, e.state, e.reason)
     elseif e.event == "budget_warning" then text = "warning: " .. e.message
     elseif e.event == "limit" then text = string.format("limit %s = %d (%s)", e.name, e.limit, e.reason)
+    elseif e.event == "awaiting_approval" or e.event == "control" then text = require("coral.control").event_text(e)
     else text = "stopping: " .. e.reason end
     if self.drawn > 0 then self.out:write(string.format("\r\27[%dA\27[J", self.drawn)) end
     self.drawn = 0

@@ -589,6 +589,25 @@ end
 
 --- The report of a loaded run (coral.timeline) as HTML; `out_dir` is where the file goes (links
 -- to task files are relative to it). opts.refresh: seconds between reloads (a live run).
+-- Live control's actions (coral ctl, coral attach): when, what, on what, by whom.
+local function controls_section(run)
+  if not run.controls or #run.controls == 0 then return nil end
+  local rows = { "<table><tr><th>when</th><th>action</th><th>on</th><th>details</th><th>uid</th><th>pid</th></tr>" }
+  for _, e in ipairs(run.controls) do
+    local details = {}
+    for _, k in ipairs { "workers", "name", "value", "reason", "note", "where" } do
+      if e[k] ~= nil then details[#details + 1] = k .. " " .. tostring(e[k]) end
+    end
+    if type(e.tasks) == "table" then details[#details + 1] = "tasks " .. table.concat(e.tasks, ", ") end
+    rows[#rows + 1] = string.format("<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>",
+      esc(when(e.t)), esc(tostring(e.action)), esc(tostring(e.target or "")), esc(table.concat(details, "; ")),
+      esc(tostring(math.tointeger(e.uid) or e.uid)), esc(tostring(math.tointeger(e.pid) or e.pid)))
+  end
+  rows[#rows + 1] = "</table>"
+  return '<section id="control"><h2>Live control</h2><p class="note">What coral ctl and coral attach did ' ..
+    "during the run (the journal's control events).</p>" .. table.concat(rows) .. "</section>"
+end
+
 function M.html(run, out_dir, opts)
   opts = opts or {}
   local title = string.format("coral run %s", run.id)
@@ -621,6 +640,7 @@ function M.html(run, out_dir, opts)
   parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run) .. "</div></section>"
   parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir) .. "</div></section>"
   parts[#parts + 1] = spend_section(run)
+  parts[#parts + 1] = controls_section(run)
   parts[#parts + 1] = changes_section(run)
   parts[#parts + 1] = string.format('<p class="note">Written by coral at %s.</p>', esc(when(fsutil.now())))
   parts[#parts + 1] = "</main>"
