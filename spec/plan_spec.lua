@@ -136,7 +136,7 @@ describe("coral.plan", function()
     it("rejects an unknown option, listing the known ones", function()
       local line
       local err = err_of(function() line = here(); local _ = t("a", "x", { tiemout = 3 }) end)
-      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'tiemout' %(did you mean 'timeout'%? known: agent, approve, cmd, .*timeout, when, workspace%)$", err)
+      assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'tiemout' %(did you mean 'timeout'%? known: agent, approve, budget, cmd, .*timeout, when, workspace%)$", err)
       err = err_of(function() line = here(); local _ = t { agent = "a", dependson = { "b" } } end)
       assert.matches("^" .. AT .. line .. ": coral%.task: unknown option 'dependson' %(did you mean 'depends_on'%? known: ", err)
     end)
