@@ -15,23 +15,40 @@ local function emit(run, st, a, live)
   run:emit("usage", { task = st.task.id, attempt = a.n, usage = live.usage, cost_usd = live.cost_usd })
 end
 
+local function stop_timer(live)
+  if live.timer then
+    if not live.timer:is_closing() then live.timer:close() end
+    live.timer = nil
+  end
+end
+
 --- Attempt `a` of `st`'s task has used `usage` (totals so far in the attempt: input_tokens,
 -- output_tokens, cache_*...) and `cost_usd` (nil when the CLI does not say it yet: the last
--- cost known stays).
+-- cost known stays). A report within a second of the last one waits for the rest of that
+-- second (the latest then goes), so the journal is never more than a second behind.
 function M.report(run, st, a, usage, cost_usd)
   local live = a.live or {}
   a.live = live
   live.usage, live.cost_usd = usage, cost_usd or live.cost_usd
-  if live.at and uv.hrtime() / 1e9 - live.at < M.INTERVAL then
-    live.pending = true
-    return
-  end
-  emit(run, st, a, live)
+  local since = live.at and uv.hrtime() / 1e9 - live.at
+  if not since or since >= M.INTERVAL then return emit(run, st, a, live) end
+  live.pending = true
+  if live.timer then return end
+  live.timer = uv.new_timer()
+  live.timer:unref()   -- a run that is done does not wait for it
+  live.timer:start(math.max(1, math.ceil((M.INTERVAL - since) * 1000)), 0, function()
+    stop_timer(live)
+    if live.pending and not live.ended and not run.aborted then emit(run, st, a, live) end
+  end)
 end
 
 --- The attempt has ended: the report held back, if any, goes to the journal now.
 function M.flush(run, st, a)
-  if a.live and a.live.pending then emit(run, st, a, a.live) end
+  local live = a.live
+  if not live then return end
+  stop_timer(live)
+  live.ended = true
+  if live.pending then emit(run, st, a, live) end
 end
 
 --- The spend of `st`'s task so far: its ended attempts' usage and cost plus its running one's
