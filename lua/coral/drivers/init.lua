@@ -141,6 +141,8 @@ M.register {
 -- binary, extra arguments, another name).
 local cli = require "coral.drivers.cli"
 M.claude, M.codex, M.gemini, M.aider, M.rate_limit_of = cli.claude, cli.codex, cli.gemini, cli.aider, cli.rate_limit_of
+-- a watch's line reader: fn(chunk) handing on_line each whole line of a stream cut anywhere
+M.lines = cli.lines
 
 M.register(M.claude())
 M.register(M.codex())
