@@ -46,6 +46,33 @@ return require("coral.drivers").codex {
   return dir, env_for(api, home)
 end
 
+-- `env` with VAR=value set (replaced if there).
+local function with_env(env, var, value)
+  local out = {}
+  for _, e in ipairs(env) do
+    if not e:find("^" .. var .. "=") then out[#out + 1] = e end
+  end
+  out[#out + 1] = var .. "=" .. value
+  return out
+end
+
+-- The run's journal, as a list of events.
+local function journal_of(run_dir)
+  local events = {}
+  for line in H.read_file(run_dir .. "/journal.jsonl"):gmatch("[^\n]+") do events[#events + 1] = cjson.decode(line) end
+  return events
+end
+
+-- The events of `task` named `name`, in order; and the index of its first end event.
+local function events_of(events, task, name)
+  local out, end_at = {}, nil
+  for i, e in ipairs(events) do
+    if e.task == task and e.event == name then out[#out + 1] = e; out[#out].index = i end
+    if e.task == task and e.event == "end" and not end_at then end_at = i end
+  end
+  return out, end_at
+end
+
 local function recipe(dir, body)
   H.write_file(dir .. "/plan.lua", "local coral = require 'coral'\nlocal t = coral.task\n" .. body)
   return dir .. "/plan.lua"
@@ -249,5 +276,146 @@ return coral.plan {
     assert.are.equal("ui\n", show(result .. ":src/ui.txt"))
     assert.are.equal("backend notes\nfrontend notes\n", show(result .. ":NOTES.md"))
     assert.are.equal(2, s.results.backend.files_changed)
+  end)
+
+  -- Live usage (docs/runner.md, "Live usage"): the drivers read the CLIs' event streams as
+  -- they come, and coral journals what they used before the attempt ends.
+  it("journals claude's usage while it streams, as the stand-in reported it, and keeps the result's in the summary", function()
+    local ANSWER = "STREAMED-ANSWER: written, and read back twice over to be sure of it."
+    api = fake_api.start(function(req)
+      if req.tool_results == 0 then
+        local wd = req.system:match("Primary working directory: ([^\n]+)")
+        return { tool = { name = "Write", input = { file_path = wd .. "/note.txt", content = "streamed\n" } } }
+      end
+      return { text = ANSWER, pace = 0.5 }   -- 8 events: 3.5 s of streaming
+    end, { slow = 1.5 })                      -- and every answer starts late
+    local dir, env = project(api)
+    local plan = recipe(dir, [[
+return coral.plan { t { id = "c", agent = "qa-testing", task = "write the note", driver = "claude" } }
+]])
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--retries", "0", "--timeout", "120" },
+                    { env = env, cwd = dir, timeout = 180 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s, run_dir = summary_of(dir)
+    -- what the stand-in reported: the tool call's message (10 in, 10 out), then the answer's
+    local reqs = api:seen("anthropic")
+    assert.are.equal(2, #reqs)
+    local total_in = 10 + #reqs[2].body // 4
+    local total_out = 10 + #ANSWER // 4
+    local usage, end_at = events_of(journal_of(run_dir), "c", "usage")
+    local last_end = select(2, events_of(journal_of(run_dir), "c", "end"))
+    assert.is_truthy(end_at and last_end)
+    -- while it ran: the tool call's usage as it grew, seconds before the end
+    local end_t = journal_of(run_dir)[end_at].t
+    local early = {}
+    for _, e in ipairs(usage) do
+      assert.is_true(e.index < end_at)
+      assert.are.equal(1, e.attempt)
+      if e.t < end_t - 2 then early[#early + 1] = e end
+    end
+    assert.is_true(#early >= 2, "no usage events seconds before the end")
+    -- the tool call's message in full; then the answer's input while its output still streams
+    local function seen(want)
+      for _, e in ipairs(early) do
+        if e.usage.input_tokens == want.input_tokens and e.usage.output_tokens == want.output_tokens then return e end
+      end
+    end
+    assert.is_truthy(seen { input_tokens = 10, output_tokens = 10 })
+    local streaming = assert(seen { input_tokens = total_in, output_tokens = 10 + 1 })
+    assert.is_nil(streaming.cost_usd)   -- Claude Code says the cost at the end only
+    -- the last: the result's totals and cost, the same as the summary's
+    local last = usage[#usage]
+    assert.are.equal(total_in, last.usage.input_tokens)
+    assert.are.equal(total_out, last.usage.output_tokens)
+    assert.is_number(last.cost_usd)
+    assert.are.equal(last.cost_usd, s.results.c.cost_usd)
+    assert.are.equal(total_in, s.results.c.usage.input_tokens)
+    assert.are.equal(total_out, s.results.c.usage.output_tokens)
+    assert.are.equal(last.cost_usd, s.total_cost_usd)
+    -- at most one a second
+    for i = 2, #usage do assert.is_true(usage[i].t - usage[i - 1].t >= 0.9 or i == #usage) end
+  end)
+
+  it("journals codex's usage at its turn's end, before the task's end, as the stand-in reported it", function()
+    local ANSWER = "CODEX-ANSWER: the turn is complete and its usage counted."
+    api = fake_api.start(function() return { text = ANSWER, pace = 0.3 } end)
+    local dir, env = project(api)
+    local plan = recipe(dir, [[
+return coral.plan { t { id = "x", agent = "qa-testing", task = "answer", driver = "codex-local" } }
+]])
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--retries", "0", "--timeout", "120" },
+                    { env = env, cwd = dir, timeout = 180 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s, run_dir = summary_of(dir)
+    local reqs = api:seen("openai")
+    assert.are.equal(1, #reqs)
+    local usage, end_at = events_of(journal_of(run_dir), "x", "usage")
+    assert.are.equal(1, #usage)
+    assert.is_true(usage[1].index < end_at)
+    assert.are.equal(#reqs[1].body // 4, usage[1].usage.input_tokens)
+    assert.are.equal(#ANSWER // 4, usage[1].usage.output_tokens)
+    assert.is_nil(usage[1].cost_usd)
+    assert.are.same(usage[1].usage, s.results.x.usage)
+  end)
+
+  it("calls a 429 a rate limit and waits at least what claude waited for the API's retry-after", function()
+    -- Claude Code retries a 429 itself (CLAUDE_CODE_MAX_RETRIES, 10 by default), waiting the
+    -- retry-after; at 1 it tries once more and gives up: its api_retry event gave the wait
+    local n = 0
+    api = fake_api.start(function()
+      n = n + 1
+      if n <= 2 then
+        return { status = 429, kind = "rate_limit_error", error = "rate limit reached", retry_after = 3, should_retry = true }
+      end
+      return { text = "DONE-after-the-limit" }
+    end)
+    local dir, env = project(api)
+    env = with_env(env, "CLAUDE_CODE_MAX_RETRIES", "1")
+    local plan = recipe(dir, [[
+return coral.plan { t { id = "c", agent = "qa-testing", task = "LIMITED", driver = "claude" } }
+]])
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--retries", "0" }, { env = env, cwd = dir, timeout = 180 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s, run_dir = summary_of(dir)
+    assert.are.equal("succeeded", s.results.c.status)
+    assert.are.equal(2, s.results.c.attempts)
+    assert.are.equal(1, s.results.c.rate_limited)
+    assert.are.equal(3, #api:seen("anthropic"))
+    local retry = events_of(journal_of(run_dir), "c", "retry")
+    assert.are.equal(1, #retry)
+    assert.is_true(retry[1].delay >= 3, "retried after " .. retry[1].delay .. "s")
+    assert.matches("\nc\t1\t[^\n]*\trate%-limited\n", H.read_file(run_dir .. "/joblog.tsv"))
+  end)
+
+  it("answers 429 past max_in_flight requests; each is a rate-limited attempt that coral retries", function()
+    api = fake_api.start(function() return { text = "DONE" } end, { max_in_flight = 1, slow = 4, retry_after = 1 })
+    local dir, env = project(api)   -- CLAUDE_CODE_MAX_RETRIES=0: claude gives up at the first 429
+    local plan = recipe(dir, [[
+return coral.plan {
+  t { id = "a", agent = "qa-testing", task = "ONE", driver = "claude" },
+  t { id = "b", agent = "qa-testing", task = "TWO", driver = "claude" },
+  t { id = "c", agent = "qa-testing", task = "THREE", driver = "claude" },
+}
+]])
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--max-workers", "3", "--rate-limit-retries", "20" },
+                    { env = env, cwd = dir, timeout = 240 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s = summary_of(dir)
+    local limited = 0
+    for _, id in ipairs { "a", "b", "c" } do
+      assert.are.equal("succeeded", s.results[id].status)
+      limited = limited + (s.results[id].rate_limited or 0)
+    end
+    assert.is_true(api.rejected >= 1, "no request was rejected")
+    assert.is_true(api.max_concurrency >= 2)
+    assert.are.equal(api.rejected, limited)   -- each 429 ended one attempt
+    local rejected = 0
+    for _, req in ipairs(api:seen("anthropic")) do
+      if req.rejected then
+        rejected = rejected + 1
+        assert.are.equal(429, req.reply.status)
+      end
+    end
+    assert.are.equal(api.rejected, rejected)
   end)
 end)

@@ -22,10 +22,12 @@ describe("the claude driver", function()
 
   it("sends the prompt on stdin and passes model and permission mode on", function()
     local job = claude.prepare({}, { prompt = "P", model = "opus", permission_mode = "plan", stdout_path = "x" })
-    assert.are.same({ "claude", "-p", "--output-format", "json", "--model", "opus", "--permission-mode", "plan" }, job.argv)
+    assert.are.same({ "claude", "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages",
+                      "--model", "opus", "--permission-mode", "plan" }, job.argv)
     assert.are.equal("P", job.stdin)
     job = claude.prepare({}, { prompt = "P", role = { model = "haiku" } })
-    assert.are.same({ "claude", "-p", "--output-format", "json", "--model", "haiku", "--permission-mode", "acceptEdits" }, job.argv)
+    assert.are.same({ "claude", "-p", "--output-format", "stream-json", "--verbose", "--include-partial-messages",
+                      "--model", "haiku", "--permission-mode", "acceptEdits" }, job.argv)
     job = claude.prepare({}, { prompt = "P", role = { model = "inherit" } })
     assert.is_nil(table.concat(job.argv, " "):find("--model", 1, true))
   end)
@@ -65,6 +67,82 @@ describe("the claude driver", function()
     assert.is_false(r.ok)
     assert.matches("no output for 3s %(idle timeout%)", r.error)
   end)
+
+  -- A stream-json session as Claude Code prints it (abridged): two API messages, the first
+  -- a tool call, each message_start then message_delta as partial messages; a rate-limited
+  -- retry between them; then the result.
+  local function ev(t) return cjson.encode(t) .. "\n" end
+  local function start(id, input) return ev { type = "stream_event", event = { type = "message_start",
+    message = { id = id, usage = { input_tokens = input, output_tokens = 1, cache_read_input_tokens = 0 } } } } end
+  local function delta(out) return ev { type = "stream_event", event = { type = "message_delta", usage = { output_tokens = out } } } end
+  local SESSION = table.concat {
+    ev { type = "system", subtype = "init", cwd = "/x" },
+    start("m1", 10),
+    ev { type = "stream_event", event = { type = "content_block_delta", delta = { type = "text_delta", text = "hi" } } },
+    ev { type = "assistant", message = { id = "m1", usage = { input_tokens = 10, output_tokens = 1 } } },
+    delta(12),
+    ev { type = "user", message = { content = { { type = "tool_result", content = string.rep("x", 5000) } } } },
+    ev { type = "system", subtype = "api_retry", attempt = 1, max_retries = 10, retry_delay_ms = 2500,
+         error_status = 429, error = "rate_limit" },
+    start("m2", 300),
+    delta(40),
+  }
+  local RESULT = ev { type = "result", subtype = "success", is_error = false, result = "done",
+                      total_cost_usd = 0.5, usage = { input_tokens = 310, output_tokens = 52 } }
+
+  -- Feeds `text` to a watch in pieces of 1 to 97 bytes; returns what it reported.
+  local function watched(driver, text)
+    local usages, limits = {}, {}
+    local feed = driver.watch {
+      on_usage = function(u, c) usages[#usages + 1] = { usage = u, cost = c } end,
+      on_rate_limit = function(after) limits[#limits + 1] = after or "none" end,
+    }
+    local pos, n = 1, 0
+    while pos <= #text do
+      n = n % 97 + 1
+      feed(text:sub(pos, pos + n - 1))
+      pos = pos + n
+    end
+    return usages, limits
+  end
+
+  it("watches the stream: usage as it grows, cut anywhere, and the retries of a rate limit", function()
+    local usages, limits = watched(claude, SESSION .. RESULT)
+    assert.are.same({ input_tokens = 10, output_tokens = 1, cache_read_input_tokens = 0 }, usages[1].usage)
+    assert.is_nil(usages[1].cost)
+    assert.are.same({ input_tokens = 10, output_tokens = 12, cache_read_input_tokens = 0 }, usages[2].usage)
+    assert.are.same({ input_tokens = 310, output_tokens = 52, cache_read_input_tokens = 0 }, usages[4].usage)
+    -- the result last, with the cost: the authority
+    assert.are.same({ usage = { input_tokens = 310, output_tokens = 52 }, cost = 0.5 }, usages[#usages])
+    assert.are.equal(5, #usages)
+    assert.are.same({ 2.5 }, limits)
+  end)
+
+  it("reads the result of a stream, and the usage so far of one cut short", function()
+    local r = claude.finish({}, EXIT0, ctx_with(SESSION .. RESULT))
+    assert.is_true(r.ok)
+    assert.are.equal("done", r.text)
+    assert.are.same({ input_tokens = 310, output_tokens = 52 }, r.usage)
+    r = claude.finish({}, { code = nil, signal = 15, timed_out = "timeout", timeout = 5 }, ctx_with(SESSION))
+    assert.is_false(r.ok)
+    assert.are.same({ input_tokens = 310, output_tokens = 52, cache_read_input_tokens = 0 }, r.usage)
+    -- a 429 it gave up on: the wait of its last retry stands for the retry-after it does not repeat
+    r = claude.finish({}, EXIT1, ctx_with(SESSION .. ev { type = "result", subtype = "success", is_error = true,
+      api_error_status = 429, result = "API Error: Request rejected (429) · rate limited" }))
+    assert.is_true(r.rate_limited)
+    assert.are.equal(2.5, r.retry_after)
+  end)
+end)
+
+describe("a driver's line reader", function()
+  it("hands on whole lines, however the stream is cut, and drops one too long to be usage", function()
+    local seen = {}
+    local feed = require("coral.drivers.cli").lines(function(l) seen[#seen + 1] = l end)
+    feed("ab"); feed("c\nd"); feed("\n\nxy")
+    assert.are.same({ "abc", "d", "" }, seen)
+    feed(string.rep("z", 3 * 1024 * 1024)); feed(string.rep("z", 2 * 1024 * 1024)); feed("z\nok\n")
+    assert.are.same({ "abc", "d", "", "ok" }, seen)
+  end)
 end)
 
 describe("the codex driver", function()
@@ -101,6 +179,16 @@ describe("the codex driver", function()
     r = codex.finish({}, EXIT1, ctx_with('{"type":"turn.failed","error":{"message":"unexpected status 401 Unauthorized"}}\n'))
     assert.are.equal("codex: unexpected status 401 Unauthorized", r.error)
     assert.is_false(r.retryable)
+  end)
+
+  it("watches its events: the usage at each turn's end, summed, without a cost", function()
+    local usages = {}
+    local feed = codex.watch { on_usage = function(u, c) usages[#usages + 1] = { u, c } end }
+    feed('{"type":"turn.started"}\n{"type":"turn.completed","usage":{"input_tokens":50,"cached_input_tokens":8,')
+    assert.are.equal(0, #usages)
+    feed('"output_tokens":5}}\n{"type":"turn.completed","usage":{"input_tokens":20,"output_tokens":1}}\n')
+    assert.are.same({ { { input_tokens = 50, cached_input_tokens = 8, output_tokens = 5 } },
+                      { { input_tokens = 70, cached_input_tokens = 8, output_tokens = 6 } } }, usages)
   end)
 end)
 

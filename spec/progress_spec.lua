@@ -179,6 +179,33 @@ describe("the quiet reporter", function()
   end)
 end)
 
+describe("the live view", function()
+  it("shows each running task's spend as its agent streams it, and the run's in total", function()
+    local uv = require "luv"
+    local function task(id) return { id = id } end
+    local tasks = { task("done"), task("streaming"), task("quiet") }
+    local state = {
+      done = { status = "succeeded", attempts = { { n = 1, outcome = "succeeded", cost_usd = 0.25,
+               usage = { input_tokens = 1000, output_tokens = 200 } } } },
+      -- a running attempt: its live report (tokens so far, no cost yet)
+      streaming = { status = "running", attempts = { { n = 1, mono_start = uv.hrtime(),
+                    live = { usage = { input_tokens = 300, output_tokens = 45 } } } } },
+      quiet = { status = "running", attempts = { { n = 1, mono_start = uv.hrtime() } } },
+    }
+    local run = { plan = { tasks = tasks, estimate = function() return 1 end }, state = state,
+                  mode = { name = "dependency" }, phases = { 1 }, max_workers = 2,
+                  current_phase = function() return 1 end }
+    local r = progress.new("live", run)
+    local out = capture()
+    r.out = out
+    r:draw()
+    local text = out:text()
+    assert.matches("spent %$0%.2500  1%.5k tokens", text)
+    assert.matches("▶ streaming%s+%d+%.%ds  345 tokens\n", text)
+    assert.matches("▶ quiet%s+%d+%.%ds\n", text)
+  end)
+end)
+
 describe("progress.fmt_duration", function()
   it("prints seconds with a tenth, then minutes and seconds, then hours and minutes", function()
     local cases = {

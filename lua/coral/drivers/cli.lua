@@ -23,6 +23,109 @@ local function append(list, ...)
   return list
 end
 
+-- A line longer than this is dropped by a watch (a huge tool result): usage lines are small.
+local MAX_LINE = 4 * 1024 * 1024
+
+--- A function(chunk) that hands each complete line of a stream cut anywhere to on_line
+-- (without its newline); a partial line waits for the rest, in a list (not by repeated
+-- concatenation: one line may come in many chunks).
+function M.lines(on_line)
+  local parts, size, skipping = {}, 0, false
+  return function(chunk)
+    local pos = 1
+    while true do
+      local nl = chunk:find("\n", pos, true)
+      if not nl then break end
+      if not skipping then
+        parts[#parts + 1] = chunk:sub(pos, nl - 1)
+        on_line(table.concat(parts))
+      end
+      parts, size, skipping, pos = {}, 0, false, nl + 1
+    end
+    if pos <= #chunk and not skipping then
+      size = size + #chunk - pos + 1
+      if size > MAX_LINE then parts, skipping = {}, true
+      else parts[#parts + 1] = chunk:sub(pos) end
+    end
+  end
+end
+
+local USAGE_KEYS = { "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens" }
+
+local function usage_of(t)
+  if type(t) ~= "table" then return nil end
+  local usage
+  for _, k in ipairs(USAGE_KEYS) do
+    if math.type(t[k]) then usage = usage or {}; usage[k] = math.tointeger(t[k]) end
+  end
+  return usage
+end
+
+-- Claude Code's usage so far, from its stream-json events: per API message (by id), the
+-- largest count of each kind seen (message_start gives the input, message_delta the output
+-- as it grows; an assistant event repeats message_start's), summed over the messages.
+-- Returns { add(e) -> true when the total changed, total() }.
+local function claude_tally()
+  local by_id, ids, current = {}, {}, {}
+  local tally = {}
+  local function add(id, usage)
+    if not id or not usage then return false end
+    local entry = by_id[id]
+    if not entry then entry = {}; by_id[id] = entry; ids[#ids + 1] = id end
+    local changed = false
+    for k, v in pairs(usage) do
+      if v > (entry[k] or -1) then entry[k], changed = v, true end
+    end
+    return changed
+  end
+  function tally.add(e)
+    -- a subagent's messages stream beside the main one's: each has its own current message
+    local stream = type(e.parent_tool_use_id) == "string" and e.parent_tool_use_id or ""
+    if e.type == "stream_event" and type(e.event) == "table" then
+      local ev = e.event
+      if ev.type == "message_start" and type(ev.message) == "table" then
+        current[stream] = ev.message.id
+        return add(ev.message.id, usage_of(ev.message.usage))
+      elseif ev.type == "message_delta" then
+        return add(current[stream], usage_of(ev.usage))
+      end
+    elseif e.type == "assistant" and type(e.message) == "table" then
+      return add(e.message.id, usage_of(e.message.usage))
+    end
+    return false
+  end
+  function tally.total()
+    if #ids == 0 then return nil end
+    local total = {}
+    for _, id in ipairs(ids) do
+      for k, v in pairs(by_id[id]) do total[k] = (total[k] or 0) + v end
+    end
+    return total
+  end
+  return tally
+end
+
+-- The stream-json line's event, or nil: only the kinds that carry usage, a retry or the
+-- result are decoded (a text delta or a tool's result is not worth a decode).
+local function claude_event(line)
+  local kind = line:match('^%s*{"type":"([%w_]+)"')
+  if kind == "user" then return nil end
+  if kind == "stream_event" and not (line:find('"message_start"', 1, true) or line:find('"message_delta"', 1, true)) then
+    return nil
+  end
+  if not line:match("^%s*{") then return nil end
+  local ok, e = pcall(cjson.decode, line)
+  if ok and type(e) == "table" then return e end
+end
+
+-- Claude Code's api_retry event for a rate limit: it waits retry_delay_ms (at least the
+-- API's retry-after) and asks again. Returns the wait in seconds, or nil for another event.
+local function claude_rate_limit(e)
+  if e.type == "system" and e.subtype == "api_retry" and (e.error_status == 429 or e.error == "rate_limit") then
+    return type(e.retry_delay_ms) == "number" and e.retry_delay_ms / 1000 or false
+  end
+end
+
 --- Is this error text a rate-limit answer? Returns true and the seconds to wait, if it says.
 function M.rate_limit_of(text, status)
   text = text or ""
@@ -40,7 +143,7 @@ end
 local PERMANENT = { [400] = true, [401] = true, [403] = true, [404] = true, [413] = true }
 
 -- The common end of an agent CLI: a timeout or a signal keeps the runner's reading; `parsed`
--- is what the CLI's own output said { ok, text, error, status, usage, cost_usd }.
+-- is what the CLI's own output said { ok, text, error, status, usage, cost_usd, retry_after }.
 local function cli_result(name, info, ctx, parsed)
   if info.timed_out or info.signal then
     local r = require("coral.drivers").default_finish(nil, info, ctx)
@@ -60,7 +163,7 @@ local function cli_result(name, info, ctx, parsed)
   end
   result.error = name .. ": " .. why:gsub("%s+", " "):sub(1, 300)
   local limited, after = M.rate_limit_of(why .. "\n" .. read_all(ctx.stderr_path, 4000), parsed.status)
-  result.rate_limited, result.retry_after = limited or nil, after
+  result.rate_limited, result.retry_after = limited or nil, after or (limited and parsed.retry_after) or nil
   result.retryable = not (parsed.status and PERMANENT[parsed.status])
   return result
 end
@@ -71,8 +174,12 @@ local function model_for(ctx, role_models)
   if role_models and m and m ~= "" and m ~= "inherit" then return m end
 end
 
---- Claude Code: `claude -p --output-format json`, the prompt on stdin. The JSON result gives
--- the text, is_error, api_error_status, usage and total_cost_usd. A role's model hint
+--- Claude Code: `claude -p --output-format stream-json --verbose --include-partial-messages`,
+-- the prompt on stdin. Its last event, the result, gives the text, is_error, api_error_status,
+-- usage and total_cost_usd; the events before it give the usage as it grows (watch: the API's
+-- message_start and message_delta, which --include-partial-messages passes on: an assistant
+-- event alone carries the output count of a message's start, 1) and each rate-limited retry
+-- Claude Code makes itself (system api_retry). A role's model hint
 -- (sonnet, opus, haiku; Claude Code subagent files) is passed on unless the run names one.
 -- opts: name ("claude"), bin ("claude"), args (extra arguments), permission_mode
 -- (default: the run's --permission-mode, else $CORAL_CLAUDE_PERMISSION_MODE, else acceptEdits).
@@ -81,9 +188,10 @@ function M.claude(opts)
   return {
     name = opts.name or "claude",
     program = opts.bin or "claude",   -- checked on PATH before a run starts
-    summary = "Claude Code: claude -p --output-format json, prompt on stdin",
+    summary = "Claude Code: claude -p --output-format stream-json, prompt on stdin",
     prepare = function(_, ctx)
-      local argv = append({ opts.bin or "claude" }, "-p", "--output-format", "json")
+      local argv = append({ opts.bin or "claude" }, "-p", "--output-format", "stream-json", "--verbose",
+                          "--include-partial-messages")
       local model = model_for(ctx, true)
       if model then append(argv, "--model", model) end
       local mode = ctx.permission_mode or opts.permission_mode or os.getenv("CORAL_CLAUDE_PERMISSION_MODE")
@@ -91,31 +199,45 @@ function M.claude(opts)
       for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
       return { argv = argv, stdin = ctx.prompt or "", env = opts.env }
     end,
+    -- Usage as it grows (cost nil: Claude Code gives it in the result only, which is then
+    -- reported with it) and each rate limit Claude Code waits out itself.
+    watch = function(ctx)
+      local tally = claude_tally()
+      return M.lines(function(line)
+        local e = claude_event(line)
+        if not e then return end
+        if e.type == "result" then
+          local usage = usage_of(e.usage)
+          if usage then ctx.on_usage(usage, type(e.total_cost_usd) == "number" and e.total_cost_usd or nil) end
+          return
+        end
+        local after = claude_rate_limit(e)
+        if after ~= nil then return ctx.on_rate_limit(after or nil) end
+        if tally.add(e) then ctx.on_usage(tally.total(), nil) end
+      end)
+    end,
     finish = function(_, info, ctx)
       local out = read_all(ctx.stdout_path)
-      local json
-      -- The result is the last JSON object printed (one line; earlier lines may be warnings).
-      for line in out:gmatch("[^\n]+") do
-        if line:match("^%s*{") then
-          local ok, v = pcall(cjson.decode, line)
-          if ok and type(v) == "table" and v.type == "result" then json = v end
-        end
-      end
+      local json, retry_after
+      -- The result is the last event (one line; earlier lines may be warnings); the usage so far
+      -- stands for it when there is none (a timeout).
+      local tally = claude_tally()
+      M.lines(function(line)
+        local e = claude_event(line)
+        if not e then return end
+        if e.type == "result" then json = e
+        elseif claude_rate_limit(e) then retry_after = claude_rate_limit(e)
+        else tally.add(e) end
+      end)(out .. "\n")
       if not json then
         local ok, v = pcall(cjson.decode, out)
-        if ok and type(v) == "table" then json = v end
+        if ok and type(v) == "table" and v.type == "result" then json = v end
       end
       if not json then
-        return cli_result("claude", info, ctx, { ok = false, error = info.code == 0 and
-          ("printed no JSON result" .. (out ~= "" and (": " .. last_line(out)) or "")) or nil })
+        return cli_result("claude", info, ctx, { ok = false, usage = tally.total(), error = info.code == 0 and
+          ("printed no JSON result" .. (out ~= "" and (": " .. last_line(out):sub(1, 200)) or "")) or nil })
       end
-      local usage
-      if type(json.usage) == "table" then
-        usage = {}
-        for _, k in ipairs { "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens" } do
-          if math.type(json.usage[k]) then usage[k] = json.usage[k] end
-        end
-      end
+      local usage = usage_of(json.usage)
       local text = type(json.result) == "string" and json.result or ""
       local failed = json.is_error == true or (json.subtype and json.subtype ~= "success")
       local status = math.tointeger(json.api_error_status)
@@ -124,9 +246,24 @@ function M.claude(opts)
         cost_usd = type(json.total_cost_usd) == "number" and json.total_cost_usd or nil,
         error = failed and (text ~= "" and text or tostring(json.subtype)) or nil,
         status = status, session_id = json.session_id,
+        -- Claude Code does not repeat the API's retry-after in its result: the wait of its own
+        -- last retry (at least the retry-after) stands for it
+        retry_after = status == 429 and retry_after or nil,
       })
     end,
   }
+end
+
+-- Codex's usage so far plus a turn's (turn.completed usage: input_tokens, cached_input_tokens,
+-- output_tokens), as a new table (a watch hands it on).
+local function codex_add_usage(usage, turn)
+  if type(turn) ~= "table" then return usage end
+  local sum = {}
+  for k, v in pairs(usage or {}) do sum[k] = v end
+  for k, v in pairs(turn) do
+    if math.type(v) then sum[k] = (sum[k] or 0) + v end
+  end
+  return sum
 end
 
 --- Codex: `codex exec --json -o FILE -`, the prompt on stdin, the final message from FILE;
@@ -154,6 +291,18 @@ function M.codex(opts)
       argv[#argv + 1] = "-"
       return { argv = argv, stdin = ctx.prompt or "", env = opts.env }
     end,
+    -- Usage at each turn's end (codex gives no cost).
+    watch = function(ctx)
+      local usage
+      return M.lines(function(line)
+        if not line:find('"turn.completed"', 1, true) then return end
+        local ok, e = pcall(cjson.decode, line)
+        if ok and type(e) == "table" and e.type == "turn.completed" then
+          usage = codex_add_usage(usage, e.usage)
+          if usage then ctx.on_usage(usage, nil) end
+        end
+      end)
+    end,
     finish = function(_, info, ctx)
       local last_path = ctx.stdout_path:gsub("%.out$", "") .. ".last.md"
       local usage, failure, message, completed = nil, nil, nil, false
@@ -162,12 +311,7 @@ function M.codex(opts)
         if ok and type(e) == "table" then
           if e.type == "turn.completed" then
             completed = true
-            if type(e.usage) == "table" then
-              usage = usage or {}
-              for k, v in pairs(e.usage) do
-                if math.type(v) then usage[k] = (usage[k] or 0) + v end
-              end
-            end
+            usage = codex_add_usage(usage, e.usage)
           elseif e.type == "turn.failed" then
             failure = type(e.error) == "table" and e.error.message or "turn failed"
           elseif e.type == "error" and not failure then

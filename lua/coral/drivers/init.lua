@@ -10,6 +10,11 @@
 --   ctx:    what the runner knows of the attempt: prompt, prompt_path, project_dir, run_dir,
 --           stdout_path, stderr_path, output_path, scratchpad, activity, attempt, model,
 --           permission_mode, role (the agent role table, if any), timeout, estimate, sim_scale.
+--   watch:  optional watch(ctx) -> function(chunk), for a CLI that streams its usage: fed the
+--           process's stdout as it comes (cut anywhere), it calls ctx.on_usage(usage, cost_usd)
+--           with the attempt's totals so far (cost_usd nil when not known yet) and
+--           ctx.on_rate_limit(retry_after or nil) for a rate limit the CLI waits out itself.
+--           Local executor only; finish still reads the whole stdout file.
 -- A driver that runs an installed program names it as `program`: a run checks it is on PATH
 -- before it starts, so a missing CLI is one clear error, not a failed task and its skipped plan.
 -- Built in: claude, codex, gemini, aider (agent CLIs), cmd, sim, prompt, and auto (the first
@@ -36,6 +41,9 @@ local function driver_error(driver)
   end
   if driver.finish ~= nil and type(driver.finish) ~= "function" then
     return string.format("coral.drivers.register: driver '%s': finish must be a function", driver.name)
+  end
+  if driver.watch ~= nil and type(driver.watch) ~= "function" then
+    return string.format("coral.drivers.register: driver '%s': watch must be a function", driver.name)
   end
 end
 
@@ -133,6 +141,8 @@ M.register {
 -- binary, extra arguments, another name).
 local cli = require "coral.drivers.cli"
 M.claude, M.codex, M.gemini, M.aider, M.rate_limit_of = cli.claude, cli.codex, cli.gemini, cli.aider, cli.rate_limit_of
+-- a watch's line reader: fn(chunk) handing on_line each whole line of a stream cut anywhere
+M.lines = cli.lines
 
 M.register(M.claude())
 M.register(M.codex())

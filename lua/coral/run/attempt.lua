@@ -8,6 +8,7 @@ local host = require "coral.host"
 local prompt = require "coral.prompt"
 local resources = require "coral.run.resources"
 local uptodate = require "coral.run.uptodate"
+local live_usage = require "coral.run.usage"
 local uv = require "luv"
 local workspaces = require "coral.run.workspaces"
 
@@ -417,6 +418,20 @@ function launch(run, st, a, adopt, max_before)
   local env = task_env(run, st)
   for k, v in pairs(spec.env or {}) do env[k] = v end
   local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
+  if driver.watch and run.executor.streams then
+    -- Live usage: the driver reads the agent's stdout as it comes (through a pipe to coral,
+    -- worth it for a few long agents; a command has no watch). The run's usage and
+    -- rate_limit_seen act on it when it has them; coral.run.usage journals it otherwise.
+    ctx.on_usage = function(usage, cost_usd)
+      if run.usage then return run:usage(st, a, usage, cost_usd) end
+      live_usage.report(run, st, a, usage, cost_usd)
+    end
+    ctx.on_rate_limit = function(retry_after)
+      if run.rate_limit_seen then run:rate_limit_seen(st, a, retry_after) end
+    end
+    local watch, mode_out = driver.watch(ctx), on_stdout
+    on_stdout = mode_out and function(chunk) mode_out(chunk); watch(chunk) end or watch
+  end
   local runner = run.runner
   -- In the journal before the process exists (the start, with its pid, comes after): a coral
   -- killed in between leaves an attempt that may have run, which resume counts as in flight.
@@ -434,6 +449,7 @@ function launch(run, st, a, adopt, max_before)
   local function on_exit(info)
     st.handle = nil
     if run.aborted then return end   -- killed by abort(): its records are closed
+    live_usage.flush(run, st, a)     -- its last live usage, before its end
     ended(run, st, a, info, nil, driver, ctx)
   end
   -- again: after waiting for a resource (run/resources.lua); the attempt starts now

@@ -20,8 +20,9 @@ local drivers = require "coral.drivers"
 local dynamic = require "coral.run.dynamic"
 local exec = require "coral.exec"
 local fsutil = require "coral.fsutil"
-local limits = require "coral.run.limits"
 local host = require "coral.host"
+local limits = require "coral.run.limits"
+local live_usage = require "coral.run.usage"
 local modes = require "coral.run.modes"
 local options = require "coral.run.options"
 local plan_mod = require "coral.plan"
@@ -208,8 +209,8 @@ end
 --- Live usage of a running attempt, cumulative for the attempt (a streaming CLI's driver
 -- reports it as it goes). A task whose own budget it passes is stopped (budget_exceeded).
 function Run:usage(st, a, usage, cost_usd)
+  live_usage.report(self, st, a, usage, cost_usd)   -- the journal's usage events, the live view
   if st.handle == nil or a ~= st.attempts[#st.attempts] then return end
-  a.live_usage, a.live_cost_usd = usage, cost_usd
   local stop = self.budget:live(st, usage, cost_usd)
   if stop and not st.cancelled then
     st.budget_exceeded, st.cancelled = true, stop

@@ -3,6 +3,7 @@
 -- "json": one JSON object per line per event. "quiet": nothing until the summary.
 local cjson = require "cjson"
 local host = require "coral.host"
+local live_usage = require "coral.run.usage"
 local uv = require "luv"
 
 local M = {}
@@ -19,6 +20,16 @@ local function fmt_duration(s)
   return string.format("%dh%02dm", s // 3600, math.floor(s % 3600 / 60))
 end
 M.fmt_duration = fmt_duration
+
+-- "  $0.0123  45.6k tokens" (what is known of it), or "" when nothing is.
+local function fmt_spend(tokens, cost, sep)
+  local parts = {}
+  if cost then parts[#parts + 1] = string.format("$%.4f", cost) end
+  if tokens then
+    parts[#parts + 1] = tokens >= 1000 and string.format("%.1fk tokens", tokens / 1000) or (tokens .. " tokens")
+  end
+  return #parts > 0 and sep .. table.concat(parts, "  ") or ""
+end
 
 local Lines = {}
 Lines.__index = Lines
@@ -120,13 +131,19 @@ function Live:draw()
   local counts = { succeeded = 0, failed = 0, skipped = 0, running = 0 }
   local running = {}
   local now = uv.hrtime()
+  local all_tokens, all_cost
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
     counts[st.status] = (counts[st.status] or 0) + 1
+    -- spend so far (what the agent CLIs report, live while they stream): per task and in total
+    local tokens, cost = live_usage.spent(st)
+    if tokens then all_tokens = (all_tokens or 0) + tokens end
+    if cost then all_cost = (all_cost or 0) + cost end
     if st.status == "running" then
       local a = st.attempts[#st.attempts]
-      running[#running + 1] = string.format("  ▶ %-28s %7s%s", t.id,
-        fmt_duration((now - a.mono_start) / 1e9), a.n > 1 and (" (attempt " .. a.n .. ")") or "")
+      running[#running + 1] = string.format("  ▶ %-28s %7s%s%s", t.id,
+        fmt_duration((now - a.mono_start) / 1e9), fmt_spend(tokens, cost, "  "),
+        a.n > 1 and (" (attempt " .. a.n .. ")") or "")
     end
   end
   local total = #run.plan.tasks
@@ -155,6 +172,7 @@ function Live:draw()
       counts.interrupted and string.format("  interrupted %d", counts.interrupted) or "", counts.running,
       fmt_duration((now - self.started) / 1e9), fmt_duration(left / run.max_workers)),
   }
+  if all_tokens or all_cost then lines[#lines + 1] = "  spent" .. fmt_spend(all_tokens, all_cost, " ") end
   local limits = M.limits_line(run)
   if limits then lines[#lines + 1] = limits end
   for i = 1, math.min(#running, 12) do lines[#lines + 1] = running[i] end
