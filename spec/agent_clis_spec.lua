@@ -418,4 +418,99 @@ return coral.plan {
     end
     assert.are.equal(api.rejected, rejected)
   end)
+
+  -- The journal's events of a run dir.
+  local function journal(run_dir)
+    local list = {}
+    for line in H.read_file(run_dir .. "/journal.jsonl"):gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
+    return list
+  end
+
+  it("throttles claude under 429s: 12 tasks at 8 workers all succeed and its limit settles at what the API takes",
+     function()
+    -- the API answers two requests at once, each in four seconds (longer than a claude takes to
+    -- start, so its processes' concurrency is its requests'); a third is refused (429)
+    api = fake_api.start(function() return { text = "DONE" } end, { max_in_flight = 2, slow = 6 })
+    local dir, env = project(api)   -- CLAUDE_CODE_MAX_RETRIES=0: each 429 ends an attempt, coral decides
+    local lines = {}
+    for i = 1, 12 do
+      lines[i] = string.format('  t { id = "t%d", agent = "qa-testing", task = "JOB-%d", driver = "claude" },', i, i)
+    end
+    local plan = recipe(dir, "return coral.plan {\n" .. table.concat(lines, "\n") .. "\n}\n")
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--max-workers", "8", "--no-report" },
+                    { env = env, cwd = dir, timeout = 400 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s, run_dir = summary_of(dir)
+    assert.are.equal(12, s.succeeded)
+    local changes = {}
+    for _, e in ipairs(journal(run_dir)) do
+      if e.event == "limit" then changes[#changes + 1] = e end
+    end
+    assert.is_true(#changes >= 2, "the limit changed " .. #changes .. " times")
+    assert.are.equal("claude", changes[1].name)
+    assert.is_true(changes[1].limit <= 4, "first cut to " .. changes[1].limit)
+    local trace = {}
+    for i, c in ipairs(changes) do trace[i] = string.format("%.2f %d %s", c.t - changes[1].t, c.limit, c.reason) end
+    -- settled where the API stops refusing: two, or three when the claude processes' start-up (not
+    -- their requests) filled the third place every time it was tried
+    local final = changes[#changes].limit
+    assert.is_true(final == 2 or final == 3, table.concat(trace, "; "))
+    -- the refusals: the first wave's (up to six) and a few while the limit comes down
+    assert.is_true(api.rejected >= 1 and api.rejected <= 16, api.rejected .. " requests refused")
+    io.stderr:write(string.format("\n[claude under 429s: %d refused, limit %s, settled %.1f s after the first cut]\n",
+      api.rejected, table.concat((function()
+        local v = {}
+        for i, c in ipairs(changes) do v[i] = tostring(c.limit) end
+        return v
+      end)(), "→"), changes[#changes].t - changes[1].t) .. " (" .. table.concat(trace, "; ") .. ")\n")
+  end)
+
+  it("stops a claude task whose streamed usage passes its own budget, mid-stream", function()
+    -- a slow answer in four pieces, four seconds apart (12 s in all): its input tokens arrive with its start
+    api = fake_api.start(function() return { text = "A LONG ANSWER THAT TAKES ITS TIME", pace = 4 } end)
+    local dir, env = project(api)
+    local plan = recipe(dir, [[
+return coral.plan {
+  t { id = "big", agent = "qa-testing", task = "BIG", driver = "claude", budget = { tokens = 50 } },
+  t { id = "after", agent = "qa-testing", task = "AFTER", driver = "claude", depends_on = { "big" } },
+}
+]])
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--no-report" }, { env = env, cwd = dir, timeout = 120 })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    local s, run_dir = summary_of(dir)
+    assert.are.equal("failed", s.results.big.status)
+    assert.matches("budget_exceeded: used %d+ of its 50 tokens budget", s.results.big.error)
+    assert.are.equal(1, s.results.big.attempts)   -- not retried: it would spend again
+    assert.are.equal("skipped", s.results.after.status)
+    assert.is_true(s.results.big.duration_seconds < 10, "it ran " .. s.results.big.duration_seconds .. " s")
+    local ends = {}
+    for _, e in ipairs(journal(run_dir)) do if e.event == "end" then ends[#ends + 1] = e end end
+    assert.are.equal("budget_exceeded", ends[1].outcome)
+  end)
+
+  it("counts codex's usage against the run's budget in tokens", function()
+    api = fake_api.start(function() return { text = "DONE" } end)
+    local dir, env = project(api)
+    local plan = recipe(dir, [[
+return coral.plan {
+  t { id = "one", agent = "qa-testing", task = "ONE", driver = "codex-local" },
+  t { id = "two", agent = "qa-testing", task = "TWO", driver = "codex-local", depends_on = { "one" } },
+}
+]])
+    -- the first task's tokens are the median the second is expected to spend: 1.5 times fits, twice does not
+    local r = H.run({ plan, "d", "--dir", dir, "--quiet", "--no-report" }, { env = env, cwd = dir, timeout = 120 })
+    assert.are.equal(0, r.code, r.stdout .. r.stderr)
+    local s = summary_of(dir)
+    local one = s.results.one.usage.input_tokens + s.results.one.usage.output_tokens
+    assert.is_true(one > 0)
+    local dir2, env2 = project(api)
+    recipe(dir2, H.read_file(plan):gsub("^local coral = require 'coral'\nlocal t = coral.task\n", ""))
+    r = H.run({ dir2 .. "/plan.lua", "d", "--dir", dir2, "--quiet", "--no-report",
+                "--budget-tokens", tostring(math.floor(one * 1.5)) }, { env = env2, cwd = dir2, timeout = 120 })
+    assert.are.equal(1, r.code, r.stdout .. r.stderr)
+    s = summary_of(dir2)
+    assert.are.equal("succeeded", s.results.one.status)
+    assert.are.equal("budget_exhausted", s.results.two.status)
+    assert.are.equal(s.results.one.usage.input_tokens + s.results.one.usage.output_tokens, s.budget.spent_tokens)
+  end)
 end)

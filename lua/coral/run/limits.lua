@@ -8,7 +8,7 @@
 --
 -- A driver that is rate-limited gets a limit of its own that adapts: it drops to half of the
 -- driver's tasks running when the refusal came (at least 1), and grows back by one with each
--- success, up to the driver's configured limit (or max_workers). The running count that was
+-- success of a task started since, up to the driver's configured limit (or max_workers). The running count that was
 -- refused is remembered as a ceiling for CEILING_MEMORY seconds, so the limit settles just
 -- under what the API takes instead of climbing into it again; a retry-after the API gave holds
 -- the driver's tasks back that long. Every change is journaled (`limit` events).
@@ -164,7 +164,8 @@ function Limits:give(st, a, result)
   if not driver then return end
   if result.rate_limited then
     self:throttle(driver, running, a, result.retry_after)
-  elseif result.ok then
+  elseif result.ok and not (self.cut_at[driver] and a.start < self.cut_at[driver]) then
+    -- a success says the limit may grow only for an attempt that started under it
     self:grow(driver)
   end
 end
