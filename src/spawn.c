@@ -132,6 +132,9 @@ struct proc_state {
   proc_stdin in;
   proc_stream out, err;
   int child_fd[3];          /* what the child gets as 0, 1, 2 (ours to close after spawning) */
+  int size_fd[3];           /* [1], [2]: the file the child got as stdout, stderr, kept open until
+                             * the exit is delivered, to report its size; else -1 */
+  int64_t size[3];          /* those sizes (fstat when the exit is delivered), -1 unknown */
   uv_timer_t timer;
   int timer_open;
   int on_reaped;            /* registry ref or LUA_NOREF: called once the child is reaped */
@@ -217,6 +220,19 @@ static void proc_close_child_fds(proc_state *s) {
     proc_close_fd(&s->child_fd[i]);
 }
 
+/* The sizes of the files the child wrote itself, for the exit information: an fstat of the
+ * descriptor coral opened them with, so the caller (an output cap) need not stat them by
+ * path. Then the descriptors are closed. */
+static void proc_take_sizes(proc_state *s) {
+  struct stat st;
+  int i;
+  for (i = 1; i < 3; i++) {
+    if (s->size_fd[i] >= 0 && fstat(s->size_fd[i], &st) == 0)
+      s->size[i] = (int64_t)st.st_size;
+    proc_close_fd(&s->size_fd[i]);
+  }
+}
+
 static proc_state *proc_new(proc_sup *sup) {
   proc_state *s = calloc(1, sizeof *s);
   if (s == NULL)
@@ -232,6 +248,8 @@ static proc_state *proc_new(proc_sup *sup) {
   s->out.on_data = s->err.on_data = LUA_NOREF;
   s->out.cap = s->err.cap = PROC_NO_CAP;
   s->child_fd[0] = s->child_fd[1] = s->child_fd[2] = -1;
+  s->size_fd[0] = s->size_fd[1] = s->size_fd[2] = -1;
+  s->size[0] = s->size[1] = s->size[2] = -1;
   s->all_next = sup->all;
   if (sup->all != NULL)
     sup->all->all_prev = s;
@@ -246,6 +264,8 @@ static void proc_release(proc_state *s) {
   if (!s->detached || !s->reaped || s->closes > 0 || s->pinned > 0)
     return;
   proc_close_child_fds(s);
+  proc_close_fd(&s->size_fd[1]);   /* an exit never delivered (the host shut down) */
+  proc_close_fd(&s->size_fd[2]);
   proc_close_fd(&s->in.fd);
   proc_close_fd(&s->out.rfd);
   proc_close_fd(&s->err.rfd);
@@ -411,6 +431,10 @@ static void proc_push_info(lua_State *L, const proc_state *s) {
   proc_set_integer(L, "stderr_dropped", (lua_Integer)s->err.dropped);
   proc_set_errno(L, "stdout_error", s->out.write_errno);
   proc_set_errno(L, "stderr_error", s->err.write_errno);
+  if (s->size[1] >= 0)
+    proc_set_integer(L, "stdout_size", (lua_Integer)s->size[1]);
+  if (s->size[2] >= 0)
+    proc_set_integer(L, "stderr_size", (lua_Integer)s->size[2]);
 }
 
 /* Hands the exit to on_exit once the child is reaped and its output drained. */
@@ -420,6 +444,7 @@ static void proc_check_done(proc_state *s) {
   if (s->delivered || s->detached || !s->reaped || s->out.reading || s->err.reading)
     return;
   s->delivered = 1;
+  proc_take_sizes(s);
   s->pinned++;
   proc_timer_close(s);
   proc_stdin_close_now(s);
@@ -1749,6 +1774,15 @@ static int proc_spawn(lua_State *L) {
     c.merge_err = o.err.dest == DEST_MERGE;
     s->start_ns = uv_hrtime();
     e = proc_child_start(sup, &c, &pid);
+    /* a file the child writes itself is kept open until its exit, which reports its size */
+    if (e == 0 && o.out.dest == DEST_FILE && !s->out.piped) {
+      s->size_fd[1] = s->child_fd[1];
+      s->child_fd[1] = -1;
+    }
+    if (e == 0 && o.err.dest == DEST_FILE && !s->err.piped) {
+      s->size_fd[2] = s->child_fd[2];
+      s->child_fd[2] = -1;
+    }
     proc_close_child_fds(s);
     if (e != 0 && o.cwd != NULL) {
       int ce = proc_cwd_error(o.cwd);
