@@ -3,6 +3,9 @@
 --
 --   coral bench/bench.lua OUTDIR --measure PATH [--floor PATH] [--reps N] [--only a,b]
 --
+-- noop-100k (100,000 tasks at W=4, minutes) runs only with CORAL_BENCH_SCALE=1 or when --only
+-- names it.
+--
 -- Every command is started through bench/measure.c, which reaps it with wait4: its wall time
 -- (spawn to reap), its CPU (user + system, with its children) and its peak RSS (the largest of the
 -- process and its reaped children: for coral running `true` tasks, coral's own). Runners are run
@@ -274,6 +277,43 @@ local function dag_1m()
 end
 
 -- }}}
+-- {{{ noop-100k
+
+-- The scale target: 100,000 independent `true` tasks at W=4, once, coral (records kept, default
+-- settings) and the floor. Its ms/task is set against coral's on the 5,000-task noop-fanout at
+-- W=4 (from this suite when it ran, else one run here). Opt-in, as it takes minutes:
+-- CORAL_BENCH_SCALE=1, or `--only noop-100k`.
+local function noop_100k()
+  local n, W = 100000, 4
+  out("\n== noop-100k: %d independent `true` tasks at W=%d (coral and the floor, once each) ==\n", n, W)
+  local function coral_run(tasks)
+    local dir = string.format("%s/noop-%d", TMP, tasks)
+    sh("mkdir -p " .. dir)
+    local files = workloads.write(workloads.noop_fanout(tasks), dir)
+    return run_one { name = "coral", o = { project = true },
+      argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--quiet", "--dir", "PROJECT", "--retries", "0" } }
+  end
+  local big = coral_run(n)
+  local floor = opts.floor and run_one { name = "floor", argv = { opts.floor, tostring(n), tostring(W), "/bin/true" } }
+  local fanout = results.workloads["noop-fanout"]
+  local small_ms
+  for _, r in ipairs(fanout and fanout.by_w[tostring(W)].rows or {}) do
+    if r.runner == "coral" then small_ms = r.ms_per_task end
+  end
+  if not small_ms then small_ms = coral_run(5000).wall / 5000 * 1000 end
+  local r = { tasks = n, workers = W, wall = big.wall, ms_per_task = big.wall / n * 1000, rss_mb = big.rss_mb,
+              floor_ms_per_task = floor and floor.wall / n * 1000, ms_per_task_5000 = small_ms,
+              failed = big.code ~= 0 or nil }
+  r.ratio = r.ms_per_task / small_ms
+  out("coral %.1f s, %.3f ms/task (5,000 tasks: %.3f ms/task, ratio %.2f), peak RSS %.1f MB%s%s\n", r.wall,
+      r.ms_per_task, small_ms, r.ratio, r.rss_mb, floor and string.format("; floor %.3f ms/task", r.floor_ms_per_task) or "",
+      r.failed and "  FAILED" or "")
+  target("noop-100k W=4: coral ms/task / its 5,000-task ms/task", r.ratio, 1.10, r.ratio <= 1.10)
+  target("noop-100k W=4: coral peak RSS (MB)", r.rss_mb, 200, r.rss_mb < 200)
+  results.noop_100k = r
+end
+
+-- }}}
 -- {{{ coord
 
 local function coord_bench()
@@ -389,6 +429,7 @@ out("coral benchmark: %s, %d CPUs, %d GB, %s; %d repetitions; coral %s\n", m.cpu
 local clock0 = uv.hrtime()
 if wanted("noop-layered") then process_workload(workloads.noop_layered()) end
 if wanted("noop-fanout") then process_workload(workloads.noop_fanout()) end
+if (opts.only and wanted("noop-100k")) or os.getenv("CORAL_BENCH_SCALE") == "1" then noop_100k() end
 if wanted("sleep-seed") then process_workload(workloads.sleep_seed()) end
 if wanted("sleep-random") then process_workload(workloads.sleep_random()) end
 if wanted("dag-1m") then dag_1m() end

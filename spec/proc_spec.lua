@@ -296,6 +296,9 @@ describe("coral.proc", function()
       assert.are.equal(0, info.code)
       assert.are.equal("out\n", H.read_file(dir .. "/out"))
       assert.are.equal("old\nerr\n", H.read_file(dir .. "/err"))
+      -- their sizes come with the exit (an output cap needs no stat), the appended one whole
+      assert.are.equal(4, info.stdout_size)
+      assert.are.equal(8, info.stderr_size)
       local p, err, code = proc.spawn { argv = { "true" }, stdout = dir .. "/no/such/out" }
       assert.is_nil(p)
       assert.are.equal("ENOENT", code)
@@ -315,8 +318,9 @@ describe("coral.proc", function()
     it("go to a file and a callback at once, C writing the file", function()
       local dir = H.tmpdir()
       local out = {}
-      proc.spawn { argv = { "seq", "1", "3" }, stdout = { file = dir .. "/log", on_data = collect(out) } }:wait()
+      local info = proc.spawn { argv = { "seq", "1", "3" }, stdout = { file = dir .. "/log", on_data = collect(out) } }:wait()
       assert.are.equal("1\n2\n3\n", H.read_file(dir .. "/log"))
+      assert.is_nil(info.stdout_size)   -- C wrote it through a pipe: no size from the child's file
       assert.are.equal("1\n2\n3\n", table.concat(out))
     end)
 

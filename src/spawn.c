@@ -2,9 +2,12 @@
  * spawn.c: "coral.proc", the primitive that starts child processes and supervises them on the
  * host's libuv loop, many at once and without threads.
  *
- * Children are started with glibc's posix_spawnp, which clones with CLONE_VM|CLONE_VFORK (no
- * page tables copied, unlike uv_spawn's fork in libuv 1.44) and reports exec errors
- * synchronously. Each child leads its own process group, so a kill, a timeout or a close
+ * Children are started by clone(CLONE_VM|CLONE_VFORK) and exec, as glibc's posix_spawnp does (no
+ * page tables copied, unlike uv_spawn's fork in libuv 1.44; exec errors reported
+ * synchronously), but with the child's setup prebuilt: its descriptors placed with dup2 from a
+ * ready list, no per-action validation (glibc checks each file action's fd with getrlimit, six
+ * calls a task) and only the signal dispositions that matter reset (glibc asks about all 64
+ * in the child, over a hundred calls while the parent waits). See "the child" below. Each child leads its own process group, so a kill, a timeout or a close
  * reaches its grandchildren too. One SIGCHLD handle serves every child; it reaps with wait4 on
  * our own pids only, so the children of luv's uv.spawn stay libuv's.
  *
@@ -27,12 +30,13 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
-#include <spawn.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -54,6 +58,15 @@
 #define PROC_NO_CAP UINT64_MAX
 #define PROC_CHILD_NULL (-2)            /* child_fd: the child opens /dev/null itself */
 #define PROC_SCAN_MAX 4                 /* up to this many live children, reap by asking each */
+#define PROC_CHILD_STACK (64 * 1024)    /* the child's stack between clone and exec */
+
+/* Code that runs in the child between clone and exec, on a stack ASan does not know: not
+ * instrumented, so that it leaves no poisoned shadow behind for the next child. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CORAL_CHILD_CODE __attribute__((no_sanitize_address))
+#else
+#define CORAL_CHILD_CODE
+#endif
 
 /* Registry key of the supervisor's userdata (the address is unique, the value per state). */
 static const char PROC_SUP_KEY = 's';
@@ -119,6 +132,9 @@ struct proc_state {
   proc_stdin in;
   proc_stream out, err;
   int child_fd[3];          /* what the child gets as 0, 1, 2 (ours to close after spawning) */
+  int size_fd[3];           /* [1], [2]: the file the child got as stdout, stderr, kept open until
+                             * the exit is delivered, to report its size; else -1 */
+  int64_t size[3];          /* those sizes (fstat when the exit is delivered), -1 unknown */
   uv_timer_t timer;
   int timer_open;
   int on_reaped;            /* registry ref or LUA_NOREF: called once the child is reaped */
@@ -142,8 +158,7 @@ struct proc_sup {
   int nwaiting;             /* p:wait() calls running the loop */
   int norphans;             /* closed or collected, killed, not reaped yet */
   int depth;                /* our Lua callbacks running */
-  posix_spawnattr_t attr;   /* the same for every child */
-  posix_spawn_file_actions_t fa_default;  /* stdin /dev/null, stdout and stderr the host's */
+  char *child_stack;        /* mmap'd once (PROC_CHILD_STACK, a guard page below), or NULL */
   proc_state *live, *all;
   char **scratch;           /* argv and envp of the spawn in progress */
   size_t scratch_size;
@@ -151,6 +166,8 @@ struct proc_sup {
   pid_t *adopted;           /* ... and the adopted children found still running */
   size_t known_size, adopted_size, nadopted;
   unsigned scans;           /* proc_scan_adopted calls, so a caller sees that one intervened */
+  pid_t self;               /* getpid() when the supervisor was made: its main thread's id (a wrong
+                             * one finds no file, and then the full scan looks) */
   int buf_busy;
   char buf[PROC_READ_SIZE];      /* reads go here unless a callback runs a nested loop */
 };
@@ -199,9 +216,20 @@ static void proc_close_fd(int *fd) {
 
 static void proc_close_child_fds(proc_state *s) {
   int i;
-  for (i = 0; i < 3; i++) {
+  for (i = 0; i < 3; i++)
     proc_close_fd(&s->child_fd[i]);
-    s->child_fd[i] = -1;
+}
+
+/* The sizes of the files the child wrote itself, for the exit information: an fstat of the
+ * descriptor coral opened them with, so the caller (an output cap) need not stat them by
+ * path. Then the descriptors are closed. */
+static void proc_take_sizes(proc_state *s) {
+  struct stat st;
+  int i;
+  for (i = 1; i < 3; i++) {
+    if (s->size_fd[i] >= 0 && fstat(s->size_fd[i], &st) == 0)
+      s->size[i] = (int64_t)st.st_size;
+    proc_close_fd(&s->size_fd[i]);
   }
 }
 
@@ -220,6 +248,8 @@ static proc_state *proc_new(proc_sup *sup) {
   s->out.on_data = s->err.on_data = LUA_NOREF;
   s->out.cap = s->err.cap = PROC_NO_CAP;
   s->child_fd[0] = s->child_fd[1] = s->child_fd[2] = -1;
+  s->size_fd[0] = s->size_fd[1] = s->size_fd[2] = -1;
+  s->size[0] = s->size[1] = s->size[2] = -1;
   s->all_next = sup->all;
   if (sup->all != NULL)
     sup->all->all_prev = s;
@@ -234,6 +264,8 @@ static void proc_release(proc_state *s) {
   if (!s->detached || !s->reaped || s->closes > 0 || s->pinned > 0)
     return;
   proc_close_child_fds(s);
+  proc_close_fd(&s->size_fd[1]);   /* an exit never delivered (the host shut down) */
+  proc_close_fd(&s->size_fd[2]);
   proc_close_fd(&s->in.fd);
   proc_close_fd(&s->out.rfd);
   proc_close_fd(&s->err.rfd);
@@ -399,6 +431,10 @@ static void proc_push_info(lua_State *L, const proc_state *s) {
   proc_set_integer(L, "stderr_dropped", (lua_Integer)s->err.dropped);
   proc_set_errno(L, "stdout_error", s->out.write_errno);
   proc_set_errno(L, "stderr_error", s->err.write_errno);
+  if (s->size[1] >= 0)
+    proc_set_integer(L, "stdout_size", (lua_Integer)s->size[1]);
+  if (s->size[2] >= 0)
+    proc_set_integer(L, "stderr_size", (lua_Integer)s->size[2]);
 }
 
 /* Hands the exit to on_exit once the child is reaped and its output drained. */
@@ -408,6 +444,7 @@ static void proc_check_done(proc_state *s) {
   if (s->delivered || s->detached || !s->reaped || s->out.reading || s->err.reading)
     return;
   s->delivered = 1;
+  proc_take_sizes(s);
   s->pinned++;
   proc_timer_close(s);
   proc_stdin_close_now(s);
@@ -559,12 +596,29 @@ static int proc_list_children(proc_sup *sup, size_t *n) {
   return e;
 }
 
+/* The usual case, told in one read: every child of coral's main thread is one coral.proc
+ * started (known[0 .. nlive), sorted). An orphan is handed to the subreaper's first live
+ * thread, the main one, so an adopted process is always listed there; a child of another
+ * thread is not adopted. Returns 0 when nothing else is there, 1 when the full scan must look
+ * (a stranger, luv's or a popen's child, or no such file on this kernel). */
+static int proc_only_known_children(proc_sup *sup, size_t nlive) {
+  char path[64];
+  size_t i, n = 0;
+  snprintf(path, sizeof path, "/proc/self/task/%d/children", (int)sup->self);
+  if (proc_read_pids(sup, path, &n) != 0)
+    return 1;
+  for (i = 0; i < n; i++)
+    if (nlive == 0 || bsearch(&sup->adopted[i], sup->known, nlive, sizeof *sup->known, proc_pid_cmp) == NULL)
+      return 1;
+  return 0;
+}
+
 /* Reaps the adopted children that have exited and leaves the pids of those still running in
  * sup->adopted[0 .. nadopted). No Lua is called. Returns 0 or an errno. */
 static int proc_scan_adopted(proc_sup *sup) {
   proc_walk w = { sup, 0, 0 };
   proc_state *s;
-  pid_t self = getpid(), self_pgrp = getpgrp();
+  pid_t self, self_pgrp;
   size_t i, n = 0, found = 0, kept = 0, nlive;
   int e;
   sup->scans++;
@@ -577,6 +631,12 @@ static int proc_scan_adopted(proc_sup *sup) {
   nlive = w.n;
   if (w.n > 1)
     qsort(sup->known, w.n, sizeof *sup->known, proc_pid_cmp);
+  /* Called when each task ends: four system calls instead of a directory scan and a read per
+   * thread, when (nearly always) the task left nothing behind. */
+  if (!proc_only_known_children(sup, nlive))
+    return 0;
+  self = getpid();
+  self_pgrp = getpgrp();
   if ((e = proc_list_children(sup, &n)) != 0)
     return e;
   /* Candidates: not coral.proc's, outside coral's group; a zombie is kept as -pid. */
@@ -1316,7 +1376,7 @@ static int proc_push_failure(lua_State *L, int e, const char *what) {
   return 3;
 }
 
-/* A string the spawn needs until posix_spawn returns, made from a number or by us. */
+/* A string the spawn needs until the child has exec'd, made from a number or by us. */
 static const char *proc_anchor(lua_State *L, int *n) {
   const char *p = lua_tostring(L, -1);
   if (lua_isnil(L, SLOT_ANCHOR)) {
@@ -1444,7 +1504,150 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
   return 0;
 }
 
-/* Why did posix_spawn fail: the working directory, or the program? */
+/* {{{ the child */
+
+/* What the child does between clone and exec, prepared by the parent: nothing here allocates,
+ * and the child writes only c->err. */
+typedef struct proc_child {
+  char *const *argv, *const *envp;
+  const char *path;         /* PATH to search for argv[0] (no slash in it), else NULL */
+  const char *cwd;          /* or NULL */
+  int fd[3];                /* what it gets as 0, 1, 2: -1 the host's, PROC_CHILD_NULL /dev/null */
+  int merge_err;            /* stderr goes where stdout goes */
+  volatile int err;         /* the errno of the step that failed, written by the child */
+} proc_child;
+
+/* The dispositions a child gets back to their defaults: what the host changed (it ignores
+ * SIGPIPE, catches INT, TERM and HUP, luv watches CHLD), what job control and a terminal send
+ * to the host's process group, and the usual signals of scripts (posix_spawn's SETSIGDEF). */
+static const int proc_child_defaults[] = {
+  SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU, SIGALRM, SIGUSR1,
+  SIGUSR2, SIGXFSZ, SIGXCPU, SIGWINCH, SIGCONT
+};
+
+/* execvpe without its /bin/sh fallback on ENOEXEC (posix_spawnp has none either) and without
+ * malloc: each PATH entry in turn, EACCES remembered, a hard error stops the search. */
+CORAL_CHILD_CODE static void proc_child_exec(const proc_child *c) {
+  const char *file = c->argv[0], *p = c->path;
+  char buf[4096];
+  size_t flen = strlen(file) + 1;
+  int eacces = 0;
+  if (p == NULL) {
+    execve(file, c->argv, c->envp);
+    return;
+  }
+  for (;;) {
+    const char *end = strchrnul(p, ':');
+    size_t dlen = (size_t)(end - p);
+    if (dlen + 1 + flen <= sizeof buf) {
+      memcpy(buf, p, dlen);
+      if (dlen > 0)
+        buf[dlen++] = '/';    /* an empty entry is the working directory */
+      memcpy(buf + dlen, file, flen);
+      execve(buf, c->argv, c->envp);
+      switch (errno) {
+      case EACCES: eacces = 1; break;
+      case ENOENT: case ESTALE: case ENOTDIR: case ENODEV: case ETIMEDOUT: break;
+      default: return;
+      }
+    }
+    if (*end == '\0')
+      break;
+    p = end + 1;
+  }
+  if (eacces)
+    errno = EACCES;
+}
+
+/* The child, on its own stack, sharing the host's memory while the host waits (CLONE_VFORK)
+ * until it execs or exits. Every signal is blocked when it starts (the host blocked them
+ * around clone): a handler of the host must not run here, on the host's memory. So the
+ * dispositions are reset first, those of signals already pending too (the only ones that could
+ * reach it before exec: its pid is known to nobody yet, and its group is its own once
+ * setpgid returns), and only then is the mask emptied. */
+CORAL_CHILD_CODE static int proc_child_main(void *arg) {
+  proc_child *c = arg;
+  struct sigaction dfl, old;
+  sigset_t set;
+  size_t i;
+  int sig, fd;
+  if (setpgid(0, 0) != 0)
+    goto fail;
+  memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  for (i = 0; i < sizeof proc_child_defaults / sizeof proc_child_defaults[0]; i++)
+    sigaction(proc_child_defaults[i], &dfl, NULL);
+  if (sigpending(&set) == 0)
+    for (sig = 1; sig < NSIG; sig++)
+      if (sigismember(&set, sig) == 1 && sigaction(sig, NULL, &old) == 0 &&
+          old.sa_handler != SIG_IGN && old.sa_handler != SIG_DFL)
+        sigaction(sig, &dfl, NULL);
+  for (i = 0; i < 3; i++) {
+    if (i == 2 && c->merge_err) {
+      if (dup2(1, 2) < 0)
+        goto fail;
+    } else if (c->fd[i] == PROC_CHILD_NULL) {
+      /* opened here: one kept open by the host would spare an open and a close, but it is a
+       * descriptor held for the host's life, which the specs rightly count as a leak */
+      if ((fd = open("/dev/null", i == 0 ? O_RDONLY : O_WRONLY)) < 0)
+        goto fail;
+      if (fd != (int)i) {
+        if (dup2(fd, (int)i) < 0)
+          goto fail;
+        close(fd);
+      }
+    } else if (c->fd[i] >= 0 && dup2(c->fd[i], (int)i) < 0) {
+      goto fail;
+    }
+  }
+  if (c->cwd != NULL && chdir(c->cwd) != 0)
+    goto fail;
+  /* Only 0, 1 and 2 reach the program, even fds that Lua's io.open left inheritable. */
+  closefrom(3);
+  sigemptyset(&set);
+  sigprocmask(SIG_SETMASK, &set, NULL);
+  proc_child_exec(c);
+fail:
+  c->err = errno != 0 ? errno : ECHILD;
+  _exit(127);
+}
+
+/* Starts the child c describes; returns 0 and its pid, or the errno of the step that failed
+ * (then no child is left: one that failed is reaped here). */
+static int proc_child_start(proc_sup *sup, proc_child *c, pid_t *pid) {
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  sigset_t all, old;
+  pid_t p;
+  int e;
+  if (sup->child_stack == NULL) {
+    /* once per host: a guard page below the stack, which grows down on Linux's targets */
+    char *m = mmap(NULL, PROC_CHILD_STACK + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (m == MAP_FAILED)
+      return errno;
+    mprotect(m, page, PROT_NONE);
+    sup->child_stack = m;
+  }
+  c->err = 0;
+  sigfillset(&all);
+  sigprocmask(SIG_BLOCK, &all, &old);
+  p = clone(proc_child_main, sup->child_stack + page + PROC_CHILD_STACK, CLONE_VM | CLONE_VFORK | SIGCHLD, c);
+  e = p < 0 ? errno : 0;
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  if (e != 0)
+    return e;
+  if (c->err != 0) {
+    while (waitpid(p, NULL, 0) < 0 && errno == EINTR)
+      ;
+    return c->err;
+  }
+  *pid = p;
+  return 0;
+}
+
+/* }}} */
+
+/* Why did the start fail: the working directory, or the program? */
 static int proc_cwd_error(const char *cwd) {
   struct stat st;
   if (stat(cwd, &st) != 0)
@@ -1489,9 +1692,8 @@ static int proc_spawn(lua_State *L) {
   proc_box *box;
   proc_state *s;
   char **argv, **envp;
-  posix_spawn_file_actions_t fa;
   const char *what = NULL, *path = NULL;
-  pid_t pid;
+  pid_t pid = 0;
   int e = 0, idle;
 
   proc_parse_spawn(L, &o);
@@ -1561,28 +1763,26 @@ static int proc_spawn(lua_State *L) {
     proc_close_fd(&s->in.fd);
 
   if (e == 0) {
-    /* glibc checks each fd of a file action with getrlimit: the usual case is built once. */
-    int usual = s->child_fd[0] == PROC_CHILD_NULL && s->child_fd[1] == -1 && s->child_fd[2] == -1 &&
-                o.err.dest != DEST_MERGE && o.cwd == NULL;
-    if (!usual) {
-      int i;
-      posix_spawn_file_actions_init(&fa);
-      for (i = 0; i < 3; i++) {
-        if (i == 2 && o.err.dest == DEST_MERGE)
-          posix_spawn_file_actions_adddup2(&fa, 1, 2);
-        else if (s->child_fd[i] == PROC_CHILD_NULL)
-          posix_spawn_file_actions_addopen(&fa, i, "/dev/null", i == 0 ? O_RDONLY : O_WRONLY, 0);
-        else if (s->child_fd[i] >= 0)
-          posix_spawn_file_actions_adddup2(&fa, s->child_fd[i], i);
-      }
-      if (o.cwd != NULL) posix_spawn_file_actions_addchdir_np(&fa, o.cwd);
-      /* Only 0, 1 and 2 reach the child, even fds that Lua's io.open left inheritable. */
-      posix_spawn_file_actions_addclosefrom_np(&fa, 3);
-    }
+    proc_child c;
+    c.argv = argv;
+    c.envp = envp;
+    c.path = NULL;
+    if (strchr(argv[0], '/') == NULL && (c.path = getenv("PATH")) == NULL)
+      c.path = "/bin:/usr/bin";   /* posix_spawnp's default */
+    c.cwd = o.cwd;
+    memcpy(c.fd, s->child_fd, sizeof c.fd);
+    c.merge_err = o.err.dest == DEST_MERGE;
     s->start_ns = uv_hrtime();
-    e = posix_spawnp(&pid, argv[0], usual ? &sup->fa_default : &fa, &sup->attr, argv, envp);
-    if (!usual)
-      posix_spawn_file_actions_destroy(&fa);
+    e = proc_child_start(sup, &c, &pid);
+    /* a file the child writes itself is kept open until its exit, which reports its size */
+    if (e == 0 && o.out.dest == DEST_FILE && !s->out.piped) {
+      s->size_fd[1] = s->child_fd[1];
+      s->child_fd[1] = -1;
+    }
+    if (e == 0 && o.err.dest == DEST_FILE && !s->err.piped) {
+      s->size_fd[2] = s->child_fd[2];
+      s->child_fd[2] = -1;
+    }
     proc_close_child_fds(s);
     if (e != 0 && o.cwd != NULL) {
       int ce = proc_cwd_error(o.cwd);
@@ -2001,8 +2201,8 @@ static int proc_sup_gc(lua_State *L) {
   b->sup = NULL;
   proc_sup_shutdown(sup);
   sup->L = NULL;
-  posix_spawnattr_destroy(&sup->attr);
-  posix_spawn_file_actions_destroy(&sup->fa_default);
+  if (sup->child_stack != NULL)
+    munmap(sup->child_stack, PROC_CHILD_STACK + (size_t)sysconf(_SC_PAGESIZE));
   proc_sup_unref(sup);
   return 0;
 }
@@ -2013,10 +2213,6 @@ static int proc_sup_gc(lua_State *L) {
 static proc_sup *proc_sup_new(lua_State *L) {
   proc_sup_box *b = lua_newuserdatauv(L, sizeof *b, 0);
   proc_sup *sup;
-  sigset_t none, reset;
-  static const int defaults[] = { SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGQUIT, SIGTSTP,
-                                  SIGTTIN, SIGTTOU, SIGALRM, SIGUSR1, SIGUSR2, SIGXFSZ, SIGXCPU };
-  size_t i;
   int fd;
   b->sup = NULL;
   luaL_newmetatable(L, PROC_SUP_MT);
@@ -2039,22 +2235,7 @@ static proc_sup *proc_sup_new(lua_State *L) {
   sup->L = lua_tothread(L, -1);
   lua_pop(L, 1);
   sup->loop = luv_loop(L);
-
-  /* The same attributes for every child: its own process group, no blocked signal, and the
-   * dispositions the host changed (it ignores SIGPIPE) back to their defaults. */
-  posix_spawnattr_init(&sup->attr);
-  sigemptyset(&none);
-  sigemptyset(&reset);
-  for (i = 0; i < sizeof defaults / sizeof defaults[0]; i++)
-    sigaddset(&reset, defaults[i]);
-  posix_spawnattr_setflags(&sup->attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                       POSIX_SPAWN_SETSIGDEF);
-  posix_spawnattr_setpgroup(&sup->attr, 0);
-  posix_spawnattr_setsigmask(&sup->attr, &none);
-  posix_spawnattr_setsigdefault(&sup->attr, &reset);
-  posix_spawn_file_actions_init(&sup->fa_default);
-  posix_spawn_file_actions_addopen(&sup->fa_default, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addclosefrom_np(&sup->fa_default, 3);
+  sup->self = getpid();
 
   /* Orphaned descendants (a daemon that double-forked, a setsid'd job whose parent exited) come
    * to coral instead of init, so that it can kill and reap them: see "adopted processes". A

@@ -45,11 +45,20 @@ function M.traceback(err)
   return debug.traceback(tostring(err), 2)
 end
 
+-- A function's short_src, made once per function: every task of a plan asks where it was
+-- declared, and "S" formats the source name again at each call.
+local source_of = setmetatable({}, { __mode = "k" })
+
 --- Where the code `level` frames above the caller of this function's caller is: "file:line".
 function M.where(level)
-  local info = debug.getinfo((level or 1) + 2, "Sl")
+  local info = debug.getinfo((level or 1) + 2, "fl")
   if not info or info.currentline < 0 then return "?" end
-  return info.short_src .. ":" .. info.currentline
+  local src = source_of[info.func]
+  if not src then
+    src = debug.getinfo(info.func, "S").short_src
+    source_of[info.func] = src
+  end
+  return src .. ":" .. info.currentline
 end
 
 -- Edit distance (insertions, deletions, substitutions, and swaps of two neighbours).
@@ -88,17 +97,20 @@ function M.did_you_mean(word, candidates)
   return near and string.format(" (did you mean '%s'?)", near) or ""
 end
 
+-- "string|list" -> { string = true, list = true }: split once per spelling, not at every check
+-- (a plan of 100,000 tasks checks each option of each task).
+local wanted = setmetatable({}, { __index = function(sets, want)
+  local set = {}
+  for t in want:gmatch("[^|]+") do set[t] = true end
+  sets[want] = set
+  return set
+end })
+
 local function type_ok(value, want)
-  for t in want:gmatch("[^|]+") do
-    if t == "integer" then
-      if math.type(value) == "integer" then return true end
-    elseif t == "list" then
-      if type(value) == "table" then return true end
-    elseif type(value) == t then
-      return true
-    end
-  end
-  return false
+  local set, tv = wanted[want], type(value)
+  if set[tv] then return true end
+  if set.list and tv == "table" then return true end
+  return set.integer and math.type(value) == "integer" or false
 end
 
 --- Checks that `opts` only has keys of `spec` (key -> "type|type") with those types.

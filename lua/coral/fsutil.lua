@@ -34,10 +34,11 @@ function M.own_file(path)
 end
 
 --- Creates one directory `path` with `mode`; one that is there already is fine, a link or a
--- file in its place is refused. One mkdir when it is new, no stat first.
+-- file in its place is refused. One mkdir when it is new, no stat first. Returns true and
+-- "new" when this call made it, true when it was there, or nil and the refusal.
 function M.mkdir(path, mode)
   local ok, err, code = uv.fs_mkdir(path, mode or tonumber("755", 8))
-  if ok then return true end
+  if ok then return true, "new" end
   if code == "EEXIST" then
     local st = uv.fs_lstat(path)
     if st and st.type == "directory" then return true end
@@ -191,9 +192,16 @@ function M.absolute(path)
   return "/" .. table.concat(parts, "/")
 end
 
+-- The text of the last second asked, per format: a run asks for the same second many times
+-- (a task's history entry, its activity entry), and os.date is not cheap.
+local stamp_sec, stamp_text = {}, {}
+
 --- Local time as "2026-01-15 10:30:12" (or with `fmt`).
 function M.timestamp(t, fmt)
-  return os.date(fmt or "%Y-%m-%d %H:%M:%S", math.floor(t or os.time()))
+  fmt = fmt or "%Y-%m-%d %H:%M:%S"
+  local sec = math.floor(t or os.time())
+  if stamp_sec[fmt] ~= sec then stamp_sec[fmt], stamp_text[fmt] = sec, os.date(fmt, sec) end
+  return stamp_text[fmt]
 end
 
 --- Wall-clock seconds with sub-second precision.

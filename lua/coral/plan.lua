@@ -30,6 +30,8 @@ local WORKSPACES = { "auto", "worktree", "shared" }
 --- Default estimate (seconds) for a task with neither an estimate nor a recorded history.
 M.DEFAULT_ESTIMATE = 60
 
+local NON_NEGATIVE = { "retries", "timeout", "idle_timeout", "estimate", "estimate_usd", "estimate_tokens" }
+
 -- A task from its spec table, or nil and what is wrong with it.
 local function new_task(spec)
   local err = check.option_error("coral.task", spec, TASK_OPTIONS)
@@ -49,7 +51,7 @@ local function new_task(spec)
   local refusal = id_refusal(t.id or t.agent)
   if refusal then return nil, "coral.task: " .. refusal end
   if t.agent == "" then return nil, "coral.task: agent must not be empty" end
-  for _, k in ipairs { "retries", "timeout", "idle_timeout", "estimate", "estimate_usd", "estimate_tokens" } do
+  for _, k in ipairs(NON_NEGATIVE) do
     if t[k] and t[k] < 0 then return nil, string.format("coral.task: %s must be >= 0", k) end
   end
   if type(t.cmd) == "table" then

@@ -45,7 +45,7 @@ end
 
 local function must(ok, err)
   if not ok then error(err, 0) end
-  return ok
+  return ok, err
 end
 
 --- Run ids of a project, oldest first.
@@ -106,14 +106,24 @@ function Records:task_path(task_id, kind, attempt)
   if not dir then
     dir = M.task_dir(self.dir, task_id)
     -- tasks/ exists (open made it): one mkdir, no stat first; a resumed run finds it there
-    must(fsutil.mkdir(dir, PRIVATE_DIR))
+    local _, how = must(fsutil.mkdir(dir, PRIVATE_DIR))
     self.task_dirs[task_id] = dir
+    -- made empty by this run: no attempt of the task has run yet to plant a link there
+    if how == "new" then
+      self.new_task_dirs = self.new_task_dirs or {}
+      self.new_task_dirs[task_id] = true
+    end
   end
   if kind == "dir" then return dir end
   if kind == "out" or kind == "err" then
-    -- the process opens these itself, following links: none may be planted there
+    -- the process opens these itself, following links: none may be planted there. Not looked
+    -- at for the first attempt in a dir this run made (empty then, and the task's own process
+    -- has not run yet): there an lstat would only see what a planter racing the open could
+    -- still change after it.
     local path = string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
-    must(fsutil.own_file(path))
+    if not ((attempt or 1) == 1 and self.new_task_dirs and self.new_task_dirs[task_id]) then
+      must(fsutil.own_file(path))
+    end
     return path
   end
   if kind == "prompt" then return dir .. "/prompt.md" end

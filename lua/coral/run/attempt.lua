@@ -143,15 +143,21 @@ end
 -- Keeps at most `cap` bytes of each stream of the attempt, and says so at the end of the file.
 -- The child writes its files itself (no pipe through coral: that costs a pipe and a read per
 -- task), so a flood is cut when the attempt ends; coral's memory is not involved either way.
-local function cap_output(ctx, cap)
+-- The sizes come with the exit (`info`, coral.proc's fstat of the files it opened) when the
+-- executor has them: then no stat by path.
+local function cap_output(ctx, cap, info)
   for _, stream in ipairs { "stdout", "stderr" } do
     local path = ctx[stream .. "_path"]
-    local stat = path and uv.fs_stat(path)
-    local fd = stat and stat.size > cap and uv.fs_open(path, "r+", 0)
+    local size = info and info[stream .. "_size"]
+    if not size then
+      local stat = path and uv.fs_stat(path)
+      size = stat and stat.size
+    end
+    local fd = size and size > cap and path and uv.fs_open(path, "r+", 0)
     if fd then
       uv.fs_ftruncate(fd, cap)
       uv.fs_write(fd, string.format("\n[coral: %s cut at %d bytes; %d more bytes were dropped]\n",
-        stream, cap, math.tointeger(stat.size - cap)), cap)
+        stream, cap, math.tointeger(size - cap)), cap)
       uv.fs_close(fd)
     end
   end
@@ -232,7 +238,7 @@ function conclude(run, st, a, info, result, ctx)
   local cap = runner.output_cap
   if cap and cap > 0 and ctx and info then
     -- a pipeline's consumers may still read the file: the mode then cuts it later
-    local function cut() cap_output(ctx, cap) end
+    local function cut() cap_output(ctx, cap, info) end
     if run.mode.cut_output then run.mode:cut_output(st, cut) else cut() end
   end
   run.records:joblog { task = task.id, attempt = a.n, start = a.start,

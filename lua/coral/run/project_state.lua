@@ -50,7 +50,8 @@ local ProjectState = {}
 ProjectState.__index = ProjectState
 
 function M.new(run)
-  return setmetatable({ run = run, pending = {}, built = {}, dirty = true }, ProjectState)
+  -- pending: agent -> the tasks it ended since the last flush, in order; agents: in first order
+  return setmetatable({ run = run, pending = {}, agents = {}, built = {}, dirty = true }, ProjectState)
 end
 
 --- Records the success of a task that declares outputs (run/uptodate.lua's record), written
@@ -60,8 +61,9 @@ function ProjectState:record_built(id, entry)
   self.dirty = true
 end
 
---- Adds the history entry of a task that ended (succeeded or failed); written with the next flush.
-function ProjectState:record(st)
+-- The history entry of a task that ended: made when the state is written, from its state (final
+-- by then: a task is recorded once, when it has succeeded or failed for good).
+local function entry_of(st, run_id)
   local a = st.attempts[#st.attempts]
   -- its spend, over its attempts: the budget's estimates of the agent's next tasks (run/budget.lua)
   local cost, tokens
@@ -69,15 +71,29 @@ function ProjectState:record(st)
     if x.cost_usd then cost = (cost or 0) + x.cost_usd end
     if type(x.usage) == "table" then tokens = (tokens or 0) + require("coral.run.budget").tokens(x.usage) end
   end
-  self.pending[#self.pending + 1] = {
-    agent = st.task.agent, entry = {
-      task = st.task.task, task_id = st.task.id, run_id = self.run.records.id, status = st.status,
-      started = fsutil.timestamp(st.first_start), finished = fsutil.timestamp(a.finish),
-      duration = math.floor((a.finish - st.first_start) * 1000 + 0.5) / 1000,
-      attempts = #st.attempts, output = st.output_path, error = st.error,
-      cost_usd = cost, tokens = tokens,
-    },
+  return {
+    task = st.task.task, task_id = st.task.id, run_id = run_id, status = st.status,
+    started = fsutil.timestamp(st.first_start), finished = fsutil.timestamp(a.finish),
+    duration = math.floor((a.finish - st.first_start) * 1000 + 0.5) / 1000,
+    attempts = #st.attempts, output = st.output_path, error = st.error,
+    cost_usd = cost, tokens = tokens,
   }
+end
+
+--- Adds the history entry of a task that ended (succeeded or failed); written with the next flush.
+-- Per agent only the last HISTORY_MAX are kept until then (the state keeps no more): a big plan
+-- flushes seldom, and would otherwise hold an entry for each of its tasks.
+function ProjectState:record(st)
+  local agent = st.task.agent
+  local list = self.pending[agent]
+  if not list then
+    list = {}
+    self.pending[agent] = list
+    self.agents[#self.agents + 1] = agent
+  end
+  list[#list + 1] = st
+  -- the last HISTORY_MAX to the front, the nils past the end over the rest
+  if #list >= 2 * M.HISTORY_MAX then table.move(list, #list - M.HISTORY_MAX + 1, #list + M.HISTORY_MAX, 1) end
   self.dirty = true
   if self.timer then return end
   self.timer = uv.new_timer()
@@ -93,8 +109,8 @@ end
 function ProjectState:flush(final)
   if not self.dirty and not final then return end
   self.dirty = false
-  local pending, built, run = self.pending, self.built, self.run
-  self.pending, self.built = {}, {}
+  local pending, agents, built, run = self.pending, self.agents, self.built, self.run
+  self.pending, self.agents, self.built = {}, {}, {}
   local _, warning = run.records:update_state(function(state)
     state.project = run.description or state.project
     state.project_dir = run.project_dir
@@ -104,13 +120,18 @@ function ProjectState:flush(final)
     state.current_phase = run:current_phase()
     state.status = final and run.final_status or "running"
     state.agents = state.agents or {}
-    for _, h in ipairs(pending) do
-      local a = state.agents[h.agent] or {}
-      state.agents[h.agent] = a
+    for _, agent in ipairs(agents) do
+      local a = state.agents[agent] or {}
+      state.agents[agent] = a
       a.history = a.history or {}
-      a.history[#a.history + 1] = h.entry
-      a.status, a.last_run = h.entry.status, h.entry.run_id
-      while #a.history > M.HISTORY_MAX do table.remove(a.history, 1) end
+      local list = pending[agent]
+      for i = math.max(1, #list - M.HISTORY_MAX + 1), #list do
+        local entry = entry_of(list[i], run.records.id)
+        a.history[#a.history + 1] = entry
+        a.status, a.last_run = entry.status, entry.run_id
+      end
+      local drop = #a.history - M.HISTORY_MAX   -- the oldest go: the rest to the front, nils after
+      if drop > 0 then table.move(a.history, drop + 1, #a.history + drop, 1) end
     end
     if next(built) then
       if type(state.built) ~= "table" then state.built = {} end

@@ -8,9 +8,12 @@ local uv = require "luv"
 
 local M = {}
 
+-- os.date once a second, not twice a task: the text of the last second asked is kept
+local clock_sec, clock_text
 local function clock(t)
   local sec = math.floor(t)
-  return os.date("%H:%M:%S", sec)
+  if sec ~= clock_sec then clock_sec, clock_text = sec, os.date("%H:%M:%S", sec) end
+  return clock_text
 end
 
 local function fmt_duration(s)
