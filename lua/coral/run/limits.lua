@@ -154,7 +154,8 @@ function Limits:admit(st)
 end
 
 function Limits:take(st)
-  for name, n in pairs(st.needs) do self.used[name] = (self.used[name] or 0) + n end
+  -- an attempt adopted on resume is admitted without asking: its needs are worked out here
+  for name, n in pairs(self:needs(st)) do self.used[name] = (self.used[name] or 0) + n end
 end
 
 function Limits:give(st, a, result)
