@@ -4,7 +4,8 @@
 --   coral bench/bench.lua OUTDIR --measure PATH [--floor PATH] [--reps N] [--only a,b]
 --
 -- noop-100k (100,000 tasks at W=4, minutes) runs only with CORAL_BENCH_SCALE=1 or when --only
--- names it.
+-- names it. CORAL_BENCH_BASE=path adds a run of another coral binary ("coral-base") to each
+-- workload.
 --
 -- Every command is started through bench/measure.c, which reaps it with wait4: its wall time
 -- (spawn to reap), its CPU (user + system, with its children) and its peak RSS (the largest of the
@@ -106,6 +107,13 @@ local function peers_for(w, files, W, n)
   end
   if w.noop and opts.floor then add("floor", { opts.floor, tostring(n), tostring(W), "/bin/true" }) end
   coral("coral")
+  -- Another coral binary on the same runs (CORAL_BENCH_BASE=path, e.g. a build of the commit
+  -- before a change): coral/coral-base is then the change's gain, paired like every ratio.
+  local base = os.getenv("CORAL_BENCH_BASE")
+  if base and base ~= "" then
+    coral("coral-base")
+    r[#r].argv[1] = base
+  end
   -- The same run with the project dir (so every record) on tmpfs: the gap to "coral" is what the
   -- file system charges for coral's per-task files.
   if w.noop and exists("/dev/shm") then
