@@ -281,6 +281,7 @@ function Run:abort()
   self:unwatch_signals()
   if self.project_state then self.project_state:close() end
   pcall(self.records.close, self.records, 0)   -- nobody waits for a coordination lock now
+  if self.reporter and self.reporter.close then pcall(self.reporter.close, self.reporter) end
   self.lock:unlock()
   if self.gc_mode then collectgarbage(self.gc_mode) end
 end
