@@ -100,7 +100,9 @@ local function peers_for(w, files, W, n)
   local r = {}
   local function add(name, argv, o) r[#r + 1] = { name = name, argv = argv, o = o } end
   local function coral(name, extra)
-    local argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--quiet", "--dir", "PROJECT",
+    -- default settings, as the goal is set: no --quiet, so the event lines a CI log gets go to
+    -- a file (measure's stderr)
+    local argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--dir", "PROJECT",
                    "--retries", "0" }
     for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
     add(name, argv, { project = true })
@@ -299,7 +301,7 @@ local function noop_100k()
     sh("mkdir -p " .. dir)
     local files = workloads.write(workloads.noop_fanout(tasks), dir)
     return run_one { name = "coral", o = { project = true },
-      argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--quiet", "--dir", "PROJECT", "--retries", "0" } }
+      argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--dir", "PROJECT", "--retries", "0" } }
   end
   local big = coral_run(n)
   local floor = opts.floor and run_one { name = "floor", argv = { opts.floor, tostring(n), tostring(W), "/bin/true" } }
