@@ -7,8 +7,9 @@
  * synchronously), but with the child's setup prebuilt: its descriptors placed with dup2 from a
  * ready list, no per-action validation (glibc checks each file action's fd with getrlimit, six
  * calls a task) and only the signal dispositions that matter reset (glibc asks about all 64
- * in the child, over a hundred calls while the parent waits). See "the child" below. Each child leads its own process group, so a kill, a timeout or a close
- * reaches its grandchildren too. One SIGCHLD handle serves every child; it reaps with wait4 on
+ * in the child, over a hundred calls while the parent waits). See "the child" below. Each
+ * child leads its own process group, so a kill, a timeout or a close reaches its
+ * grandchildren too. One SIGCHLD handle serves every child; it reaps with wait4 on
  * our own pids only, so the children of luv's uv.spawn stay libuv's.
  *
  * Ownership. A Lua userdata (a "box", metatable "coral.proc") points at a malloc'd
@@ -164,7 +165,7 @@ struct proc_sup {
   size_t scratch_size;
   char *envbuf;             /* the "NAME=value" strings of its env option, one after another */
   size_t envbuf_size;
-  size_t *envkeys;          /* for each name of the env option: its length (the name is in envbuf) */
+  size_t *envkeys;          /* three numbers per name of the env option (proc_build_argv_env) */
   size_t envkeys_size;
   pid_t *known;             /* scratch of proc_scan_adopted: the pids coral.proc and luv own */
   pid_t *adopted;           /* ... and the adopted children found still running */
