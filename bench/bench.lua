@@ -4,7 +4,8 @@
 --   coral bench/bench.lua OUTDIR --measure PATH [--floor PATH] [--reps N] [--only a,b]
 --
 -- noop-100k (100,000 tasks at W=4, minutes) runs only with CORAL_BENCH_SCALE=1 or when --only
--- names it.
+-- names it. CORAL_BENCH_BASE=path adds a run of another coral binary ("coral-base") to each
+-- workload.
 --
 -- Every command is started through bench/measure.c, which reaps it with wait4: its wall time
 -- (spawn to reap), its CPU (user + system, with its children) and its peak RSS (the largest of the
@@ -99,13 +100,22 @@ local function peers_for(w, files, W, n)
   local r = {}
   local function add(name, argv, o) r[#r + 1] = { name = name, argv = argv, o = o } end
   local function coral(name, extra)
-    local argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--quiet", "--dir", "PROJECT",
+    -- default settings, as the goal is set: no --quiet, so the event lines a CI log gets go to
+    -- a file (measure's stderr)
+    local argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--dir", "PROJECT",
                    "--retries", "0" }
     for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
     add(name, argv, { project = true })
   end
   if w.noop and opts.floor then add("floor", { opts.floor, tostring(n), tostring(W), "/bin/true" }) end
   coral("coral")
+  -- Another coral binary on the same runs (CORAL_BENCH_BASE=path, e.g. a build of the commit
+  -- before a change): coral/coral-base is then the change's gain, paired like every ratio.
+  local base = os.getenv("CORAL_BENCH_BASE")
+  if base and base ~= "" then
+    coral("coral-base")
+    r[#r].argv[1] = base
+  end
   -- The same run with the project dir (so every record) on tmpfs: the gap to "coral" is what the
   -- file system charges for coral's per-task files.
   if w.noop and exists("/dev/shm") then
@@ -291,7 +301,7 @@ local function noop_100k()
     sh("mkdir -p " .. dir)
     local files = workloads.write(workloads.noop_fanout(tasks), dir)
     return run_one { name = "coral", o = { project = true },
-      argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--quiet", "--dir", "PROJECT", "--retries", "0" } }
+      argv = { CORAL, files.recipe, "x", "--max-workers", tostring(W), "--dir", "PROJECT", "--retries", "0" } }
   end
   local big = coral_run(n)
   local floor = opts.floor and run_one { name = "floor", argv = { opts.floor, tostring(n), tostring(W), "/bin/true" } }

@@ -89,6 +89,32 @@ describe("coral.proc", function()
       assert.are.equal("spawn " .. dir .. "/script: EACCES: permission denied", err)
     end)
 
+    it("searches PATH as posix_spawnp does: in order, past a directory it may not search", function()
+      local dir = H.tmpdir()
+      uv.fs_mkdir(dir .. "/a", tonumber("755", 8))
+      uv.fs_mkdir(dir .. "/b", tonumber("755", 8))
+      H.write_file(dir .. "/a/tool", "#!/bin/sh\necho a\n", tonumber("644", 8))   -- not executable
+      H.write_file(dir .. "/b/tool", "#!/bin/sh\necho b\n", tonumber("755", 8))
+      local code = "local p = assert(require('coral.proc').spawn { argv = { 'tool' } }); os.exit(p:wait().code)"
+      local r = H.run({ "-e", code }, { env = H.env { PATH = dir .. "/nowhere:" .. dir .. "/a:" .. dir .. "/b" } })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal("b\n", r.stdout)
+      -- only a file it may not run: EACCES, not ENOENT
+      r = H.run({ "-e", "print(select(3, require('coral.proc').spawn { argv = { 'tool' } }))" },
+                { env = H.env { PATH = dir .. "/a" } })
+      assert.are.equal("EACCES\n", r.stdout)
+    end)
+
+    it("gives the child the default action of the signals the host ignores or catches", function()
+      -- coral ignores SIGPIPE and catches SIGINT, SIGTERM, SIGHUP and SIGCHLD: none of it is
+      -- the child's (SigIgn and SigCgt of its /proc status are empty)
+      local out = {}
+      proc.spawn { argv = { "cat", "/proc/self/status" }, stdout = collect(out) }:wait()
+      local status = table.concat(out)
+      assert.are.equal("0000000000000000", status:match("\nSigIgn:%s*(%x+)"))
+      assert.are.equal("0000000000000000", status:match("\nSigCgt:%s*(%x+)"))
+    end)
+
     it("names every errno: ENOEXEC for a file the kernel cannot run", function()
       local dir = H.tmpdir()
       -- an ELF header and nothing after it: executable, and not a program

@@ -104,8 +104,25 @@ describe("the lines reporter", function()
       "[03:04:05] skipped   c: dependency 'b' failed",
       "[03:04:05] stopping: interrupted by SIGINT",
     }, lines_of(out:text()))
-    -- every event is flushed at once, the done event too (it writes nothing)
-    assert.are.equal(#events, out.flushes)
+    -- start and end lines wait for the next other line (or 100 ms, or the end): 7 writes of
+    -- 13 events (the done event writes nothing)
+    assert.are.equal(7, out.flushes)
+  end)
+
+  it("writes start and end lines together, with the next other line or when the run ends", function()
+    local r, out = reporter("lines")
+    r:event { event = "start", t = T, task = "a", attempt = 1, pid = 1 }
+    r:event { event = "end", t = T, task = "a", attempt = 1, outcome = "succeeded", duration = 0 }
+    assert.are.equal("", out:text())   -- waiting: a noop task costs no write of its own
+    r:event { event = "skip", t = T, task = "c", reason = "condition" }
+    assert.are.same({ "[03:04:05] start     a (attempt 1, pid 1)", "[03:04:05] succeeded a (attempt 1, 0.0s)",
+                      "[03:04:05] skipped   c: condition" }, lines_of(out:text()))
+    assert.are.equal(1, out.flushes)
+    r:event { event = "start", t = T, task = "d", attempt = 1 }
+    r:finish({})
+    assert.matches("start     d", out:text())
+    assert.are.equal(2, out.flushes)
+    assert.is_nil(r.timer)   -- no handle left behind
   end)
 
   it("stamps an event without a time with the time now", function()

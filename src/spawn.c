@@ -7,8 +7,9 @@
  * synchronously), but with the child's setup prebuilt: its descriptors placed with dup2 from a
  * ready list, no per-action validation (glibc checks each file action's fd with getrlimit, six
  * calls a task) and only the signal dispositions that matter reset (glibc asks about all 64
- * in the child, over a hundred calls while the parent waits). See "the child" below. Each child leads its own process group, so a kill, a timeout or a close
- * reaches its grandchildren too. One SIGCHLD handle serves every child; it reaps with wait4 on
+ * in the child, over a hundred calls while the parent waits). See "the child" below. Each
+ * child leads its own process group, so a kill, a timeout or a close reaches its
+ * grandchildren too. One SIGCHLD handle serves every child; it reaps with wait4 on
  * our own pids only, so the children of luv's uv.spawn stay libuv's.
  *
  * Ownership. A Lua userdata (a "box", metatable "coral.proc") points at a malloc'd
@@ -162,6 +163,10 @@ struct proc_sup {
   proc_state *live, *all;
   char **scratch;           /* argv and envp of the spawn in progress */
   size_t scratch_size;
+  char *envbuf;             /* the "NAME=value" strings of its env option, one after another */
+  size_t envbuf_size;
+  size_t *envkeys;          /* three numbers per name of the env option (proc_build_argv_env) */
+  size_t envkeys_size;
   pid_t *known;             /* scratch of proc_scan_adopted: the pids coral.proc and luv own */
   pid_t *adopted;           /* ... and the adopted children found still running */
   size_t known_size, adopted_size, nadopted;
@@ -181,6 +186,8 @@ static void proc_sup_unref(proc_sup *sup) {
   if (--sup->refs > 0)
     return;
   free(sup->scratch);
+  free(sup->envbuf);
+  free(sup->envkeys);
   free(sup->known);
   free(sup->adopted);
   free(sup);
@@ -1388,8 +1395,27 @@ static const char *proc_anchor(lua_State *L, int *n) {
 }
 
 /* Fills sup->scratch with argv then envp (NULL-terminated each); sets *envp. */
+/* Makes room in sup->envbuf for `bytes` and in sup->envkeys for `keys` names. 0 or ENOMEM. */
+static int proc_env_reserve(proc_sup *sup, size_t bytes, size_t keys) {
+  if (bytes > sup->envbuf_size) {
+    char *p = realloc(sup->envbuf, bytes * 2);
+    if (p == NULL)
+      return ENOMEM;
+    sup->envbuf = p;
+    sup->envbuf_size = bytes * 2;
+  }
+  if (3 * keys > sup->envkeys_size) {
+    size_t *p = realloc(sup->envkeys, 3 * keys * 2 * sizeof *p);
+    if (p == NULL)
+      return ENOMEM;
+    sup->envkeys = p;
+    sup->envkeys_size = 3 * keys * 2;
+  }
+  return 0;
+}
+
 static char **proc_build_argv_env(lua_State *L, proc_sup *sup, const proc_spawn_opts *o, char ***envp) {
-  size_t argc = o->shell ? 3 : lua_rawlen(L, OPT_ARGV), nenv = 0, need, i, k;
+  size_t argc = o->shell ? 3 : lua_rawlen(L, OPT_ARGV), nenv = 0, need, i, k, nkeys, used;
   int anchored = 0;
   char **e;
   *envp = environ;
@@ -1433,30 +1459,50 @@ static char **proc_build_argv_env(lua_State *L, proc_sup *sup, const proc_spawn_
   if (!o->has_env && !o->clear_env)
     return sup->scratch;
 
+  /* The env option's "NAME=value" strings, made in envbuf (the host's, grown as needed: no Lua
+   * string per variable), then environ without the names the option gives. envkeys has three
+   * numbers per name: where its string starts in envbuf, the name's length, whether it is
+   * passed on (false removes the name only). Pointers into envbuf are taken once it is made. */
   k = argc + 1;
+  nkeys = 0;
+  used = 0;
+  if (o->has_env) {
+    lua_pushnil(L);
+    while (lua_next(L, OPT_ENV)) {
+      size_t klen, vlen = 0;
+      const char *key = lua_tolstring(L, -2, &klen), *val = NULL;
+      int pass = lua_type(L, -1) != LUA_TBOOLEAN;
+      if (pass)
+        val = lua_tolstring(L, -1, &vlen);   /* a number's text: on the stack, not in the table */
+      if (proc_env_reserve(sup, used + klen + vlen + 2, nkeys + 1) != 0)
+        luaL_error(L, "spawn: not enough memory");
+      memcpy(sup->envbuf + used, key, klen);
+      sup->envbuf[used + klen] = '=';
+      memcpy(sup->envbuf + used + klen + 1, val != NULL ? val : "", vlen);
+      sup->envbuf[used + klen + 1 + vlen] = '\0';
+      sup->envkeys[3 * nkeys] = used;
+      sup->envkeys[3 * nkeys + 1] = klen;
+      sup->envkeys[3 * nkeys + 2] = (size_t)pass;
+      nkeys++;
+      used += klen + vlen + 2;
+      lua_pop(L, 1);
+    }
+  }
   if (!o->clear_env) {
     for (e = environ; *e != NULL; e++) {
       const char *eq = strchr(*e, '=');
       int keep = 1;
-      if (o->has_env && eq != NULL) {
-        lua_pushlstring(L, *e, (size_t)(eq - *e));
-        keep = lua_rawget(L, OPT_ENV) == LUA_TNIL;  /* overridden or removed by env */
-        lua_pop(L, 1);
-      }
+      for (i = 0; i < nkeys && keep && eq != NULL; i++)
+        if (sup->envkeys[3 * i + 1] == (size_t)(eq - *e) &&
+            memcmp(sup->envbuf + sup->envkeys[3 * i], *e, (size_t)(eq - *e)) == 0)
+          keep = 0;   /* overridden or removed by env */
       if (keep)
         sup->scratch[k++] = *e;
     }
   }
-  if (o->has_env) {
-    lua_pushnil(L);
-    while (lua_next(L, OPT_ENV)) {
-      if (lua_type(L, -1) != LUA_TBOOLEAN) {
-        lua_pushfstring(L, "%s=%s", lua_tostring(L, -2), lua_tostring(L, -1));
-        sup->scratch[k++] = (char *)proc_anchor(L, &anchored);
-      }
-      lua_pop(L, 1);
-    }
-  }
+  for (i = 0; i < nkeys; i++)
+    if (sup->envkeys[3 * i + 2])
+      sup->scratch[k++] = sup->envbuf + sup->envkeys[3 * i];
   sup->scratch[k] = NULL;
   *envp = sup->scratch + argc + 1;
   return sup->scratch;

@@ -159,13 +159,39 @@ local function append_private(self, key, path, text, header)
   end
 end
 
+-- In a run (records.batch, set by the runner) the journal's and the joblog's lines wait in
+-- memory and are written together, one write(2) each: before a process is started (its `spawn` record must be in the file before the
+-- process exists: a coral killed after it leaves an attempt resume counts as in flight), at
+-- most FLUSH_MS after the first of them, and when the run's records close. So a noop task
+-- costs one journal write and one joblog row write, not four. A coral killed with lines
+-- waiting loses the records of at most FLUSH_MS: attempts that ended then look in flight
+-- to resume, which runs them again, as for a kill a moment earlier. The joblog goes first: a
+-- journal `end` whose row was lost would leave an attempt without its row.
+local SPAWN = { spawn = true }
+
+function Records:flush_records()
+  local rows, lines = self.pending_joblog, self.pending_journal
+  if rows and #rows > 0 then
+    self.pending_joblog = {}
+    append_private(self, "joblog_fd", self.joblog_path, table.concat(rows), M.JOBLOG_HEADER)
+  end
+  if lines and #lines > 0 then
+    self.pending_journal = {}
+    append_private(self, "journal_fd", self.journal_path, table.concat(lines))
+  end
+end
+
 --- Appends one event to the journal: a JSON line, whole or not at all, written before coral
--- acts on it. The event gets its wall-clock time `t`.
+-- acts on it (a `spawn` at once, with what waits before it; see flush_records). The event
+-- gets its wall-clock time `t`.
 function Records:event(name, fields)
   fields = fields or {}
   fields.event = name
   fields.t = fields.t or fsutil.now()
-  append_private(self, "journal_fd", self.journal_path, cjson.encode(fields) .. "\n")
+  local lines = self.pending_journal or {}
+  self.pending_journal = lines
+  lines[#lines + 1] = cjson.encode(fields) .. "\n"
+  if SPAWN[name] or not self.batch then self:flush_records() else self:flush_soon() end
 end
 
 --- Appends a row to the joblog (one row per attempt). The task column is the id with its
@@ -175,7 +201,10 @@ function Records:joblog(row)
     names.printable(row.task), row.attempt, string.format("%.3f", row.start), string.format("%.3f", row.duration),
     row.exit or "", row.signal or "", row.outcome,
   }, "\t") .. "\n"
-  append_private(self, "joblog_fd", self.joblog_path, line, M.JOBLOG_HEADER)
+  local rows = self.pending_joblog or {}
+  self.pending_joblog = rows
+  rows[#rows + 1] = line
+  if self.batch then self:flush_soon() else self:flush_records() end
 end
 
 --- The queue of the run's writes to the coordination files (coral.records.coordq).
@@ -191,6 +220,7 @@ function Records:close(wait)
   local queue = self:coord_queue()
   queue.ending = true   -- what is flushed now waits for finish, which reports on stderr
   local ok, err = pcall(function()
+    self:flush_records()
     self:flush_shared()
     queue:finish(wait)
   end)
@@ -219,16 +249,24 @@ function Records:flush_shared()
   end
 end
 
-function Records:share(key, text)
-  self[key] = self[key] or {}
-  self[key][#self[key] + 1] = text
+-- The records and the shared entries waiting are written at most FLUSH_MS from now.
+function Records:flush_soon()
   if not self.flush_timer then
     self.flush_timer = uv.new_timer()
     self.flush_timer:unref()
   end
   if not self.flush_timer:is_active() then
-    self.flush_timer:start(FLUSH_MS, 0, function() self:flush_shared() end)
+    self.flush_timer:start(FLUSH_MS, 0, function()
+      self:flush_records()
+      self:flush_shared()
+    end)
   end
+end
+
+function Records:share(key, text)
+  self[key] = self[key] or {}
+  self[key][#self[key] + 1] = text
+  self:flush_soon()
 end
 
 --- Who holds the project's run lock: written by the holder after taking it, read by a refused run.

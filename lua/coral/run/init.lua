@@ -353,6 +353,7 @@ function Run:abort()
   self:unwatch_signals()
   if self.project_state then self.project_state:close() end
   pcall(self.records.close, self.records, 0)   -- nobody waits for a coordination lock now
+  if self.reporter and self.reporter.close then pcall(self.reporter.close, self.reporter) end
   self.lock:unlock()
   if self.gc_mode then collectgarbage(self.gc_mode) end
 end
@@ -532,6 +533,7 @@ function Runner:execute_plan(plan, opts)
   run.lock = lock
   local ok, result = xpcall(function()
     run.records = records.open(project_dir, opts.resume or opts.run_id)
+    run.records.batch = true   -- journal and joblog lines written together (records/init.lua)
     run.records:write_owner()
     local invocation = opts.invocation or opts.script_invocation
     if invocation and not opts.resume then run.records:write_invocation(invocation) end

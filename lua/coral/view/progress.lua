@@ -37,8 +37,38 @@ end
 local Lines = {}
 Lines.__index = Lines
 
+-- The lines of start and end events (two a task) are written together, at most LINES_MS after
+-- the first of them waits, and at once with any other event's line (a warning, a stop, the
+-- run's first line) and when the run ends: one write(2) for many short tasks, not two each.
+local LINES_MS = 100
+local BATCHED = { start = true, ["end"] = true }
+
+-- Collects what Lines:event writes, for the next flush.
+local Pending = {}
+Pending.__index = Pending
+function Pending:write(text) self[#self + 1] = text end
+
+function Lines:flush()
+  local pending = self.pending
+  if pending and #pending > 0 then
+    self.pending = setmetatable({}, Pending)
+    self.out:write(table.concat(pending))
+    self.out:flush()
+  end
+end
+
 function Lines:event(e)
-  local out = self.out
+  self.pending = self.pending or setmetatable({}, Pending)
+  self:lines(e, self.pending)
+  if not BATCHED[e.event] then return self:flush() end
+  if not self.timer then
+    self.timer = uv.new_timer()
+    self.timer:unref()
+  end
+  if not self.timer:is_active() then self.timer:start(LINES_MS, 0, function() self:flush() end) end
+end
+
+function Lines.lines(_, e, out)
   local when = clock(e.t or os.time())
   if e.event == "run" then
     out:write(string.format("[%s] run %s: %d tasks, mode %s, %d workers%s\n", when, e.run_id, e.tasks,
@@ -80,9 +110,13 @@ function Lines:event(e)
   elseif e.event == "awaiting_approval" or e.event == "control" then
     out:write(string.format("[%s] %s\n", when, require("coral.control").event_text(e)))
   end
-  out:flush()
 end
-function Lines:finish() end
+--- Writes what waits and stops the timer (the run ended, or was aborted).
+function Lines:close()
+  self:flush()
+  if self.timer then self.timer:close(); self.timer = nil end
+end
+function Lines:finish() self:close() end
 
 local Json = {}
 Json.__index = Json
