@@ -314,6 +314,19 @@ describe("coral.proc", function()
       assert.are.equal(0, info.code)
     end)
 
+    it("is not idle while coral, not the child, was late to read what it printed", function()
+      -- the child prints every 50 ms; coral is busy for half a second (a loaded machine): when its
+      -- loop comes back the idle timer is long due, but the pipe holds what the child printed
+      local n = 0
+      local p = proc.spawn { argv = { "sh", "-c", "for i in 1 2 3 4 5 6 7 8; do echo x; sleep 0.05; done" },
+                             idle_timeout = 0.2, stdout = function(d) n = n + #d end }
+      uv.sleep(500)
+      local info = p:wait()
+      assert.is_nil(info.timed_out)
+      assert.are.equal(0, info.code)
+      assert.are.equal(16, n)
+    end)
+
     it("go to files the child writes itself, or append", function()
       local dir = H.tmpdir()
       H.write_file(dir .. "/err", "old\n")

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -1087,6 +1088,17 @@ static uint64_t proc_next_due(const proc_state *s) {
   return due;
 }
 
+/* Output waiting in a stream's pipe that coral has not read yet. libuv runs due timers before
+ * it polls for input: a coral that was not scheduled for longer than the idle timeout (a loaded
+ * machine) would otherwise take its own lateness for the child's silence. */
+static int proc_stream_unread(proc_stream *st) {
+  uv_os_fd_t fd;
+  int n = 0;
+  if (!st->open || !st->reading || st->paused || uv_fileno((uv_handle_t *)&st->pipe, &fd) != 0)
+    return 0;
+  return ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 /* One timer per child for both timeouts: reading output only records the time, and the timer
  * re-arms itself when it finds the child was not idle after all. */
 static void proc_on_timer(uv_timer_t *t) {
@@ -1096,6 +1108,11 @@ static void proc_on_timer(uv_timer_t *t) {
     uint64_t due = proc_next_due(s);
     if (due == UINT64_MAX)  /* paused, no deadline: p:resume_stdout arms it again */
       return;
+    if (now >= due && !(s->deadline && now >= s->deadline) &&
+        (proc_stream_unread(&s->out) || proc_stream_unread(&s->err))) {
+      s->last_output = now;  /* it did print: coral has yet to read it */
+      due = proc_next_due(s);
+    }
     if (now < due) {
       uv_timer_start(t, proc_on_timer, due - now, 0);
       return;

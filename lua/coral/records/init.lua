@@ -167,7 +167,10 @@ end
 -- waiting loses the records of at most FLUSH_MS: attempts that ended then look in flight
 -- to resume, which runs them again, as for a kill a moment earlier. The joblog goes first: a
 -- journal `end` whose row was lost would leave an attempt without its row.
-local SPAWN = { spawn = true }
+-- Written at once, with what waits before them: a `spawn` (above), a run's first and last
+-- events (the final report and `coral status` read the file), and a live-control action (its
+-- client is told it is done: it must survive a kill from then on).
+local AT_ONCE = { spawn = true, run = true, done = true, stopping = true, control = true }
 
 function Records:flush_records()
   local rows, lines = self.pending_joblog, self.pending_journal
@@ -191,7 +194,7 @@ function Records:event(name, fields)
   local lines = self.pending_journal or {}
   self.pending_journal = lines
   lines[#lines + 1] = cjson.encode(fields) .. "\n"
-  if SPAWN[name] or not self.batch then self:flush_records() else self:flush_soon() end
+  if AT_ONCE[name] or not self.batch then self:flush_records() else self:flush_soon() end
 end
 
 --- Appends a row to the joblog (one row per attempt). The task column is the id with its
