@@ -36,13 +36,7 @@ end
 
 local function sh(cmd) assert(os.execute(cmd), cmd) end
 local function quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local read = require("coral.fsutil").read
 
 sh("mkdir -p " .. quote(OUT))
 

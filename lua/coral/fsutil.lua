@@ -231,4 +231,29 @@ function M.which(name)
   return nil
 end
 
+--- A function(chunk) that hands each complete line of a stream cut anywhere to on_line
+-- (without its newline); a partial line waits for the rest, in a list (not by repeated
+-- concatenation: one line may come in many chunks). A line longer than `max_line` bytes is
+-- dropped whole.
+function M.line_reader(on_line, max_line)
+  local parts, size, skipping = {}, 0, false
+  return function(chunk)
+    local pos = 1
+    while true do
+      local nl = chunk:find("\n", pos, true)
+      if not nl then break end
+      if not skipping then
+        parts[#parts + 1] = chunk:sub(pos, nl - 1)
+        on_line(table.concat(parts))
+      end
+      parts, size, skipping, pos = {}, 0, false, nl + 1
+    end
+    if pos <= #chunk and not skipping then
+      size = size + #chunk - pos + 1
+      if size > max_line then parts, skipping = {}, true
+      else parts[#parts + 1] = chunk:sub(pos) end
+    end
+  end
+end
+
 return M

@@ -10,6 +10,8 @@ local uv = require "luv"
 local M = {}
 
 local TIMEOUT_MS = 30000
+-- No reply comes near this (a big plan's status, an evaluated value); a runaway line is dropped.
+local MAX_LINE = 256 * 1024 * 1024
 
 --- The run dir of the running run of `project_dir` (or of run `id`). Returns it, or nil and
 -- why not: no run is running there (no socket that answers is checked later, by connect).
@@ -50,19 +52,16 @@ function M.connect(run_dir)
     uv.run("nowait")
     return nil, "no running run in " .. run_dir .. " (its control socket: " .. tostring(cerr) .. ")"
   end
-  local self = setmetatable({ pipe = pipe, buffer = "", lines = {} }, Conn)
+  local self = setmetatable({ pipe = pipe, lines = {} }, Conn)
+  -- replies wait in `lines` for request(); after subscribe(), every line goes to on_line
+  local feed = fsutil.line_reader(function(line)
+    if self.on_line then self.on_line(line) else self.lines[#self.lines + 1] = line end
+  end, MAX_LINE)
   pipe:read_start(function(err, data)
-    if err or not data then
-      self.closed = err or "the run closed the connection"
-      return
-    end
-    self.buffer = self.buffer .. data
-    while true do
-      local nl = self.buffer:find("\n", 1, true)
-      if not nl then break end
-      local line = self.buffer:sub(1, nl - 1)
-      self.buffer = self.buffer:sub(nl + 1)
-      if self.on_line then self.on_line(line) else self.lines[#self.lines + 1] = line end
+    if data then return feed(data) end
+    if not self.closed then
+      self.closed = err or (self.on_line and "the run ended" or "the run closed the connection")
+      if self.on_close then self.on_close(self.closed) end
     end
   end)
   return self
@@ -96,24 +95,7 @@ function Conn:subscribe(on_event, on_close)
   end
   for _, line in ipairs(self.lines) do self.on_line(line) end
   self.lines = {}
-  self.pipe:read_stop()
-  self.pipe:read_start(function(rerr, data)
-    if rerr or not data then
-      if not self.closed then
-        self.closed = rerr or "the run ended"
-        if on_close then on_close(self.closed) end
-      end
-      return
-    end
-    self.buffer = self.buffer .. data
-    while true do
-      local nl = self.buffer:find("\n", 1, true)
-      if not nl then break end
-      local line = self.buffer:sub(1, nl - 1)
-      self.buffer = self.buffer:sub(nl + 1)
-      self.on_line(line)
-    end
-  end)
+  self.on_close = on_close
   return reply
 end
 

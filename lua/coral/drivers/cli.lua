@@ -26,29 +26,8 @@ end
 -- A line longer than this is dropped by a watch (a huge tool result): usage lines are small.
 local MAX_LINE = 4 * 1024 * 1024
 
---- A function(chunk) that hands each complete line of a stream cut anywhere to on_line
--- (without its newline); a partial line waits for the rest, in a list (not by repeated
--- concatenation: one line may come in many chunks).
-function M.lines(on_line)
-  local parts, size, skipping = {}, 0, false
-  return function(chunk)
-    local pos = 1
-    while true do
-      local nl = chunk:find("\n", pos, true)
-      if not nl then break end
-      if not skipping then
-        parts[#parts + 1] = chunk:sub(pos, nl - 1)
-        on_line(table.concat(parts))
-      end
-      parts, size, skipping, pos = {}, 0, false, nl + 1
-    end
-    if pos <= #chunk and not skipping then
-      size = size + #chunk - pos + 1
-      if size > MAX_LINE then parts, skipping = {}, true
-      else parts[#parts + 1] = chunk:sub(pos) end
-    end
-  end
-end
+--- A line reader for watches (coral.fsutil.line_reader): lines over MAX_LINE are dropped.
+function M.lines(on_line) return fsutil.line_reader(on_line, MAX_LINE) end
 
 local USAGE_KEYS = { "input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens" }
 

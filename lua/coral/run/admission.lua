@@ -57,6 +57,14 @@ end
 -- ends it another way: a cancel, a rejected approval).
 M.unhold = unhold
 
+-- It will not start in this run: its status becomes `state` (Run:park).
+local function park(run, st, state, why)
+  unhold(run, st)
+  run.parked = run.parked + 1
+  st.parked = true
+  run:park(st, state, why)
+end
+
 --- Whether `st` may start now; when it may not, it waits (or is parked). `forced`: it starts
 -- whatever the gates say (an attempt adopted on resume is already running): its units count.
 function M.admit(run, st, forced)
@@ -64,10 +72,7 @@ function M.admit(run, st, forced)
     local gate, how, state, why = verdict(run, st)
     if gate then
       if how == "park" then
-        unhold(run, st)
-        run.parked = run.parked + 1
-        st.parked = true
-        run:park(st, state, why)
+        park(run, st, state, why)
       else
         hold(run, st, gate, state)
       end
@@ -91,10 +96,7 @@ function M.pump(run, begin)
       take(run, st)
       begin(st)
     elseif how == "park" then
-      unhold(run, st)
-      run.parked = run.parked + 1
-      st.parked = true
-      run:park(st, state, why)
+      park(run, st, state, why)
     else
       st.held.gate, st.held.why = gate.name, state
       i = i + 1

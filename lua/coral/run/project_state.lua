@@ -67,9 +67,10 @@ local function entry_of(st, run_id)
   local a = st.attempts[#st.attempts]
   -- its spend, over its attempts: the budget's estimates of the agent's next tasks (run/budget.lua)
   local cost, tokens
+  local tokens_of = require("coral.run.budget").tokens   -- not at the top: budget requires this module
   for _, x in ipairs(st.attempts) do
     if x.cost_usd then cost = (cost or 0) + x.cost_usd end
-    if type(x.usage) == "table" then tokens = (tokens or 0) + require("coral.run.budget").tokens(x.usage) end
+    if type(x.usage) == "table" then tokens = (tokens or 0) + tokens_of(x.usage) end
   end
   return {
     task = st.task.task, task_id = st.task.id, run_id = run_id, status = st.status,
