@@ -129,31 +129,30 @@ end
 local UNESCAPE = { n = "\n", t = "\t", r = "\r", ['"'] = '"', ["\\"] = "\\", ["/"] = "/", ["0"] = "\0" }
 
 local function parse_quoted(text, line_no)
+  -- runs of plain characters are copied whole: a path or a time has no escape at all
   local out, i = {}, 2
   while true do
-    local c = text:sub(i, i)
-    if c == "" then parse_error(line_no, "unterminated string") end
-    if c == '"' then
-      local rest = text:sub(i + 1)
+    local j = text:find('["\\]', i)
+    if not j then parse_error(line_no, "unterminated string") end
+    if j > i then out[#out + 1] = text:sub(i, j - 1) end
+    if text:byte(j) == 34 then   -- the closing quote
+      local rest = text:sub(j + 1)
       if not rest:match("^%s*$") and not rest:match("^%s+#") then
         parse_error(line_no, "unexpected text after a string: " .. rest:gsub("^%s+", ""))
       end
       return table.concat(out)
-    elseif c == "\\" then
-      local e = text:sub(i + 1, i + 1)
-      if UNESCAPE[e] then out[#out + 1] = UNESCAPE[e]; i = i + 2
-      elseif e == "x" then
-        local hex = text:sub(i + 2, i + 3)
-        if not hex:match("^%x%x$") then parse_error(line_no, "bad \\x escape") end
-        out[#out + 1] = string.char(tonumber(hex, 16)); i = i + 4
-      elseif e == "u" then
-        local hex = text:sub(i + 2, i + 5)
-        if not hex:match("^%x%x%x%x$") then parse_error(line_no, "bad \\u escape") end
-        out[#out + 1] = utf8.char(tonumber(hex, 16)); i = i + 6
-      else parse_error(line_no, "unknown escape \\" .. e) end
-    else
-      out[#out + 1] = c; i = i + 1
     end
+    local e = text:sub(j + 1, j + 1)
+    if UNESCAPE[e] then out[#out + 1] = UNESCAPE[e]; i = j + 2
+    elseif e == "x" then
+      local hex = text:sub(j + 2, j + 3)
+      if not hex:match("^%x%x$") then parse_error(line_no, "bad \\x escape") end
+      out[#out + 1] = string.char(tonumber(hex, 16)); i = j + 4
+    elseif e == "u" then
+      local hex = text:sub(j + 2, j + 5)
+      if not hex:match("^%x%x%x%x$") then parse_error(line_no, "bad \\u escape") end
+      out[#out + 1] = utf8.char(tonumber(hex, 16)); i = j + 6
+    else parse_error(line_no, "unknown escape \\" .. e) end
   end
 end
 
@@ -176,9 +175,10 @@ end
 local function closing_quote(text)
   local i = 2
   while true do
-    local c = text:sub(i, i)
-    if c == "" then return nil end
-    if c == "\\" then i = i + 2 elseif c == '"' then return i else i = i + 1 end
+    local j = text:find('["\\]', i)
+    if not j then return nil end
+    if text:byte(j) == 34 then return j end
+    i = j + 2
   end
 end
 
@@ -211,11 +211,14 @@ function M.decode(text)
   local n = 0
   for line in (text .. "\n"):gmatch("([^\n]*)\n") do
     n = n + 1
-    if not line:match("^%s*$") and not line:match("^%s*#") then
-      if line:find("\t") and line:match("^%s*"):find("\t") then
+    local first = line:find("%S")   -- blank lines and comments are not read
+    if first and line:byte(first) ~= 35 then
+      if first > 1 and line:find("\t", 1, true) and line:sub(1, first - 1):find("\t", 1, true) then
         return nil, "line " .. n .. ": tab in indentation"
       end
-      lines[#lines + 1] = { no = n, indent = #line:match("^ *"), text = line:match("^ *(.-)%s*$") }
+      local indent = #line:match("^ *")
+      local last = line:find("%s+$") or #line + 1
+      lines[#lines + 1] = { no = n, indent = indent, text = line:sub(indent + 1, last - 1) }
     end
   end
   local pos = 1
@@ -245,8 +248,11 @@ function M.decode(text)
         local rest = line.text:sub(3)
         items = items + 1
         if starts_map(rest) then
-          -- "- key: value" starts a map whose other keys sit at indent + 2
-          table.insert(lines, pos, { no = line.no, indent = indent + 2, text = rest })
+          -- "- key: value" starts a map whose other keys sit at indent + 2: the rest of the
+          -- line is read again as its first line (in the consumed line's place, not inserted:
+          -- an insert would move every line after it)
+          pos = pos - 1
+          lines[pos] = { no = line.no, indent = indent + 2, text = rest }
           result[items] = parse_block(indent + 2)
         else
           result[items] = parse_after(rest, line, indent)

@@ -42,6 +42,16 @@ end
 
 --- The path of `target` relative to directory `from` (both absolute).
 function M.relative(from, target)
+  -- the usual case, a file under the report's own dir: the rest of its path, when no empty
+  -- component ("//", a trailing "/") makes the split below differ from it
+  local n = #from
+  if target:byte(n + 1) == 47 and target:sub(1, n) == from and from:byte(n) ~= 47
+     and not from:find("//", 1, true) then
+    local rest = target:sub(n + 2)
+    if rest ~= "" and rest:byte(1) ~= 47 and rest:byte(-1) ~= 47 and not rest:find("//", 1, true) then
+      return rest
+    end
+  end
   local a, b = split(from), split(target)
   local i = 1
   while a[i] and b[i] and a[i] == b[i] do i = i + 1 end
@@ -516,19 +526,33 @@ local function summary_table(run)
   return '<table id="summary-table">' .. table.concat(rows) .. "</table>"
 end
 
+-- The names in directory `dir` (a set; empty when it cannot be read).
+local function files_in(dir)
+  local names = {}
+  local scan = uv.fs_scandir(dir)
+  if not scan then return names end
+  while true do
+    local name = uv.fs_scandir_next(scan)
+    if not name then break end
+    names[name] = true
+  end
+  return names
+end
+
 local function task_table(run, out_dir)
   local rows = { "<thead><tr><th>Task</th><th>Agent</th><th>Status</th><th>Attempts</th><th>Time</th><th>Exit</th><th>Files</th><th>Error</th></tr></thead><tbody>" }
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
     local dir = records.task_dir(run.dir, id)
     local links = {}
+    local present = files_in(dir)   -- one read of the task's dir, not a stat per file
     local function link(file, label)
-      if uv.fs_stat(dir .. "/" .. file) then
+      if present[file] then
         links[#links + 1] = string.format('<a href="%s">%s</a>', esc(href(M.relative(out_dir, dir .. "/" .. file))), esc(label))
       end
     end
     link("prompt.md", "prompt")
-    if uv.fs_stat(dir .. "/output.md") then
+    if present["output.md"] then
       link("output.md", "output")
     else
       -- A command's output is the stdout of its successful attempt (not copied to output.md).
