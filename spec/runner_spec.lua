@@ -241,6 +241,23 @@ describe("the runner", function()
     assert.are.equal(tonumber("644", 8), uv.fs_stat(dir .. "/scratchpad.md").mode & tonumber("777", 8))
   end)
 
+  it("keeps what another process wrote to the project state between its own writes", function()
+    -- coral writes the state again from the table it last wrote while the file holds that
+    -- text; an edit in between (here: after the first flush, about a second in) is read back
+    local plan = coral.plan {
+      t("first", "x", { id = "a", cmd = "true" }),
+      t("editor", "x", { id = "edit", depends_on = { "a" },
+        cmd = "sleep 1.5 && printf 'note: \"kept\"\\n' >> \"$CORAL_PROJECT_DIR/.coral/project_state.yaml\"" }),
+      t("last", "x", { id = "b", depends_on = { "edit" }, cmd = "true" }),
+    }
+    local s, dir = run(plan)
+    assert.are.equal(3, s.succeeded)
+    local state = require("lyaml").load(H.read_file(dir .. "/.coral/project_state.yaml"))
+    assert.are.equal("kept", state.note)
+    assert.are.equal("succeeded", state.agents.first.history[1].status)
+    assert.are.equal("succeeded", state.agents.last.history[1].status)
+  end)
+
   it("gives agents the CORAL_* environment", function()
     local plan = coral.plan { t("envy", "print env", { id = "e", cmd = "env | grep ^CORAL_ | sort" }) }
     local s, dir = run(plan)

@@ -414,7 +414,14 @@ function Records:update_state(fn)
   local warning
   self:coord_queue():update(self.paths.state, function(old)
     local state = {}
-    if old and old ~= "" then
+    -- The file as this process last wrote it (nobody else wrote it since: its text is the
+    -- same to the byte) is the table that text was written from, not read again: a run
+    -- rewrites the file every second or so, and reading tens of KB of YAML blocks the loop.
+    local last = self.state_written
+    self.state_written = nil   -- fn changes the table: it stands for no text until encoded
+    if last and old == last.text then
+      state = last.state
+    elseif old and old ~= "" then
       local parsed, perr = yaml.decode(old)
       if parsed then
         state = parsed
@@ -427,7 +434,10 @@ function Records:update_state(fn)
       end
     end
     fn(state)
-    return yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
+    local text = yaml.encode(state, "coral project state: written by coral under a lock; edit with care")
+    -- if the write fails the file keeps its old text, which then differs from this one
+    self.state_written = { text = text, state = state }
+    return text
   end, guard.coord_opts(self.paths.project, self.paths.state, { mode = PRIVATE_FILE }))
   return true, warning
 end

@@ -718,7 +718,6 @@ end
 function Live:on_event(e)
   if e.event == "run" then
     self.run_dir = self.project_dir .. "/.coral/runs/" .. e.run_id
-    self:write(false)
     if self.announce then
       io.stderr:write("coral: live report: file://", self.run_dir, "/report.html\n")
     end
@@ -727,14 +726,15 @@ function Live:on_event(e)
       self.timer:unref()   -- never what keeps a script's loop alive
       -- Rewritten every `interval` seconds, or less often when a big run makes a report costly:
       -- at most 5% of the loop's time goes to it.
-      local function rearm()
-        local wait = math.max(self.interval, 20 * (self.last_cost or 0))
+      local function rearm(wait)
         self.timer:start(math.floor(wait * 1000), 0, function()
           self:write(false)
-          if self.timer then rearm() end
+          if self.timer then rearm(math.max(self.interval, 20 * (self.last_cost or 0))) end
         end)
       end
-      rearm()
+      -- The first one at the loop's next turn: after the first tasks have started, which
+      -- would otherwise wait for it (tens of ms for a plan of hundreds of tasks).
+      rearm(0)
     end
   elseif e.event == "done" then
     self:close()
