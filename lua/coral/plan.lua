@@ -32,10 +32,13 @@ M.DEFAULT_ESTIMATE = 60
 
 local NON_NEGATIVE = { "retries", "timeout", "idle_timeout", "estimate", "estimate_usd", "estimate_tokens" }
 
--- A task from its spec table, or nil and what is wrong with it.
-local function new_task(spec)
-  local err = check.option_error("coral.task", spec, TASK_OPTIONS)
-  if err then return nil, err end
+-- A task from its spec table, or nil and what is wrong with it. `checked`: its options were
+-- checked already (coral.task checks them where it was called: not twice a task).
+local function new_task(spec, checked)
+  if not checked then
+    local err = check.option_error("coral.task", spec, TASK_OPTIONS)
+    if err then return nil, err end
+  end
   if spec.agent == nil and spec.id == nil then return nil, "coral.task: a task needs an agent or an id" end
   local t = setmetatable({}, Task)
   for k, v in pairs(spec) do t[k] = v end
@@ -120,7 +123,7 @@ function M.task(agent, text, opts)
     for k, v in pairs(opts or {}) do spec[k] = v end
     spec.agent, spec.task = agent, text
   end
-  local t, err = new_task(spec)
+  local t, err = new_task(spec, spec ~= agent)
   if not t then check.fail(err, 2) end
   t.where = check.where(1)
   return t

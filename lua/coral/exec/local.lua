@@ -50,29 +50,28 @@ function M.new(opts)
                         starts = 0, live = 0 }, Local)
 end
 
--- on_reaped and on_exit of a task's process: when the process itself has exited, what the
--- task left running outside its group is killed (it may hold the task's pipes, and on_exit
--- waits for them), and the attempt's stderr file says so.
-local function reaping(spec, on_exit)
-  local env = spec.env or {}
-  local run_id, task_id = env.CORAL_RUN_ID, env.CORAL_TASK_ID
-  if not (run_id and task_id) then return nil, on_exit end
-  local left
-  local function on_reaped()
-    local pids, names = reaper.kill_task(run_id, task_id)
-    if #pids > 0 then
-      left = string.format("\n[coral: killed %d process%s the task left running: %s]\n", #pids,
-        #pids == 1 and "" or "es", reaper.describe(pids, names))
-    end
-  end
-  return on_reaped, function(info)
-    local f = left and spec.stderr_path and io.open(spec.stderr_path, "ab")
-    if f then
-      f:write(left)
-      f:close()
-    end
-    return on_exit(info)
-  end
+-- What the runner holds of a task's process (one method table, no closures a task):
+--   cancel(): TERM to the process group, KILL after the grace period; cancel(true): KILL now.
+--   write(data, on_written): on_written(err) once the data has left coral's memory (pipeline
+--   back-pressure); close_stdin(); write_queue_size(); pause_stdout() stops reading its stdout
+--   (it blocks once the pipe is full), resume_stdout() reads it again.
+local Handle = {}
+Handle.__index = Handle
+function Handle:cancel(hard) self.proc:terminate(hard and 0 or nil) end
+function Handle:write(data, on_written) return self.proc:write(data, on_written) end
+function Handle:close_stdin() return self.proc:close_stdin() end
+function Handle:write_queue_size() return self.proc:write_queue_size() end
+function Handle:pause_stdout() self.proc:pause_stdout() end
+function Handle:resume_stdout() self.proc:resume_stdout() end
+
+-- When the task's process itself has exited (on_reaped), what the task left running outside
+-- its group is killed (it may hold the task's pipes, and on_exit waits for them), and the
+-- attempt's stderr file says so (before on_exit).
+local function kill_left(run_id, task_id)
+  local pids, names = reaper.kill_task(run_id, task_id)
+  if #pids == 0 then return nil end
+  return string.format("\n[coral: killed %d process%s the task left running: %s]\n", #pids,
+    #pids == 1 and "" or "es", reaper.describe(pids, names))
 end
 
 function Local:start(spec, on_exit)
@@ -81,10 +80,9 @@ function Local:start(spec, on_exit)
   local stdout = { file = spec.stdout_path }
   local stderr = { file = spec.stderr_path }
   if spec.on_stdout then stdout.on_data = spec.on_stdout end
-  local on_reaped, on_exited = reaping(spec, function(info)
-    self.live = self.live - 1
-    return on_exit(info)
-  end)
+  local env = spec.env or {}
+  local run_id, task_id = env.CORAL_RUN_ID, env.CORAL_TASK_ID
+  local left
   local p, err, code = proc.spawn {
     argv = spec.argv,
     env = spec.env,
@@ -95,24 +93,20 @@ function Local:start(spec, on_exit)
     timeout = spec.timeout and spec.timeout > 0 and spec.timeout or nil,
     idle_timeout = spec.idle_timeout and spec.idle_timeout > 0 and spec.idle_timeout or nil,
     kill_grace = spec.kill_grace or self.kill_grace,
-    on_exit = on_exited,
-    on_reaped = on_reaped,
+    on_reaped = run_id and task_id and function() left = kill_left(run_id, task_id) end or nil,
+    on_exit = function(info)
+      self.live = self.live - 1
+      local f = left and spec.stderr_path and io.open(spec.stderr_path, "ab")
+      if f then
+        f:write(left)
+        f:close()
+      end
+      return on_exit(info)
+    end,
   }
   if not p then return nil, err, code end
   self.live = self.live + 1
-  return {
-    pid = p.pid,
-    proc = p,
-    -- cancel(): TERM to the process group, KILL after the grace period; cancel(true): KILL now.
-    cancel = function(_, hard) p:terminate(hard and 0 or nil) end,
-    -- on_written(err): the data has left coral's memory (pipeline back-pressure)
-    write = function(_, data, on_written) return p:write(data, on_written) end,
-    close_stdin = function() return p:close_stdin() end,
-    write_queue_size = function() return p:write_queue_size() end,
-    -- stop reading its stdout (it blocks once the pipe is full), and read it again
-    pause_stdout = function() p:pause_stdout() end,
-    resume_stdout = function() p:resume_stdout() end,
-  }
+  return setmetatable({ pid = p.pid, proc = p }, Handle)
 end
 
 --- At the run's end: every process the run's tasks left, wherever it went, is killed and

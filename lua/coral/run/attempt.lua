@@ -68,9 +68,18 @@ local function add_inputs(run, st, env)
   env.CORAL_INPUTS = path
 end
 
+-- The PATH a task gets: coral's own dir first (a task can run `coral`), then coral's PATH.
+-- The same for every task of the run: made once.
+local function task_path_var(run)
+  if run.path_var == nil then
+    local bin_dir = host.exe and host.exe:match("^(.*)/[^/]*$")
+    run.path_var = bin_dir and (bin_dir .. ":" .. (os.getenv("PATH") or "/usr/bin:/bin")) or false
+  end
+  return run.path_var or nil
+end
+
 local function task_env(run, st)
   local r, task = run.records, st.task
-  local bin_dir = host.exe and host.exe:match("^(.*)/[^/]*$")
   local env = {
     CORAL_NON_INTERACTIVE = "1", CORAL_RUN_ID = r.id, CORAL_TASK_ID = task.id,
     CORAL_AGENT = task.agent, CORAL_PROJECT_DIR = run.project_dir, CORAL_RUN_DIR = r.dir,
@@ -79,7 +88,7 @@ local function task_env(run, st)
     CORAL_TASK_DIR = r:task_path(task.id, "dir"),
   }
   add_inputs(run, st, env)
-  if bin_dir then env.PATH = bin_dir .. ":" .. (os.getenv("PATH") or "/usr/bin:/bin") end
+  env.PATH = task_path_var(run)
   for k, v in pairs(run.runner.env or {}) do env[k] = v end
   for k, v in pairs(task.env or {}) do env[k] = v end
   return env

@@ -148,6 +148,11 @@ function Budget:admit(st)
 end
 
 function Budget:take(st)
+  -- a task that costs nothing holds no reservation (and has no spend to give back)
+  if self.needs_budget and not self.needs_budget(st.task) then
+    st.expected_spend = nil
+    return
+  end
   local exp = st.expected_spend or { usd = 0, tokens = 0 }
   st.expected_spend = nil
   st.reservation, st.live_spend = exp, nil
