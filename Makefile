@@ -36,7 +36,7 @@ LIBDIR    ?= /usr/lib/$(shell $(CC) -print-multiarch)
 STATIC := $(LIBDIR)/liblua5.4-luv.a $(LIBDIR)/liblua5.4-cjson.a $(LIBDIR)/liblua5.4.a $(LIBDIR)/libuv_a.a
 LDLIBS += -Wl,-E $(STATIC) -ledit -lpthread -ldl -lm
 
-SRC      := src/main.c src/core.c src/util.c src/repl.c src/spawn.c src/dag.c src/coord.c
+SRC      := src/main.c src/core.c src/util.c src/repl.c src/spawn.c src/dag.c src/coord.c src/jsonw.c
 SRC      := $(wildcard $(SRC))
 OBJ      := $(SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/embedded.o
 LUA_SRC  := $(shell find lua recipes -name '*.lua' 2>/dev/null | LC_ALL=C sort) \

@@ -460,6 +460,7 @@ void coral_open_state(lua_State *L, uv_loop_t *loop, const char *lua_root) {
     { "coral.proc", coral_spawn_open },
     { "coral.dag", coral_dag_open },
     { "coral.coord", coral_coord_open },
+    { "coral.jsonw", coral_jsonw_open },
   };
   size_t i;
 

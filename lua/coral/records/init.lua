@@ -2,7 +2,7 @@
 -- summary.json) and the project's coordination files (scratchpad.md, activity_tracker.md,
 -- .coral/project_state.yaml). Every shared write goes through coral.coord's locked primitives,
 -- by way of coral.records.coordq: a busy lock there never stops or freezes the run.
-local cjson = require "cjson"
+local json = require "coral.json"
 local coord = require "coral.coord"
 local coordq = require "coral.records.coordq"
 local fsutil = require "coral.fsutil"
@@ -193,7 +193,7 @@ function Records:event(name, fields)
   fields.t = fields.t or fsutil.now()
   local lines = self.pending_journal or {}
   self.pending_journal = lines
-  lines[#lines + 1] = cjson.encode(fields) .. "\n"
+  lines[#lines + 1] = json.encode(fields) .. "\n"
   if AT_ONCE[name] or not self.batch then self:flush_records() else self:flush_soon() end
 end
 
@@ -274,7 +274,7 @@ end
 
 --- Who holds the project's run lock: written by the holder after taking it, read by a refused run.
 function Records:write_owner()
-  local owner = cjson.encode { pid = math.tointeger(uv.os_getpid()), run_id = self.id, since = fsutil.now() }
+  local owner = json.encode { pid = math.tointeger(uv.os_getpid()), run_id = self.id, since = fsutil.now() }
   must(fsutil.write_atomic(self.paths.coral .. "/run.owner", owner .. "\n", PRIVATE_FILE))
 end
 
@@ -285,7 +285,7 @@ end
 
 --- How the run was started (recipe, description, options), so `coral resume` can rebuild it.
 function Records:write_invocation(invocation)
-  must(fsutil.write_atomic(self.dir .. "/invocation.json", cjson.encode(invocation) .. "\n", PRIVATE_FILE))
+  must(fsutil.write_atomic(self.dir .. "/invocation.json", json.encode(invocation) .. "\n", PRIVATE_FILE))
 end
 
 function M.read_invocation(run_dir)
@@ -337,7 +337,7 @@ function M.last_write(run_dir, task_id, n, since)
 end
 
 function Records:write_summary(summary)
-  must(fsutil.write_atomic(self.summary_path, cjson.encode(summary) .. "\n", PRIVATE_FILE))
+  must(fsutil.write_atomic(self.summary_path, json.encode(summary) .. "\n", PRIVATE_FILE))
 end
 
 --- The scratchpad section coral adds when a task starts. An agent's section is written at once,
