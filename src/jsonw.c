@@ -32,9 +32,12 @@
 #include "coral.h"
 
 #define MAX_DEPTH 1000
+#define MAX_KEPT (64 * 1024)   /* bytes of buffer kept between calls */
 
 /* The text is built in a full userdata at a fixed stack slot, replaced by a bigger one as it
- * grows: an error anywhere leaves garbage for the collector, nothing to free by hand. */
+ * grows: an error anywhere leaves garbage for the collector, nothing to free by hand. The
+ * userdata is kept for the next call (the encode function's upvalue): a record a task costs no
+ * buffer of its own, only its string. */
 typedef struct {
   lua_State *L;
   int slot;       /* stack index of the userdata holding the bytes */
@@ -281,20 +284,24 @@ static int jsonw_encode(lua_State *L) {
   lua_settop(L, 2);
   w.L = L;
   w.lists = lua_isnil(L, 2) ? 0 : 2;
-  w.cap = 256;
   w.len = 0;
-  w.p = lua_newuserdatauv(L, w.cap, 0);
+  lua_pushvalue(L, lua_upvalueindex(1));   /* the buffer the last call left */
+  w.p = lua_touserdata(L, -1);
+  w.cap = lua_rawlen(L, -1);
   w.slot = lua_gettop(L);
   put_value(&w, 1, 0, NULL);
   lua_pushlstring(L, w.p, w.len);
+  if (w.cap <= MAX_KEPT) {   /* a big one (a whole plan.json) is not held for the run */
+    lua_pushvalue(L, w.slot);
+    lua_replace(L, lua_upvalueindex(1));
+  }
   return 1;
 }
 
 int coral_jsonw_open(lua_State *L) {
-  static const luaL_Reg functions[] = {
-    { "encode", jsonw_encode },
-    { NULL, NULL },
-  };
-  luaL_newlib(L, functions);
+  lua_createtable(L, 0, 1);
+  lua_newuserdatauv(L, 256, 0);
+  lua_pushcclosure(L, jsonw_encode, 1);
+  lua_setfield(L, -2, "encode");
   return 1;
 }

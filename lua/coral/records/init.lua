@@ -180,7 +180,8 @@ function Records:flush_records()
   end
   if lines and #lines > 0 then
     self.pending_journal = {}
-    append_private(self, "journal_fd", self.journal_path, table.concat(lines))
+    lines[#lines + 1] = ""   -- the last line's newline
+    append_private(self, "journal_fd", self.journal_path, table.concat(lines, "\n"))
   end
 end
 
@@ -193,7 +194,7 @@ function Records:event(name, fields)
   fields.t = fields.t or fsutil.now()
   local lines = self.pending_journal or {}
   self.pending_journal = lines
-  lines[#lines + 1] = json.encode(fields) .. "\n"
+  lines[#lines + 1] = json.encode(fields)   -- the newlines come with the flush
   if AT_ONCE[name] or not self.batch then self:flush_records() else self:flush_soon() end
 end
 

@@ -94,20 +94,25 @@ local function task_env(run, st)
   return env
 end
 
--- The attempt's context, handed to the driver.
+-- The attempt's context, handed to the driver: the attempt's own fields, and the run's (the
+-- same for every attempt: one table a run, read through the metatable).
 local function context(run, st, n)
   local r, task, runner = run.records, st.task, run.runner
-  return {
-    attempt = n, project = run.description, project_dir = run.project_dir, run_dir = r.dir,
-    scratchpad = r.paths.scratchpad, activity = r.paths.activity, coral_exe = host.exe,
-    prompt_path = st.prompt_path, stdout_path = r:task_path(task.id, "out", n),
+  if not run.context_mt then
+    run.context_mt = { __index = {
+      project = run.description, project_dir = run.project_dir, run_dir = r.dir,
+      scratchpad = r.paths.scratchpad, activity = r.paths.activity, coral_exe = host.exe,
+      sim_scale = runner.sim_scale, permission_mode = runner.permission_mode,
+    } }
+  end
+  return setmetatable({
+    attempt = n, prompt_path = st.prompt_path, stdout_path = r:task_path(task.id, "out", n),
     stderr_path = r:task_path(task.id, "err", n), output_path = r:task_path(task.id, "output"),
-    estimate = run.plan:estimate(task), sim_scale = runner.sim_scale,
+    estimate = run.plan:estimate(task),
     model = task.model or runner.model, timeout = task.timeout or runner.timeout,
     idle_timeout = task.idle_timeout or runner.idle_timeout,
-    permission_mode = runner.permission_mode,
     role = run.roles and select(2, run.roles(task)),
-  }
+  }, run.context_mt)
 end
 
 -- The task's prompt, written to its prompt.md: its role, the project, the plan, and the output
