@@ -248,7 +248,6 @@ function conclude(run, st, a, info, result, ctx)
   local outcome = outcome_of(result, info, st, run)
   a.outcome, a.code, a.signal = outcome, info and info.code, info and info.signal
   a.error = not result.ok and reason_of(result, info) or nil
-  a.cpu_seconds, a.max_rss_kb = info and info.cpu_seconds, info and info.max_rss_kb
   local cap = runner.output_cap
   if cap and cap > 0 and ctx and info then
     -- a pipeline's consumers may still read the file: the mode then cuts it later

@@ -75,7 +75,7 @@ Limits.__index = Limits
 function M.new(run, driver_name_of)
   local self = setmetatable({
     run = run, driver_name_of = driver_name_of,
-    configured = {}, used = {}, adaptive = {}, ceiling = {}, cut_at = {}, blocked_until = {},
+    configured = {}, used = {}, adaptive = {}, ceiling = {}, cut_at = {}, blocked_until = {}, shared_needs = {},
     changes = {},   -- { t, name, limit, reason } for the report
   }, Limits)
   if run.executor.on_this_machine then
@@ -89,14 +89,21 @@ end
 function Limits:needs(st)
   local task = st.task
   if st.needs then return st.needs end
-  local needs = {}
   local driver = self.driver_name_of(task)
-  if driver then needs[driver] = 1 end
   st.driver_name = driver
   local model = task.model or self.run.runner.model
-  if model then needs["model:" .. model] = 1 end
-  for k, v in pairs(task.resources or {}) do
-    if v > 0 then needs[k] = (needs[k] or 0) + v end
+  -- the usual task, with no resources of its own, shares its needs with its driver and model's
+  -- others (read only): one table, not one a task
+  local shared_key = not task.resources and (driver or "") .. "\0" .. (model or "")
+  local needs = shared_key and self.shared_needs[shared_key]
+  if not needs then
+    needs = {}
+    if driver then needs[driver] = 1 end
+    if model then needs["model:" .. model] = 1 end
+    for k, v in pairs(task.resources or {}) do
+      if v > 0 then needs[k] = (needs[k] or 0) + v end
+    end
+    if shared_key then self.shared_needs[shared_key] = needs end
   end
   st.needs = needs
   return needs
