@@ -25,8 +25,11 @@ end
 local function decode(line)
   local e = cjson.decode(line)
   if type(e) ~= "table" or type(e.event) ~= "string" or type(e.t) ~= "number" then return nil end
-  for _, k in ipairs(INTEGER_FIELDS) do
-    if type(e[k]) == "number" then e[k] = math.tointeger(e[k]) or e[k] end
+  -- a numeric for and a type check of the fields present only: a view decodes every line
+  for i = 1, #INTEGER_FIELDS do
+    local k = INTEGER_FIELDS[i]
+    local v = e[k]
+    if v ~= nil and type(v) == "number" then e[k] = math.tointeger(v) or v end
   end
   if e.outcome then e.outcome = states.normalize(e.outcome) end
   if e.status then e.status = states.normalize(e.status) end
@@ -38,21 +41,39 @@ end
 -- its line; the words of earlier coral versions are read as today's.
 ---@return table[] events
 function M.read(run_dir)
-  local events = {}
+  return M.read_new(run_dir, {})
+end
+
+--- Reads the journal of `run_dir` as read() does, decoding only the lines appended since the
+-- last call with the same `state` (a table the caller keeps, {} at first): the live report
+-- reads its run's journal every few seconds, and decoding all of it each time was most of the
+-- cost. Returns the events: the state's list (not to be changed), or a copy with the last
+-- line when that line is a record still without its "\n" (it is read again next time).
+---@return table[] events
+function M.read_new(run_dir, state)
   local path = run_dir .. "/journal.jsonl"
   local f = io.open(path, "rb")
-  if not f then return events end
+  if not f then return {} end
+  local size = f:seek("end")
+  if not state.events or not size or size < state.offset then
+    state.events, state.offset, state.lines = {}, 0, 0   -- the first read, or a new journal
+  end
+  f:seek("set", state.offset)
   local data = f:read("a") or ""
   f:close()
-  local n, at = 0, 1
+  local events, n, at, base = state.events, state.lines, 1, state.offset
   while at <= #data do
     local nl = data:find("\n", at, true)
     local line = data:sub(at, (nl or #data + 1) - 1)
     n, at = n + 1, (nl or #data) + 1
-    if line:find("%S") then
-      local e = decode(line)
-      if e then events[#events + 1] = e else report(path, n, not nl) end
+    local e = decode(line)
+    if e then
+      if not nl then events = table.move(events, 1, #events, 1, {}) end
+      events[#events + 1] = e
+    elseif line:find("%S") then   -- (a blank line does not decode either: it is skipped)
+      report(path, n, not nl)
     end
+    if nl then state.lines, state.offset = n, base + at - 1 end
   end
   return events
 end
