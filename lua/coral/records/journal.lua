@@ -99,6 +99,8 @@ local function interrupt(run, a, at)
 end
 M.interrupt = interrupt
 
+local function by_number(a, b) return a.n < b.n end
+
 --- Replays `events` (from read()) into the state of the run they describe (an attempt begins
 -- with its `spawn` or, in journals of earlier versions and for adopted jobs, its `start`):
 --   run:     { started, plan, project, mode, max_workers, total, sessions = {{start, last}},
@@ -120,13 +122,15 @@ function M.replay(events)
   local open = {}        -- "task\0attempt" -> attempt without an end
   local lost = {}        -- attempts open when a session ended: closed unless adopted
   local session
-  local function key(e) return e.task .. "\0" .. tostring(e.attempt) end
+  local function key(task, attempt) return task .. "\0" .. tostring(attempt) end
   local function close_lost()
     for k, a in pairs(lost) do interrupt(run, a, a.lost_at); open[k] = nil end
     lost = {}
   end
-  for _, e in ipairs(events) do
-    run.last_event = math.max(run.last_event or e.t, e.t)
+  -- (a numeric for and no math.max: the live report replays its run every few seconds)
+  for i = 1, #events do
+    local e = events[i]
+    if run.last_event == nil or e.t > run.last_event then run.last_event = e.t end
     if e.event == "run" then
       close_lost()
       if session then
@@ -157,7 +161,7 @@ function M.replay(events)
     if e.task then
       local t = run.tasks[e.task] or new_task(run, e.task, e.agent)
       if e.agent and t.agent == t.id then t.agent = e.agent end
-      local k = e.attempt and key(e)
+      local k = e.attempt and key(e.task, e.attempt)
       local spawned = e.event == "start" and k and open[k]
       if spawned then
         -- the start of the attempt whose spawn was recorded: now it runs, with its pid
@@ -167,7 +171,7 @@ function M.replay(events)
         -- attempt with only a spawn may have run when coral was killed, and is in flight
         local a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t, pid = e.pid,
                     open = true }
-        open[key({ task = e.task, attempt = a.n })] = a
+        open[key(e.task, a.n)] = a
         t.attempts[#t.attempts + 1] = a
         run.attempts[#run.attempts + 1] = a
         t.status, t.first_start = "running", t.first_start or e.t
@@ -228,7 +232,8 @@ function M.replay(events)
   end
   close_lost()
   for _, id in ipairs(run.order) do
-    table.sort(run.tasks[id].attempts, function(a, b) return a.n < b.n end)
+    local attempts = run.tasks[id].attempts
+    if #attempts > 1 then table.sort(attempts, by_number) end
   end
   return run
 end

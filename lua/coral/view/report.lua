@@ -110,6 +110,39 @@ local function href(path)
 end
 
 -- }}}
+-- {{{ what a live report keeps
+
+-- True when nothing drawn of attempt `a` can change before the next event of its task: it
+-- ended (a running one is drawn up to now; one that coral lost is closed at its files' last
+-- write). An attempt's files are all written before its end is journaled.
+local function settled(a)
+  return a.finish ~= nil and not a.open and not a.running and a.outcome ~= "interrupted"
+end
+
+-- The same for task `t`: it has no attempt yet (it gets one before its files), or its last
+-- attempt is settled.
+local function task_settled(t)
+  local last = t.attempts[#t.attempts]
+  return last == nil or settled(last)
+end
+
+-- The parts of the page a live report keeps from one write to the next (in M.write's
+-- opts.cache), for the tasks and attempts that are settled: the plan graph's layout, a task's
+-- incoming edges, node and table row, an attempt's hover text. Each is checked against what
+-- it was made of (the task's last journal event, its attempt count and status, whether it is
+-- on the critical path); all are dropped when the plan, the task list or the report's dir
+-- changes. Rebuilding all of them at each write was half of a live report's time.
+local function page_cache(cache, run, out_dir)
+  if not cache then return nil end
+  local view = cache.view
+  if not view or view.plan ~= cache.plan or view.tasks ~= #run.order or view.out_dir ~= out_dir then
+    view = { plan = cache.plan, tasks = #run.order, out_dir = out_dir, rows = {}, nodes = {}, edges = {}, titles = {} }
+    cache.view = view
+  end
+  return view
+end
+
+-- }}}
 -- {{{ the Gantt timeline
 
 local COLORS = {
@@ -147,7 +180,7 @@ local function attempt_title(run, a, task)
   return title
 end
 
-local function gantt_svg(run)
+local function gantt_svg(run, view)
   local label_w, lane_h, bar_h, top, chart_w = 92, 30, 22, 28, 1040
   local lanes = math.max(run.lanes, 1)
   local height = top + lanes * lane_h + 12
@@ -202,6 +235,19 @@ local function gantt_svg(run)
   end
   add("</g>")
   add('<g class="bars">')
+  -- an attempt's hover text, kept by a live report while the attempt is settled
+  local function title(a, task, critical)
+    if not view then return attempt_title(run, a, task) end
+    local of_task = view.titles[a.task]
+    if not of_task then of_task = {}; view.titles[a.task] = of_task end
+    local kept = of_task[a.n]
+    if kept and kept.finish == a.finish and kept.outcome == a.outcome and kept.critical == critical then
+      return kept.text
+    end
+    local text = attempt_title(run, a, task)
+    of_task[a.n] = settled(a) and { finish = a.finish, outcome = a.outcome, critical = critical, text = text } or nil
+    return text
+  end
   -- A bar is its group, rect, label and end (a line each), joined with `..`: string.format's
   -- %s is dearer than a concatenation, and a report draws a bar per attempt
   for _, a in ipairs(run.attempts) do
@@ -227,7 +273,7 @@ local function gantt_svg(run)
       .. (critical and ' data-critical="1"' or "") .. ' x="' .. num(bx) .. '" y="' .. num(y) .. '" width="' .. num(bw)
       .. '" height="' .. ints[bar_h] .. '" rx="3" fill="' .. (FILL[a.outcome] or COLORS[a.outcome] or "#d64541") .. '"'
       .. (critical and ' stroke="#111" stroke-width="2.5"' or ' stroke="#ffffff" stroke-width="0.5"')
-      .. "><title>" .. attempt_title(run, a, task) .. "</title></rect>" .. label .. "\n</g>")
+      .. "><title>" .. title(a, task, critical) .. "</title></rect>" .. label .. "\n</g>")
   end
   add("</g>")
   if run.live then
@@ -325,17 +371,16 @@ local function graph_layout(run)
   return { col = col, row = row, columns = columns, by_col = by_col, phases = phases, first_col = first_col }
 end
 
-local function plan_svg(run)
+local function plan_svg(run, view)
   if #run.order == 0 then return '<p class="note">No tasks recorded yet.</p>' end
-  local L = graph_layout(run)
+  local L = view and view.layout or graph_layout(run)   -- (the plan's alone: kept while it is)
+  if view then view.layout = L end
   local node_w, node_h, col_w, row_h, pad_top, pad_left = 176, 46, 232, 62, 34, 16
   local rows = 0
   for c = 1, L.columns do rows = math.max(rows, #L.by_col[c]) end
   local width = pad_left * 2 + (L.columns - 1) * col_w + node_w
   local height = pad_top + rows * row_h + 10
   local function pos(id) return pad_left + (L.col[id] - 1) * col_w, pad_top + L.row[id] * row_h end
-  local critical_edge = {}
-  for i = 2, #run.critical do critical_edge[run.critical[i - 1] .. "\0" .. run.critical[i]] = true end
   local out = {}
   local function add(s) out[#out + 1] = s end
   add(string.format('<svg id="plan-graph" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" role="img" aria-label="plan graph">',
@@ -357,26 +402,39 @@ local function plan_svg(run)
   local eid = {}   -- id -> esc(id): a task's id is drawn with each of its edges
   for _, id in ipairs(run.order) do eid[id] = esc(id) end
   for _, id in ipairs(run.order) do
-    local t = run.tasks[id]
-    local tx, ty = pos(id)
-    ty = ty + node_h / 2
-    for _, d in ipairs(t.depends_on) do
-      if run.tasks[d] then
-        local sx, sy = pos(d)
-        sx, sy = sx + node_w, sy + node_h / 2
-        local dx = math.max(40, (tx - sx) / 2)
-        local crit = critical_edge[d .. "\0" .. id]
-        add('<path class="edge' .. (crit and " critical" or "") .. '" data-from="' .. (eid[d] or esc(d)) .. '" data-to="'
-          .. eid[id] .. '" d="M' .. num(sx) .. "," .. num(sy) .. " C" .. num(sx + dx) .. "," .. num(sy) .. " "
-          .. num(tx - dx) .. "," .. num(ty) .. " " .. num(tx - 2) .. "," .. num(ty) .. '" fill="none" stroke="'
-          .. (crit and "#c0392b" or "#9a9a9a") .. '" stroke-width="' .. (crit and "2.5" or "1.2") .. '" marker-end="url(#'
-          .. (crit and "arrow-critical" or "arrow") .. ')"/>')
+    -- a task's incoming edges, kept by a live report while the one on the critical path is
+    -- (from the task before it there, if any)
+    local crit_from = run.on_critical[id] and run.on_critical[id] > 1 and run.critical[run.on_critical[id] - 1] or false
+    local kept = view and view.edges[id]
+    local edges = kept and kept.crit_from == crit_from and kept.text
+    if not edges then
+      local t = run.tasks[id]
+      local tx, ty = pos(id)
+      ty = ty + node_h / 2
+      local lines = {}
+      for _, d in ipairs(t.depends_on) do
+        if run.tasks[d] then
+          local sx, sy = pos(d)
+          sx, sy = sx + node_w, sy + node_h / 2
+          local dx = (tx - sx) / 2
+          if dx < 40 then dx = 40 end
+          local crit = d == crit_from   -- (a path visits a task once: its edge into id is from there)
+          lines[#lines + 1] = '<path class="edge' .. (crit and " critical" or "") .. '" data-from="' .. (eid[d] or esc(d))
+            .. '" data-to="' .. eid[id] .. '" d="M' .. num(sx) .. "," .. num(sy) .. " C" .. num(sx + dx) .. ","
+            .. num(sy) .. " " .. num(tx - dx) .. "," .. num(ty) .. " " .. num(tx - 2) .. "," .. num(ty)
+            .. '" fill="none" stroke="' .. (crit and "#c0392b" or "#9a9a9a") .. '" stroke-width="'
+            .. (crit and "2.5" or "1.2") .. '" marker-end="url(#' .. (crit and "arrow-critical" or "arrow") .. ')"/>'
+        end
       end
+      edges = table.concat(lines, "\n")
+      if view then view.edges[id] = { crit_from = crit_from, text = edges } end
     end
+    if edges ~= "" then add(edges) end
   end
   -- A node's text on one line, cut to n bytes. Only the start of a long text (a prompt) is
   -- collapsed: what it yields is the start of what the whole would, and enough when longer than n.
   local function clip(s, n)
+    if #s <= n and not find(s, "%s") then return s end
     local head = #s > 4 * n and s:sub(1, 4 * n) or s
     local short = head:gsub("%s+", " ")
     if #short <= n and head ~= s then short = s:gsub("%s+", " ") end
@@ -385,20 +443,30 @@ local function plan_svg(run)
   end
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    local x, y = pos(id)
     local crit = run.on_critical[id] ~= nil
-    local status = esc(t.status)
-    -- the hover text, its parts escaped; the node's group, box, two lines of text and end,
-    -- a line each (`..`, not string.format: see gantt_svg)
-    local title = eid[id] .. " (" .. esc(t.agent) .. ")\n" .. esc(t.text) .. "\nstatus: " .. status .. ", "
-      .. ints[#t.attempts] .. " attempt(s)" .. (t.first_start and t.finish and (", " .. fmt(t.finish - t.first_start)) or "")
-    add('<g class="node' .. (crit and " critical" or "") .. '" data-task="' .. eid[id] .. '" data-status="' .. status
-      .. '"><title>' .. title .. '</title>\n<rect x="' .. ints[x] .. '" y="' .. ints[y] .. '" width="' .. ints[node_w]
-      .. '" height="' .. ints[node_h] .. '" rx="6" fill="' .. (STATUS_FILL[t.status] or "#fff") .. '" stroke="'
-      .. (crit and "#c0392b" or "#888") .. '" stroke-width="' .. (crit and "2.5" or "1") .. '"/>\n<text x="'
-      .. ints[x + 8] .. '" y="' .. ints[y + 18] .. '" class="node-title">' .. esc(clip(id, 25)) .. '</text>\n<text x="'
-      .. ints[x + 8] .. '" y="' .. ints[y + 35] .. '" class="node-sub">' .. esc(clip(t.text ~= "" and t.text or t.agent, 30))
-      .. "</text>\n</g>")
+    -- kept by a live report while the task is settled and had no event since
+    local kept = view and view.nodes[id]
+    local node = kept and kept.last == t.last and kept.n == #t.attempts and kept.status == t.status
+      and kept.crit == crit and kept.text
+    if not node then
+      local x, y = pos(id)
+      local status = esc(t.status)
+      -- the hover text, its parts escaped; the node's group, box, two lines of text and end,
+      -- a line each (`..`, not string.format: see gantt_svg)
+      local title = eid[id] .. " (" .. esc(t.agent) .. ")\n" .. esc(t.text) .. "\nstatus: " .. status .. ", "
+        .. ints[#t.attempts] .. " attempt(s)" .. (t.first_start and t.finish and (", " .. fmt(t.finish - t.first_start)) or "")
+      node = '<g class="node' .. (crit and " critical" or "") .. '" data-task="' .. eid[id] .. '" data-status="' .. status
+        .. '"><title>' .. title .. '</title>\n<rect x="' .. ints[x] .. '" y="' .. ints[y] .. '" width="' .. ints[node_w]
+        .. '" height="' .. ints[node_h] .. '" rx="6" fill="' .. (STATUS_FILL[t.status] or "#fff") .. '" stroke="'
+        .. (crit and "#c0392b" or "#888") .. '" stroke-width="' .. (crit and "2.5" or "1") .. '"/>\n<text x="'
+        .. ints[x + 8] .. '" y="' .. ints[y + 18] .. '" class="node-title">' .. esc(clip(id, 25)) .. '</text>\n<text x="'
+        .. ints[x + 8] .. '" y="' .. ints[y + 35] .. '" class="node-sub">' .. esc(clip(t.text ~= "" and t.text or t.agent, 30))
+        .. "</text>\n</g>"
+      if view and task_settled(t) then
+        view.nodes[id] = { last = t.last, n = #t.attempts, status = t.status, crit = crit, text = node }
+      end
+    end
+    add(node)
   end
   add("</svg>")
   return table.concat(out, "\n")
@@ -608,78 +676,81 @@ local function files_in(dir)
   return names
 end
 
--- The names in the dir `dir` of task `t`. `cache` (kept between the writes of a live report,
--- or nil): the names read at an earlier write, which stand while the task's last attempt is the
--- same ended one. An attempt's files are all written before its end is journaled, and a next
--- attempt is a new count; reading every task's dir at every write was a fifth of the report.
-local function task_files(dir, t, cache)
-  if not cache then return files_in(dir) end
-  local n, last = #t.attempts, t.attempts[#t.attempts]
-  local hit = cache[dir]
-  if hit and last and hit.n == n and hit.finish == last.finish then return hit.names end
-  local names = files_in(dir)
-  if last and last.finish and not last.open and not last.running and last.outcome ~= "interrupted" then
-    cache[dir] = { n = n, finish = last.finish, names = names }
-  else
-    cache[dir] = nil
-  end
-  return names
+-- The href of task dir `dir` with a "/" (from the report's dir), to which a file's name is
+-- added (prompt.md, attempt-N.out: nothing to escape); `tasks` is the run's tasks/ and `prefix`
+-- its href with a "/" (made once a page: a relative path of each link's whole path was most of
+-- the task table's time), false where the report's dir is inside tasks/ or a path is not in
+-- the plain form that makes the two the same. nil then: each file's path is made whole.
+local function dir_href(tasks, prefix, dir)
+  local name = dir:sub(#tasks + 2)
+  if not prefix or dir:sub(1, #tasks + 1) ~= tasks .. "/" or name == "" or name:find("/", 1, true) then return nil end
+  return prefix .. esc(href(name)) .. "/"
 end
 
--- The href of file `file` in task dir `dir`, from the report's dir `out_dir`, made of the dir's
--- path (found once per task: a scan of each link's whole path was most of the task table's
--- time) and the file's name, which needs no escaping (prompt.md, attempt-N.out). That is the
--- relative path of the file itself, except where `out_dir` is inside `dir`.
-local function file_href(out_dir, dir)
-  if out_dir == dir or out_dir:sub(1, #dir + 1) == dir .. "/" then
-    return function(file) return esc(href(M.relative(out_dir, dir .. "/" .. file))) end
-  end
-  local base = esc(href(M.relative(out_dir, dir))) .. "/"
-  return function(file) return base .. file end
-end
-
-local function task_table(run, out_dir, files)
+local function task_table(run, out_dir, view)
   local rows = { "<thead><tr><th>Task</th><th>Agent</th><th>Status</th><th>Attempts</th><th>Time</th><th>Exit</th><th>Files</th><th>Error</th></tr></thead><tbody>" }
   local badges = {}   -- status -> its badge: a few statuses, a row each
+  local tasks = run.dir .. "/tasks"
+  local plain = not (out_dir == tasks or out_dir:sub(1, #tasks + 1) == tasks .. "/" or out_dir:byte(-1) == 47
+    or out_dir:find("//", 1, true) or tasks:find("//", 1, true))
+  local prefix = plain and esc(href(M.relative(out_dir, tasks))) .. "/"   -- (see dir_href)
+  local listed   -- the names in tasks/, read when first needed
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    local dir = records.task_dir(run.dir, id)
-    local links = {}
-    local present = task_files(dir, t, files)   -- one read of the task's dir, not a stat per file
-    local href_of
-    local function link(file, label)
-      if present[file] then
-        href_of = href_of or file_href(out_dir, dir)
-        links[#links + 1] = '<a href="' .. href_of(file) .. '">' .. label .. "</a>"
-      end
-    end
-    link("prompt.md", "prompt")
-    if present["output.md"] then
-      link("output.md", "output")
-    else
-      -- A command's output is the stdout of its successful attempt (not copied to output.md).
-      for _, a in ipairs(t.attempts) do
-        if a.outcome == "succeeded" then link("attempt-" .. ints[a.n] .. ".out", "output") end
-      end
-    end
-    for _, a in ipairs(t.attempts) do
-      local n = ints[a.n]
-      link("attempt-" .. n .. ".out", "out" .. n)
-      link("attempt-" .. n .. ".err", "err" .. n)
-    end
-    local last = t.attempts[#t.attempts]
-    local outcomes = {}
-    for _, a in ipairs(t.attempts) do outcomes[#outcomes + 1] = a.outcome end
-    local badge = badges[t.status]
-    if not badge then badge = status_badge(t.status); badges[t.status] = badge end
     local eid = esc(id)
-    local critical = run.on_critical[id]
-    rows[#rows + 1] = '<tr data-task="' .. eid .. (critical and '" class="critical"><td>★ <code>' or '"><td><code>') .. eid
-      .. "</code></td><td>" .. esc(t.agent) .. "</td><td>" .. badge .. '</td><td title="'
-      .. esc(table.concat(outcomes, ", ")) .. '">' .. ints[#t.attempts] .. "</td><td>"
-      .. (t.first_start and t.finish and esc(fmt(t.finish - t.first_start)) or "-") .. "</td><td>"
-      .. (last and esc(last.exit == nil and "-" or last.exit) or "-") .. "</td><td>" .. table.concat(links, " ")
-      .. "</td><td>" .. esc(t.error or "") .. "</td></tr>"
+    -- the row but its start (whether the task is on the critical path): kept by a live report
+    -- while the task is settled and had no event since
+    local kept = view and view.rows[id]
+    local rest = kept and kept.last == t.last and kept.n == #t.attempts and kept.status == t.status and kept.rest
+    if not rest then
+      local dir = records.task_dir(run.dir, id)
+      local links = {}
+      -- one read of the task's dir, not a stat per file; a task that never started has no
+      -- dir, mostly: tasks/ is read once for all of them, not each missing dir tried
+      local present
+      if #t.attempts == 0 then
+        listed = listed or files_in(tasks)
+        if dir:sub(1, #tasks + 1) == tasks .. "/" and not listed[dir:sub(#tasks + 2)] then present = {} end
+      end
+      present = present or files_in(dir)
+      local base   -- (dir_href's, or false)
+      local function link(file, label)
+        if present[file] then
+          if base == nil then base = dir_href(tasks, prefix, dir) or false end
+          links[#links + 1] = '<a href="' .. (base and base .. file or esc(href(M.relative(out_dir, dir .. "/" .. file))))
+            .. '">' .. label .. "</a>"
+        end
+      end
+      link("prompt.md", "prompt")
+      if present["output.md"] then
+        link("output.md", "output")
+      else
+        -- A command's output is the stdout of its successful attempt (not copied to output.md).
+        for _, a in ipairs(t.attempts) do
+          if a.outcome == "succeeded" then link("attempt-" .. ints[a.n] .. ".out", "output") end
+        end
+      end
+      for _, a in ipairs(t.attempts) do
+        local n = ints[a.n]
+        link("attempt-" .. n .. ".out", "out" .. n)
+        link("attempt-" .. n .. ".err", "err" .. n)
+      end
+      local last = t.attempts[#t.attempts]
+      local outcomes = {}
+      for _, a in ipairs(t.attempts) do outcomes[#outcomes + 1] = a.outcome end
+      local badge = badges[t.status]
+      if not badge then badge = status_badge(t.status); badges[t.status] = badge end
+      rest = eid .. "</code></td><td>" .. esc(t.agent) .. "</td><td>" .. badge .. '</td><td title="'
+        .. esc(table.concat(outcomes, ", ")) .. '">' .. ints[#t.attempts] .. "</td><td>"
+        .. (t.first_start and t.finish and fmt(t.finish - t.first_start) or "-") .. "</td><td>"   -- (nothing to escape)
+        .. (last and esc(last.exit == nil and "-" or last.exit) or "-") .. "</td><td>" .. table.concat(links, " ")
+        .. "</td><td>" .. esc(t.error or "") .. "</td></tr>"
+      if view and task_settled(t) then
+        view.rows[id] = { last = t.last, n = #t.attempts, status = t.status, rest = rest }
+      end
+    end
+    rows[#rows + 1] = '<tr data-task="' .. eid
+      .. (run.on_critical[id] and '" class="critical"><td>★ <code>' or '"><td><code>') .. rest
   end
   rows[#rows + 1] = "</tbody>"
   return '<table id="task-table">' .. table.concat(rows, "\n") .. "</table>"
@@ -739,10 +810,11 @@ end
 
 --- The report of a loaded run (coral.timeline) as HTML; `out_dir` is where the file goes (links
 -- to task files are relative to it). opts.refresh: seconds between reloads (a live run);
--- opts.files: the task dirs' names kept between writes (see task_files), or nil.
+-- opts.cache: M.write's (see page_cache), or nil.
 function M.html(run, out_dir, opts)
   opts = opts or {}
   nums, escaped = {}, {}
+  local view = page_cache(opts.cache, run, out_dir)
   local title = string.format("coral run %s", run.id)
   local parts = {
     "<!DOCTYPE html>",
@@ -768,10 +840,10 @@ function M.html(run, out_dir, opts)
       for _, a in ipairs(run.attempts) do if run.on_critical[a.task] then n = n + 1 end end
       return n
     end)())
-  parts[#parts + 1] = '<div class="scroll">' .. gantt_svg(run) .. limits_svg(run) .. "</div>" .. legend() .. "</section>"
+  parts[#parts + 1] = '<div class="scroll">' .. gantt_svg(run, view) .. limits_svg(run) .. "</div>" .. legend() .. "</section>"
   parts[#parts + 1] = '<section id="plan"><h2>Plan</h2><p class="note">Tasks by phase, arrows from a dependency to its dependent, filled by status; the critical path in red.</p>'
-  parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run) .. "</div></section>"
-  parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir, opts.files) .. "</div></section>"
+  parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run, view) .. "</div></section>"
+  parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir, view) .. "</div></section>"
   parts[#parts + 1] = spend_section(run)
   parts[#parts + 1] = controls_section(run)
   parts[#parts + 1] = changes_section(run)
@@ -786,20 +858,21 @@ end
 --- Writes the report of run dir `run_dir` to `path` (default <run dir>/report.html), atomically.
 -- opts: live (the run is going on in this process), refresh (seconds; default INTERVAL when live),
 -- cache (a table kept from one write of the run to the next, as the live report does: what
--- cannot have changed since, the journal's earlier lines, the plan, an ended task's files,
--- is not read again). Returns the path, or nil and an error.
+-- cannot have changed since, the journal's earlier lines, the plan, the parts of the page
+-- drawn from settled tasks, is not read or drawn again: see page_cache).
+-- Returns the path, or nil and an error.
 function M.write(run_dir, path, opts)
   opts = opts or {}
   path = fsutil.absolute(path or (run_dir .. "/report.html"))
   local cache = opts.cache
   if cache and cache.run_dir ~= run_dir then   -- (begun anew for another run)
     for k in pairs(cache) do cache[k] = nil end
-    cache.run_dir, cache.files = run_dir, {}
+    cache.run_dir = run_dir
   end
   local run = timeline.load(run_dir, { live = opts.live, cache = cache })
   local refresh = opts.refresh or (run.live and M.INTERVAL or nil)
   local out_dir = path:match("^(.*)/[^/]*$")
-  local html = M.html(run, out_dir ~= "" and out_dir or "/", { refresh = refresh, files = cache and cache.files })
+  local html = M.html(run, out_dir ~= "" and out_dir or "/", { refresh = refresh, cache = cache })
   local ok, err = fsutil.write_atomic(path, html, tonumber("600", 8))
   if not ok then return nil, err end
   return path, run

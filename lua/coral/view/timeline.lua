@@ -148,7 +148,11 @@ function M.load(run_dir, opts)
       for _, d in ipairs(run.tasks[tid].depends_on) do if run.tasks[d] then deps[#deps + 1] = d end end
       tasks[#tasks + 1] = { id = tid, depends_on = deps }
     end
-    run.critical, run.critical_seconds = summary_mod.critical_path(tasks, times)
+    if next(times) then
+      run.critical, run.critical_seconds = summary_mod.critical_path(tasks, times)
+    else   -- nothing ran yet (the live report's first write): no path, and no graph to build
+      run.critical, run.critical_seconds = {}, 0
+    end
     -- a path of tasks that took no time says nothing
     if run.critical_seconds <= 0 then run.critical = {} end
   else
