@@ -859,8 +859,8 @@ end
 -- opts: live (the run is going on in this process), refresh (seconds; default INTERVAL when live),
 -- cache (a table kept from one write of the run to the next, as the live report does: what
 -- cannot have changed since, the journal's earlier lines, the plan, the parts of the page
--- drawn from settled tasks, is not read or drawn again: see page_cache).
--- Returns the path, or nil and an error.
+-- drawn from settled tasks, is not read or drawn again: see page_cache), sync (false: no fsync
+-- before the file replaces the last one). Returns the path, or nil and an error.
 function M.write(run_dir, path, opts)
   opts = opts or {}
   path = fsutil.absolute(path or (run_dir .. "/report.html"))
@@ -873,7 +873,7 @@ function M.write(run_dir, path, opts)
   local refresh = opts.refresh or (run.live and M.INTERVAL or nil)
   local out_dir = path:match("^(.*)/[^/]*$")
   local html = M.html(run, out_dir ~= "" and out_dir or "/", { refresh = refresh, cache = cache })
-  local ok, err = fsutil.write_atomic(path, html, tonumber("600", 8))
+  local ok, err = fsutil.write_atomic(path, html, tonumber("600", 8), opts.sync == false)
   if not ok then return nil, err end
   return path, run
 end
@@ -887,7 +887,9 @@ Live.__index = Live
 function Live:write(final)
   if not self.run_dir or self.failed then return end
   local started = uv.hrtime()
-  local ok, path, err = pcall(M.write, self.run_dir, nil, { live = not final, cache = self.cache })
+  -- no fsync: the report is rewritten in a few seconds, and `coral report` makes it again from
+  -- the run's records (the fsync of a 200-task report took longer than drawing it)
+  local ok, path, err = pcall(M.write, self.run_dir, nil, { live = not final, cache = self.cache, sync = false })
   self.last_cost = (uv.hrtime() - started) / 1e9
   if not ok then err = path elseif not path then ok = false end
   if not ok then
