@@ -24,12 +24,18 @@ end
 
 -- Greedy lanes: attempts by start time, each on the first worker slot free at its start.
 local function assign_lanes(attempts)
-  local sorted = {}
-  for i, a in ipairs(attempts) do sorted[i] = a; a.seq = i end
-  table.sort(sorted, function(a, b)
-    if a.start ~= b.start then return a.start < b.start end
-    return a.seq < b.seq
-  end)
+  local sorted, in_order = {}, true
+  for i, a in ipairs(attempts) do
+    sorted[i] = a; a.seq = i
+    if i > 1 and a.start < attempts[i - 1].start then in_order = false end
+  end
+  -- (attempts begin in journal order, so mostly in start order already: then no sort)
+  if not in_order then
+    table.sort(sorted, function(a, b)
+      if a.start ~= b.start then return a.start < b.start end
+      return a.seq < b.seq
+    end)
+  end
   local free_at = {}
   for _, a in ipairs(sorted) do
     local lane
