@@ -50,12 +50,14 @@ local function num(x)
   return s
 end
 
--- Integers as text (string.format's %d), kept: attempt numbers, lanes and coordinates repeat.
-local ints = setmetatable({}, { __index = function(t, i)
+-- Integers as text (string.format's %d), kept for the page being drawn: attempt numbers,
+-- lanes and coordinates repeat.
+local INTS = { __index = function(t, i)
   local s = string.format("%d", i)
   t[i] = s
   return s
-end })
+end }
+local ints = setmetatable({}, INTS)
 
 -- os.date once per second, not twice an attempt: a report draws hundreds of attempts that
 -- began and ended within the same few seconds (the text of the last second asked is kept)
@@ -813,7 +815,7 @@ end
 -- opts.cache: M.write's (see page_cache), or nil.
 function M.html(run, out_dir, opts)
   opts = opts or {}
-  nums, escaped = {}, {}
+  nums, escaped, ints = {}, {}, setmetatable({}, INTS)
   local view = page_cache(opts.cache, run, out_dir)
   local title = string.format("coral run %s", run.id)
   local parts = {
@@ -851,7 +853,7 @@ function M.html(run, out_dir, opts)
   parts[#parts + 1] = "</main>"
   parts[#parts + 1] = "<script>" .. SCRIPT .. "</script>"
   parts[#parts + 1] = "</body></html>"
-  nums, escaped = {}, {}   -- kept for one page only
+  nums, escaped, ints = {}, {}, setmetatable({}, INTS)   -- kept for one page only
   return table.concat(parts, "\n") .. "\n"
 end
 
