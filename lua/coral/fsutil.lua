@@ -140,8 +140,10 @@ function M.write_file(path, data, mode)
 end
 
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
--- A link at `path` is replaced by the file, never written through.
-function M.write_atomic(path, data, mode)
+-- A link at `path` is replaced by the file, never written through. `nosync`: no fsync before
+-- the rename, for a file that is only a view of others (the live report: the fsync of each
+-- rewrite cost more than drawing it), which a crash of the machine may leave empty.
+function M.write_atomic(path, data, mode, nosync)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
   -- A temp file of that name may be left from a crashed process: remove it and create a new one
   -- (exclusively), so that `mode` applies and a link in its place is not written through.
@@ -150,7 +152,7 @@ function M.write_atomic(path, data, mode)
   if not fd then return nil, "write " .. path .. ": " .. err end
   -- a short write (disk full, file size limit) must not replace the file with a truncated one
   local ok, werr = M.write_all(fd, data, 0)
-  if ok then ok, werr = uv.fs_fsync(fd) end
+  if ok and not nosync then ok, werr = uv.fs_fsync(fd) end
   uv.fs_close(fd)
   if ok then ok, werr = uv.fs_rename(tmp, path) end
   if not ok then

@@ -25,8 +25,11 @@ end
 local function decode(line)
   local e = cjson.decode(line)
   if type(e) ~= "table" or type(e.event) ~= "string" or type(e.t) ~= "number" then return nil end
-  for _, k in ipairs(INTEGER_FIELDS) do
-    if type(e[k]) == "number" then e[k] = math.tointeger(e[k]) or e[k] end
+  -- a numeric for and a type check of the fields present only: a view decodes every line
+  for i = 1, #INTEGER_FIELDS do
+    local k = INTEGER_FIELDS[i]
+    local v = e[k]
+    if v ~= nil and type(v) == "number" then e[k] = math.tointeger(v) or v end
   end
   if e.outcome then e.outcome = states.normalize(e.outcome) end
   if e.status then e.status = states.normalize(e.status) end
@@ -38,21 +41,39 @@ end
 -- its line; the words of earlier coral versions are read as today's.
 ---@return table[] events
 function M.read(run_dir)
-  local events = {}
+  return M.read_new(run_dir, {})
+end
+
+--- Reads the journal of `run_dir` as read() does, decoding only the lines appended since the
+-- last call with the same `state` (a table the caller keeps, {} at first): the live report
+-- reads its run's journal every few seconds, and decoding all of it each time was most of the
+-- cost. Returns the events: the state's list (not to be changed), or a copy with the last
+-- line when that line is a record still without its "\n" (it is read again next time).
+---@return table[] events
+function M.read_new(run_dir, state)
   local path = run_dir .. "/journal.jsonl"
   local f = io.open(path, "rb")
-  if not f then return events end
+  if not f then return {} end
+  local size = f:seek("end")
+  if not state.events or not size or size < state.offset then
+    state.events, state.offset, state.lines = {}, 0, 0   -- the first read, or a new journal
+  end
+  f:seek("set", state.offset)
   local data = f:read("a") or ""
   f:close()
-  local n, at = 0, 1
+  local events, n, at, base = state.events, state.lines, 1, state.offset
   while at <= #data do
     local nl = data:find("\n", at, true)
     local line = data:sub(at, (nl or #data + 1) - 1)
     n, at = n + 1, (nl or #data) + 1
-    if line:find("%S") then
-      local e = decode(line)
-      if e then events[#events + 1] = e else report(path, n, not nl) end
+    local e = decode(line)
+    if e then
+      if not nl then events = table.move(events, 1, #events, 1, {}) end
+      events[#events + 1] = e
+    elseif line:find("%S") then   -- (a blank line does not decode either: it is skipped)
+      report(path, n, not nl)
     end
+    if nl then state.lines, state.offset = n, base + at - 1 end
   end
   return events
 end
@@ -78,6 +99,8 @@ local function interrupt(run, a, at)
 end
 M.interrupt = interrupt
 
+local function by_number(a, b) return a.n < b.n end
+
 --- Replays `events` (from read()) into the state of the run they describe (an attempt begins
 -- with its `spawn` or, in journals of earlier versions and for adopted jobs, its `start`):
 --   run:     { started, plan, project, mode, max_workers, total, sessions = {{start, last}},
@@ -99,13 +122,15 @@ function M.replay(events)
   local open = {}        -- "task\0attempt" -> attempt without an end
   local lost = {}        -- attempts open when a session ended: closed unless adopted
   local session
-  local function key(e) return e.task .. "\0" .. tostring(e.attempt) end
+  local function key(task, attempt) return task .. "\0" .. tostring(attempt) end
   local function close_lost()
     for k, a in pairs(lost) do interrupt(run, a, a.lost_at); open[k] = nil end
     lost = {}
   end
-  for _, e in ipairs(events) do
-    run.last_event = math.max(run.last_event or e.t, e.t)
+  -- (a numeric for and no math.max: the live report replays its run every few seconds)
+  for i = 1, #events do
+    local e = events[i]
+    if run.last_event == nil or e.t > run.last_event then run.last_event = e.t end
     if e.event == "run" then
       close_lost()
       if session then
@@ -136,7 +161,7 @@ function M.replay(events)
     if e.task then
       local t = run.tasks[e.task] or new_task(run, e.task, e.agent)
       if e.agent and t.agent == t.id then t.agent = e.agent end
-      local k = e.attempt and key(e)
+      local k = e.attempt and key(e.task, e.attempt)
       local spawned = e.event == "start" and k and open[k]
       if spawned then
         -- the start of the attempt whose spawn was recorded: now it runs, with its pid
@@ -146,7 +171,7 @@ function M.replay(events)
         -- attempt with only a spawn may have run when coral was killed, and is in flight
         local a = { task = e.task, agent = t.agent, n = e.attempt or (#t.attempts + 1), start = e.t, pid = e.pid,
                     open = true }
-        open[key({ task = e.task, attempt = a.n })] = a
+        open[key(e.task, a.n)] = a
         t.attempts[#t.attempts + 1] = a
         run.attempts[#run.attempts + 1] = a
         t.status, t.first_start = "running", t.first_start or e.t
@@ -207,7 +232,8 @@ function M.replay(events)
   end
   close_lost()
   for _, id in ipairs(run.order) do
-    table.sort(run.tasks[id].attempts, function(a, b) return a.n < b.n end)
+    local attempts = run.tasks[id].attempts
+    if #attempts > 1 then table.sort(attempts, by_number) end
   end
   return run
 end

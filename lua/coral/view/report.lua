@@ -16,20 +16,66 @@ M.INTERVAL = 2
 local fmt = timeline.fmt_seconds
 
 local ESC = { ["&"] = "&amp;", ["<"] = "&lt;", [">"] = "&gt;", ['"'] = "&quot;", ["'"] = "&#39;" }
+local find = string.find
+-- The texts escaped for the page being drawn (M.html starts it anew): an id, a status or an
+-- agent is drawn in each section, and a table read costs less than a call.
+local escaped = {}
 local function esc(s)
-  return (tostring(s == nil and "" or s):gsub("[&<>\"']", ESC))
+  local e = escaped[s]
+  if e then return e end
+  if s == nil then return "" end
+  local text = type(s) == "string"
+  e = text and s or tostring(s)
+  -- Most texts (ids, numbers, times) have nothing to escape: no gsub, no copy. A long text (a
+  -- prompt) is searched with plain finds (memchr): a class is tried at every byte.
+  if #e < 32 and find(e, "[&<>\"']")
+     or #e >= 32 and (find(e, "&", 1, true) or find(e, "<", 1, true) or find(e, ">", 1, true)
+                      or find(e, '"', 1, true) or find(e, "'", 1, true)) then
+    e = e:gsub("[&<>\"']", ESC)
+  end
+  if text then escaped[s] = e end   -- not a number: -0.0 is the key 0
+  return e
 end
 M.escape = esc
 
-local function num(x) return string.format("%.1f", x) end
+-- A coordinate with one decimal. The texts are kept for the page being drawn: a drawing has
+-- few distinct values (a lane's or a row's y, a column's x) and printf of a double is slow.
+local nums = {}
+local function num(x)
+  local s = nums[x]
+  if not s then
+    s = string.format("%.1f", x)
+    if x > 0 then nums[x] = s end   -- not -0.0 (a key 0, "0.0"), nor NaN (no key)
+  end
+  return s
+end
+
+-- Integers as text (string.format's %d), kept for the page being drawn: attempt numbers,
+-- lanes and coordinates repeat.
+local INTS = { __index = function(t, i)
+  local s = string.format("%d", i)
+  t[i] = s
+  return s
+end }
+local ints = setmetatable({}, INTS)
+
+-- os.date once per second, not twice an attempt: a report draws hundreds of attempts that
+-- began and ended within the same few seconds (the text of the last second asked is kept)
+local last_date = {}   -- format -> { sec, text }
+local function date(format, sec)
+  local last = last_date[format]
+  if not last then last = {}; last_date[format] = last end
+  if last[1] ~= sec then last[1], last[2] = sec, os.date(format, sec) end
+  return last[2]
+end
 
 local function clock(t)
   if not t then return "-" end
-  return os.date("%H:%M:%S", math.floor(t)) .. string.format(".%d", math.floor((t % 1) * 10))
+  return date("%H:%M:%S", t // 1) .. "." .. ints[(t % 1) * 10 // 1]
 end
 
 local function when(t)
-  return t and os.date("%Y-%m-%d %H:%M:%S", math.floor(t)) or "-"
+  return t and date("%Y-%m-%d %H:%M:%S", math.floor(t)) or "-"
 end
 
 -- {{{ paths
@@ -66,6 +112,39 @@ local function href(path)
 end
 
 -- }}}
+-- {{{ what a live report keeps
+
+-- True when nothing drawn of attempt `a` can change before the next event of its task: it
+-- ended (a running one is drawn up to now; one that coral lost is closed at its files' last
+-- write). An attempt's files are all written before its end is journaled.
+local function settled(a)
+  return a.finish ~= nil and not a.open and not a.running and a.outcome ~= "interrupted"
+end
+
+-- The same for task `t`: it has no attempt yet (it gets one before its files), or its last
+-- attempt is settled.
+local function task_settled(t)
+  local last = t.attempts[#t.attempts]
+  return last == nil or settled(last)
+end
+
+-- The parts of the page a live report keeps from one write to the next (in M.write's
+-- opts.cache), for the tasks and attempts that are settled: the plan graph's layout, a task's
+-- incoming edges, node and table row, an attempt's hover text. Each is checked against what
+-- it was made of (the task's last journal event, its attempt count and status, whether it is
+-- on the critical path); all are dropped when the plan, the task list or the report's dir
+-- changes. Rebuilding all of them at each write was half of a live report's time.
+local function page_cache(cache, run, out_dir)
+  if not cache then return nil end
+  local view = cache.view
+  if not view or view.plan ~= cache.plan or view.tasks ~= #run.order or view.out_dir ~= out_dir then
+    view = { plan = cache.plan, tasks = #run.order, out_dir = out_dir, rows = {}, nodes = {}, edges = {}, titles = {} }
+    cache.view = view
+  end
+  return view
+end
+
+-- }}}
 -- {{{ the Gantt timeline
 
 local COLORS = {
@@ -87,24 +166,23 @@ local function nice_step(span, target)
   return 10 * p
 end
 
-local function attempt_title(run, a)
+-- The hover text of attempt `a`, escaped: its parts are escaped, not the whole text (a
+-- gsub of each title, for its "run's", was a third of the timeline's time).
+local function attempt_title(run, a, task)
   local t = run.tasks[a.task]
-  local lines = {
-    string.format("%s — attempt %d (%s)", a.task, a.n, a.outcome),
-    "agent: " .. (a.agent or t.agent),
-    string.format("start %s, end %s%s, %s", clock(a.start), a.running and "now " or "", clock(a.finish), fmt(a.duration)),
-    string.format("+%s → +%s from the run's start", fmt(a.start - run.started), fmt(a.finish - run.started)),
-  }
+  local title = task .. " — attempt " .. ints[a.n] .. " (" .. esc(a.outcome) .. ")\nagent: " .. esc(a.agent or t.agent)
+    .. "\nstart " .. clock(a.start) .. ", end " .. (a.running and "now " or "") .. clock(a.finish) .. ", " .. fmt(a.duration)
+    .. "\n+" .. fmt(a.start - run.started) .. " → +" .. fmt(a.finish - run.started) .. " from the run&#39;s start"
   if a.exit or a.signal then
-    lines[#lines + 1] = "exit " .. tostring(a.exit == nil and "-" or a.exit)
-      .. ((a.signal and a.signal ~= 0) and (", signal " .. tostring(a.signal)) or "")
+    title = title .. "\nexit " .. esc(tostring(a.exit == nil and "-" or a.exit))
+      .. ((a.signal and a.signal ~= 0) and (", signal " .. esc(tostring(a.signal))) or "")
   end
-  if a.error then lines[#lines + 1] = "error: " .. a.error end
-  if run.on_critical[a.task] then lines[#lines + 1] = "on the critical path" end
-  return table.concat(lines, "\n")
+  if a.error then title = title .. "\nerror: " .. esc(a.error) end
+  if run.on_critical[a.task] then title = title .. "\non the critical path" end
+  return title
 end
 
-local function gantt_svg(run)
+local function gantt_svg(run, view)
   local label_w, lane_h, bar_h, top, chart_w = 92, 30, 22, 28, 1040
   local lanes = math.max(run.lanes, 1)
   local height = top + lanes * lane_h + 12
@@ -140,40 +218,64 @@ local function gantt_svg(run)
   end
   add("</g>")
   -- Retry links: from the end of a failed attempt to the start of the next one.
-  local by_key = {}
-  for _, a in ipairs(run.attempts) do by_key[a.task .. "\0" .. a.n] = a end
+  local by_task = {}   -- task -> attempt number -> attempt
+  for _, a in ipairs(run.attempts) do
+    local of_task = by_task[a.task]
+    if not of_task then of_task = {}; by_task[a.task] = of_task end
+    of_task[a.n] = a
+  end
   add('<g class="retry-links">')
   for _, a in ipairs(run.attempts) do
-    local prev = a.n > 1 and by_key[a.task .. "\0" .. (a.n - 1)]
+    local prev = a.n > 1 and by_task[a.task][a.n - 1]
     if prev then
       local y1 = top + (prev.lane - 1) * lane_h + lane_h / 2
       local y2 = top + (a.lane - 1) * lane_h + lane_h / 2
-      add(string.format('<path class="retry-link" data-task="%s" d="M%s,%s C%s,%s %s,%s %s,%s" fill="none" stroke="#555" stroke-dasharray="3,3" marker-end="url(#retry-arrow)"><title>%s</title></path>',
-        esc(a.task), num(x(prev.finish)), num(y1), num(x(prev.finish) + 12), num(y1), num(x(a.start) - 12), num(y2),
-        num(x(a.start)), num(y2), esc(string.format("%s: retry, attempt %d after %s", a.task, a.n, fmt(a.start - prev.finish)))))
+      add(string.format('<path class="retry-link" data-task="%s" d="M%.1f,%.1f C%.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="none" stroke="#555" stroke-dasharray="3,3" marker-end="url(#retry-arrow)"><title>%s</title></path>',
+        esc(a.task), x(prev.finish), y1, x(prev.finish) + 12, y1, x(a.start) - 12, y2,
+        x(a.start), y2, esc(string.format("%s: retry, attempt %d after %s", a.task, a.n, fmt(a.start - prev.finish)))))
     end
   end
   add("</g>")
   add('<g class="bars">')
+  -- an attempt's hover text, kept by a live report while the attempt is settled
+  local function title(a, task, critical)
+    if not view then return attempt_title(run, a, task) end
+    local of_task = view.titles[a.task]
+    if not of_task then of_task = {}; view.titles[a.task] = of_task end
+    local kept = of_task[a.n]
+    if kept and kept.finish == a.finish and kept.outcome == a.outcome and kept.critical == critical then
+      return kept.text
+    end
+    local text = attempt_title(run, a, task)
+    of_task[a.n] = settled(a) and { finish = a.finish, outcome = a.outcome, critical = critical, text = text } or nil
+    return text
+  end
+  -- A bar is its group, rect, label and end (a line each), joined with `..`: string.format's
+  -- %s is dearer than a concatenation, and a report draws a bar per attempt
   for _, a in ipairs(run.attempts) do
     local bx = x(a.start)
-    local bw = math.max(x(a.finish) - bx, 2)
+    local bw = x(a.finish) - bx
+    if bw < 2 then bw = 2 end
     local y = top + (a.lane - 1) * lane_h + (lane_h - bar_h) / 2
     local critical = run.on_critical[a.task] ~= nil
-    local classes = "bar outcome-" .. a.outcome .. (critical and " critical" or "") .. (a.n > 1 and " retry" or "")
-    add(string.format('<g class="attempt" data-task="%s">', esc(a.task)))
-    add(string.format('<rect class="%s" data-task="%s" data-attempt="%d" data-outcome="%s" data-lane="%d"%s x="%s" y="%s" width="%s" height="%d" rx="3" fill="%s"%s><title>%s</title></rect>',
-      classes, esc(a.task), a.n, esc(a.outcome), a.lane, critical and ' data-critical="1"' or "", num(bx), num(y), num(bw),
-      bar_h, FILL[a.outcome] or COLORS[a.outcome] or "#d64541",
-      critical and ' stroke="#111" stroke-width="2.5"' or ' stroke="#ffffff" stroke-width="0.5"',
-      esc(attempt_title(run, a))))
+    local task = esc(a.task)
     local label = a.task .. (a.n > 1 and (" #" .. a.n) or "")
-    local fits = math.floor((bw - 6) / 6.6)
+    local fits = (bw - 6) / 6.6 // 1
     if fits >= 3 then
       if #label > fits then label = label:sub(1, fits - 1) .. "…" end
-      add(string.format('<text class="bar-label" x="%s" y="%s">%s</text>', num(bx + 4), num(y + bar_h / 2 + 4), esc(label)))
+      label = '\n<text class="bar-label" x="' .. num(bx + 4) .. '" y="' .. num(y + bar_h / 2 + 4) .. '">' .. esc(label)
+        .. "</text>"
+    else
+      label = ""
     end
-    add("</g>")
+    local outcome = esc(a.outcome)
+    add('<g class="attempt" data-task="' .. task .. '">\n<rect class="bar outcome-' .. a.outcome
+      .. (critical and " critical" or "") .. (a.n > 1 and " retry" or "") .. '" data-task="' .. task
+      .. '" data-attempt="' .. ints[a.n] .. '" data-outcome="' .. outcome .. '" data-lane="' .. ints[a.lane] .. '"'
+      .. (critical and ' data-critical="1"' or "") .. ' x="' .. num(bx) .. '" y="' .. num(y) .. '" width="' .. num(bw)
+      .. '" height="' .. ints[bar_h] .. '" rx="3" fill="' .. (FILL[a.outcome] or COLORS[a.outcome] or "#d64541") .. '"'
+      .. (critical and ' stroke="#111" stroke-width="2.5"' or ' stroke="#ffffff" stroke-width="0.5"')
+      .. "><title>" .. title(a, task, critical) .. "</title></rect>" .. label .. "\n</g>")
   end
   add("</g>")
   if run.live then
@@ -271,17 +373,16 @@ local function graph_layout(run)
   return { col = col, row = row, columns = columns, by_col = by_col, phases = phases, first_col = first_col }
 end
 
-local function plan_svg(run)
+local function plan_svg(run, view)
   if #run.order == 0 then return '<p class="note">No tasks recorded yet.</p>' end
-  local L = graph_layout(run)
+  local L = view and view.layout or graph_layout(run)   -- (the plan's alone: kept while it is)
+  if view then view.layout = L end
   local node_w, node_h, col_w, row_h, pad_top, pad_left = 176, 46, 232, 62, 34, 16
   local rows = 0
   for c = 1, L.columns do rows = math.max(rows, #L.by_col[c]) end
   local width = pad_left * 2 + (L.columns - 1) * col_w + node_w
   local height = pad_top + rows * row_h + 10
   local function pos(id) return pad_left + (L.col[id] - 1) * col_w, pad_top + L.row[id] * row_h end
-  local critical_edge = {}
-  for i = 2, #run.critical do critical_edge[run.critical[i - 1] .. "\0" .. run.critical[i]] = true end
   local out = {}
   local function add(s) out[#out + 1] = s end
   add(string.format('<svg id="plan-graph" xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" role="img" aria-label="plan graph">',
@@ -300,36 +401,74 @@ local function plan_svg(run)
       add(string.format('<text class="phase-label" x="%d" y="20">Phase %d</text>', x0 + 8, p))
     end
   end
+  local eid = {}   -- id -> esc(id): a task's id is drawn with each of its edges
+  for _, id in ipairs(run.order) do eid[id] = esc(id) end
   for _, id in ipairs(run.order) do
-    local t = run.tasks[id]
-    for _, d in ipairs(t.depends_on) do
-      if run.tasks[d] then
-        local sx, sy = pos(d)
-        local tx, ty = pos(id)
-        sx, sy, ty = sx + node_w, sy + node_h / 2, ty + node_h / 2
-        local dx = math.max(40, (tx - sx) / 2)
-        local crit = critical_edge[d .. "\0" .. id]
-        add(string.format('<path class="edge%s" data-from="%s" data-to="%s" d="M%s,%s C%s,%s %s,%s %s,%s" fill="none" stroke="%s" stroke-width="%s" marker-end="url(#%s)"/>',
-          crit and " critical" or "", esc(d), esc(id), num(sx), num(sy), num(sx + dx), num(sy), num(tx - dx), num(ty),
-          num(tx - 2), num(ty), crit and "#c0392b" or "#9a9a9a", crit and "2.5" or "1.2", crit and "arrow-critical" or "arrow"))
+    -- a task's incoming edges, kept by a live report while the one on the critical path is
+    -- (from the task before it there, if any)
+    local crit_from = run.on_critical[id] and run.on_critical[id] > 1 and run.critical[run.on_critical[id] - 1] or false
+    local kept = view and view.edges[id]
+    local edges = kept and kept.crit_from == crit_from and kept.text
+    if not edges then
+      local t = run.tasks[id]
+      local tx, ty = pos(id)
+      ty = ty + node_h / 2
+      local lines = {}
+      for _, d in ipairs(t.depends_on) do
+        if run.tasks[d] then
+          local sx, sy = pos(d)
+          sx, sy = sx + node_w, sy + node_h / 2
+          local dx = (tx - sx) / 2
+          if dx < 40 then dx = 40 end
+          local crit = d == crit_from   -- (a path visits a task once: its edge into id is from there)
+          lines[#lines + 1] = '<path class="edge' .. (crit and " critical" or "") .. '" data-from="' .. (eid[d] or esc(d))
+            .. '" data-to="' .. eid[id] .. '" d="M' .. num(sx) .. "," .. num(sy) .. " C" .. num(sx + dx) .. ","
+            .. num(sy) .. " " .. num(tx - dx) .. "," .. num(ty) .. " " .. num(tx - 2) .. "," .. num(ty)
+            .. '" fill="none" stroke="' .. (crit and "#c0392b" or "#9a9a9a") .. '" stroke-width="'
+            .. (crit and "2.5" or "1.2") .. '" marker-end="url(#' .. (crit and "arrow-critical" or "arrow") .. ')"/>'
+        end
       end
+      edges = table.concat(lines, "\n")
+      if view then view.edges[id] = { crit_from = crit_from, text = edges } end
     end
+    if edges ~= "" then add(edges) end
+  end
+  -- A node's text on one line, cut to n bytes. Only the start of a long text (a prompt) is
+  -- collapsed: what it yields is the start of what the whole would, and enough when longer than n.
+  local function clip(s, n)
+    if #s <= n and not find(s, "%s") then return s end
+    local head = #s > 4 * n and s:sub(1, 4 * n) or s
+    local short = head:gsub("%s+", " ")
+    if #short <= n and head ~= s then short = s:gsub("%s+", " ") end
+    if #short > n then short = short:sub(1, n - 1) .. "…" end
+    return short
   end
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    local x, y = pos(id)
     local crit = run.on_critical[id] ~= nil
-    local title = string.format("%s (%s)\n%s\nstatus: %s, %d attempt(s)%s", id, t.agent, t.text ~= "" and t.text or "",
-      t.status, #t.attempts, t.first_start and t.finish and (", " .. fmt(t.finish - t.first_start)) or "")
-    add(string.format('<g class="node%s" data-task="%s" data-status="%s"><title>%s</title>', crit and " critical" or "",
-      esc(id), esc(t.status), esc(title)))
-    add(string.format('<rect x="%d" y="%d" width="%d" height="%d" rx="6" fill="%s" stroke="%s" stroke-width="%s"/>', x, y,
-      node_w, node_h, STATUS_FILL[t.status] or "#fff", crit and "#c0392b" or "#888", crit and "2.5" or "1"))
-    local function clip(s, n) s = s:gsub("%s+", " "); if #s > n then s = s:sub(1, n - 1) .. "…" end; return s end
-    add(string.format('<text x="%d" y="%d" class="node-title">%s</text>', x + 8, y + 18, esc(clip(id, 25))))
-    add(string.format('<text x="%d" y="%d" class="node-sub">%s</text>', x + 8, y + 35,
-      esc(clip(t.text ~= "" and t.text or t.agent, 30))))
-    add("</g>")
+    -- kept by a live report while the task is settled and had no event since
+    local kept = view and view.nodes[id]
+    local node = kept and kept.last == t.last and kept.n == #t.attempts and kept.status == t.status
+      and kept.crit == crit and kept.text
+    if not node then
+      local x, y = pos(id)
+      local status = esc(t.status)
+      -- the hover text, its parts escaped; the node's group, box, two lines of text and end,
+      -- a line each (`..`, not string.format: see gantt_svg)
+      local title = eid[id] .. " (" .. esc(t.agent) .. ")\n" .. esc(t.text) .. "\nstatus: " .. status .. ", "
+        .. ints[#t.attempts] .. " attempt(s)" .. (t.first_start and t.finish and (", " .. fmt(t.finish - t.first_start)) or "")
+      node = '<g class="node' .. (crit and " critical" or "") .. '" data-task="' .. eid[id] .. '" data-status="' .. status
+        .. '"><title>' .. title .. '</title>\n<rect x="' .. ints[x] .. '" y="' .. ints[y] .. '" width="' .. ints[node_w]
+        .. '" height="' .. ints[node_h] .. '" rx="6" fill="' .. (STATUS_FILL[t.status] or "#fff") .. '" stroke="'
+        .. (crit and "#c0392b" or "#888") .. '" stroke-width="' .. (crit and "2.5" or "1") .. '"/>\n<text x="'
+        .. ints[x + 8] .. '" y="' .. ints[y + 18] .. '" class="node-title">' .. esc(clip(id, 25)) .. '</text>\n<text x="'
+        .. ints[x + 8] .. '" y="' .. ints[y + 35] .. '" class="node-sub">' .. esc(clip(t.text ~= "" and t.text or t.agent, 30))
+        .. "</text>\n</g>"
+      if view and task_settled(t) then
+        view.nodes[id] = { last = t.last, n = #t.attempts, status = t.status, crit = crit, text = node }
+      end
+    end
+    add(node)
   end
   add("</svg>")
   return table.concat(out, "\n")
@@ -539,40 +678,81 @@ local function files_in(dir)
   return names
 end
 
-local function task_table(run, out_dir)
+-- The href of task dir `dir` with a "/" (from the report's dir), to which a file's name is
+-- added (prompt.md, attempt-N.out: nothing to escape); `tasks` is the run's tasks/ and `prefix`
+-- its href with a "/" (made once a page: a relative path of each link's whole path was most of
+-- the task table's time), false where the report's dir is inside tasks/ or a path is not in
+-- the plain form that makes the two the same. nil then: each file's path is made whole.
+local function dir_href(tasks, prefix, dir)
+  local name = dir:sub(#tasks + 2)
+  if not prefix or dir:sub(1, #tasks + 1) ~= tasks .. "/" or name == "" or name:find("/", 1, true) then return nil end
+  return prefix .. esc(href(name)) .. "/"
+end
+
+local function task_table(run, out_dir, view)
   local rows = { "<thead><tr><th>Task</th><th>Agent</th><th>Status</th><th>Attempts</th><th>Time</th><th>Exit</th><th>Files</th><th>Error</th></tr></thead><tbody>" }
+  local badges = {}   -- status -> its badge: a few statuses, a row each
+  local tasks = run.dir .. "/tasks"
+  local plain = not (out_dir == tasks or out_dir:sub(1, #tasks + 1) == tasks .. "/" or out_dir:byte(-1) == 47
+    or out_dir:find("//", 1, true) or tasks:find("//", 1, true))
+  local prefix = plain and esc(href(M.relative(out_dir, tasks))) .. "/"   -- (see dir_href)
+  local listed   -- the names in tasks/, read when first needed
   for _, id in ipairs(run.order) do
     local t = run.tasks[id]
-    local dir = records.task_dir(run.dir, id)
-    local links = {}
-    local present = files_in(dir)   -- one read of the task's dir, not a stat per file
-    local function link(file, label)
-      if present[file] then
-        links[#links + 1] = string.format('<a href="%s">%s</a>', esc(href(M.relative(out_dir, dir .. "/" .. file))), esc(label))
+    local eid = esc(id)
+    -- the row but its start (whether the task is on the critical path): kept by a live report
+    -- while the task is settled and had no event since
+    local kept = view and view.rows[id]
+    local rest = kept and kept.last == t.last and kept.n == #t.attempts and kept.status == t.status and kept.rest
+    if not rest then
+      local dir = records.task_dir(run.dir, id)
+      local links = {}
+      -- one read of the task's dir, not a stat per file; a task that never started has no
+      -- dir, mostly: tasks/ is read once for all of them, not each missing dir tried
+      local present
+      if #t.attempts == 0 then
+        listed = listed or files_in(tasks)
+        if dir:sub(1, #tasks + 1) == tasks .. "/" and not listed[dir:sub(#tasks + 2)] then present = {} end
       end
-    end
-    link("prompt.md", "prompt")
-    if present["output.md"] then
-      link("output.md", "output")
-    else
-      -- A command's output is the stdout of its successful attempt (not copied to output.md).
+      present = present or files_in(dir)
+      local base   -- (dir_href's, or false)
+      local function link(file, label)
+        if present[file] then
+          if base == nil then base = dir_href(tasks, prefix, dir) or false end
+          links[#links + 1] = '<a href="' .. (base and base .. file or esc(href(M.relative(out_dir, dir .. "/" .. file))))
+            .. '">' .. label .. "</a>"
+        end
+      end
+      link("prompt.md", "prompt")
+      if present["output.md"] then
+        link("output.md", "output")
+      else
+        -- A command's output is the stdout of its successful attempt (not copied to output.md).
+        for _, a in ipairs(t.attempts) do
+          if a.outcome == "succeeded" then link("attempt-" .. ints[a.n] .. ".out", "output") end
+        end
+      end
       for _, a in ipairs(t.attempts) do
-        if a.outcome == "succeeded" then link(string.format("attempt-%d.out", a.n), "output") end
+        local n = ints[a.n]
+        link("attempt-" .. n .. ".out", "out" .. n)
+        link("attempt-" .. n .. ".err", "err" .. n)
+      end
+      local last = t.attempts[#t.attempts]
+      local outcomes = {}
+      for _, a in ipairs(t.attempts) do outcomes[#outcomes + 1] = a.outcome end
+      local badge = badges[t.status]
+      if not badge then badge = status_badge(t.status); badges[t.status] = badge end
+      rest = eid .. "</code></td><td>" .. esc(t.agent) .. "</td><td>" .. badge .. '</td><td title="'
+        .. esc(table.concat(outcomes, ", ")) .. '">' .. ints[#t.attempts] .. "</td><td>"
+        .. (t.first_start and t.finish and fmt(t.finish - t.first_start) or "-") .. "</td><td>"   -- (nothing to escape)
+        .. (last and esc(last.exit == nil and "-" or last.exit) or "-") .. "</td><td>" .. table.concat(links, " ")
+        .. "</td><td>" .. esc(t.error or "") .. "</td></tr>"
+      if view and task_settled(t) then
+        view.rows[id] = { last = t.last, n = #t.attempts, status = t.status, rest = rest }
       end
     end
-    for _, a in ipairs(t.attempts) do
-      link(string.format("attempt-%d.out", a.n), "out" .. a.n)
-      link(string.format("attempt-%d.err", a.n), "err" .. a.n)
-    end
-    local last = t.attempts[#t.attempts]
-    local outcomes = {}
-    for _, a in ipairs(t.attempts) do outcomes[#outcomes + 1] = a.outcome end
-    rows[#rows + 1] = string.format(
-      '<tr data-task="%s"%s><td>%s<code>%s</code></td><td>%s</td><td>%s</td><td title="%s">%d</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>',
-      esc(id), run.on_critical[id] and ' class="critical"' or "", run.on_critical[id] and "★ " or "", esc(id), esc(t.agent),
-      status_badge(t.status), esc(table.concat(outcomes, ", ")), #t.attempts,
-      t.first_start and t.finish and esc(fmt(t.finish - t.first_start)) or "-",
-      last and esc(last.exit == nil and "-" or last.exit) or "-", table.concat(links, " "), esc(t.error or ""))
+    rows[#rows + 1] = '<tr data-task="' .. eid
+      .. (run.on_critical[id] and '" class="critical"><td>★ <code>' or '"><td><code>') .. rest
   end
   rows[#rows + 1] = "</tbody>"
   return '<table id="task-table">' .. table.concat(rows, "\n") .. "</table>"
@@ -611,8 +791,6 @@ local function changes_section(run)
     "</tbody></table></div></section>"
 end
 
---- The report of a loaded run (coral.timeline) as HTML; `out_dir` is where the file goes (links
--- to task files are relative to it). opts.refresh: seconds between reloads (a live run).
 -- Live control's actions (coral ctl, coral attach): when, what, on what, by whom.
 local function controls_section(run)
   if not run.controls or #run.controls == 0 then return nil end
@@ -632,8 +810,13 @@ local function controls_section(run)
     "during the run (the journal's control events).</p>" .. table.concat(rows) .. "</section>"
 end
 
+--- The report of a loaded run (coral.timeline) as HTML; `out_dir` is where the file goes (links
+-- to task files are relative to it). opts.refresh: seconds between reloads (a live run);
+-- opts.cache: M.write's (see page_cache), or nil.
 function M.html(run, out_dir, opts)
   opts = opts or {}
+  nums, escaped, ints = {}, {}, setmetatable({}, INTS)
+  local view = page_cache(opts.cache, run, out_dir)
   local title = string.format("coral run %s", run.id)
   local parts = {
     "<!DOCTYPE html>",
@@ -659,10 +842,10 @@ function M.html(run, out_dir, opts)
       for _, a in ipairs(run.attempts) do if run.on_critical[a.task] then n = n + 1 end end
       return n
     end)())
-  parts[#parts + 1] = '<div class="scroll">' .. gantt_svg(run) .. limits_svg(run) .. "</div>" .. legend() .. "</section>"
+  parts[#parts + 1] = '<div class="scroll">' .. gantt_svg(run, view) .. limits_svg(run) .. "</div>" .. legend() .. "</section>"
   parts[#parts + 1] = '<section id="plan"><h2>Plan</h2><p class="note">Tasks by phase, arrows from a dependency to its dependent, filled by status; the critical path in red.</p>'
-  parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run) .. "</div></section>"
-  parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir) .. "</div></section>"
+  parts[#parts + 1] = '<div class="scroll">' .. plan_svg(run, view) .. "</div></section>"
+  parts[#parts + 1] = '<section id="tasks"><h2>Tasks</h2><div class="scroll">' .. task_table(run, out_dir, view) .. "</div></section>"
   parts[#parts + 1] = spend_section(run)
   parts[#parts + 1] = controls_section(run)
   parts[#parts + 1] = changes_section(run)
@@ -670,20 +853,29 @@ function M.html(run, out_dir, opts)
   parts[#parts + 1] = "</main>"
   parts[#parts + 1] = "<script>" .. SCRIPT .. "</script>"
   parts[#parts + 1] = "</body></html>"
+  nums, escaped, ints = {}, {}, setmetatable({}, INTS)   -- kept for one page only
   return table.concat(parts, "\n") .. "\n"
 end
 
 --- Writes the report of run dir `run_dir` to `path` (default <run dir>/report.html), atomically.
--- opts: live (the run is going on in this process), refresh (seconds; default INTERVAL when live).
--- Returns the path, or nil and an error.
+-- opts: live (the run is going on in this process), refresh (seconds; default INTERVAL when live),
+-- cache (a table kept from one write of the run to the next, as the live report does: what
+-- cannot have changed since, the journal's earlier lines, the plan, the parts of the page
+-- drawn from settled tasks, is not read or drawn again: see page_cache), sync (false: no fsync
+-- before the file replaces the last one). Returns the path, or nil and an error.
 function M.write(run_dir, path, opts)
   opts = opts or {}
   path = fsutil.absolute(path or (run_dir .. "/report.html"))
-  local run = timeline.load(run_dir, { live = opts.live })
+  local cache = opts.cache
+  if cache and cache.run_dir ~= run_dir then   -- (begun anew for another run)
+    for k in pairs(cache) do cache[k] = nil end
+    cache.run_dir = run_dir
+  end
+  local run = timeline.load(run_dir, { live = opts.live, cache = cache })
   local refresh = opts.refresh or (run.live and M.INTERVAL or nil)
   local out_dir = path:match("^(.*)/[^/]*$")
-  local ok, err = fsutil.write_atomic(path, M.html(run, out_dir ~= "" and out_dir or "/", { refresh = refresh }),
-                                      tonumber("600", 8))
+  local html = M.html(run, out_dir ~= "" and out_dir or "/", { refresh = refresh, cache = cache })
+  local ok, err = fsutil.write_atomic(path, html, tonumber("600", 8), opts.sync == false)
   if not ok then return nil, err end
   return path, run
 end
@@ -697,7 +889,9 @@ Live.__index = Live
 function Live:write(final)
   if not self.run_dir or self.failed then return end
   local started = uv.hrtime()
-  local ok, path, err = pcall(M.write, self.run_dir, nil, { live = not final })
+  -- no fsync: the report is rewritten in a few seconds, and `coral report` makes it again from
+  -- the run's records (the fsync of a 200-task report took longer than drawing it)
+  local ok, path, err = pcall(M.write, self.run_dir, nil, { live = not final, cache = self.cache, sync = false })
   self.last_cost = (uv.hrtime() - started) / 1e9
   if not ok then err = path elseif not path then ok = false end
   if not ok then
@@ -758,7 +952,7 @@ function M.attach(runner, opts)
   end
   local live = setmetatable({
     project_dir = fsutil.absolute(runner.project_dir or "."),
-    interval = opts.interval or M.INTERVAL, announce = announce,
+    interval = opts.interval or M.INTERVAL, announce = announce, cache = {},
   }, Live)
   local previous = runner.on_event
   runner.on_event = function(e)

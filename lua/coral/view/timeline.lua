@@ -24,12 +24,18 @@ end
 
 -- Greedy lanes: attempts by start time, each on the first worker slot free at its start.
 local function assign_lanes(attempts)
-  local sorted = {}
-  for i, a in ipairs(attempts) do sorted[i] = a; a.seq = i end
-  table.sort(sorted, function(a, b)
-    if a.start ~= b.start then return a.start < b.start end
-    return a.seq < b.seq
-  end)
+  local sorted, in_order = {}, true
+  for i, a in ipairs(attempts) do
+    sorted[i] = a; a.seq = i
+    if i > 1 and a.start < attempts[i - 1].start then in_order = false end
+  end
+  -- (attempts begin in journal order, so mostly in start order already: then no sort)
+  if not in_order then
+    table.sort(sorted, function(a, b)
+      if a.start ~= b.start then return a.start < b.start end
+      return a.seq < b.seq
+    end)
+  end
   local free_at = {}
   for _, a in ipairs(sorted) do
     local lane
@@ -43,21 +49,37 @@ local function assign_lanes(attempts)
   return #free_at
 end
 
+-- The plan run dir `run_dir` recorded, decoded again only when plan.json was replaced (a task
+-- added while the run goes on): `cache` is the one given to load().
+local function cached_plan(run_dir, cache)
+  local st = uv.fs_stat(run_dir .. "/plan.json")
+  local key = st and string.format("%d:%d:%d.%d", st.ino, st.size, st.mtime.sec, st.mtime.nsec)
+  if not key or key ~= cache.plan_key then
+    cache.plan, cache.plan_key = records.read_plan(run_dir), key
+  end
+  return cache.plan
+end
+
 --- Loads run dir `run_dir` as a timeline: the journal replayed (coral.records.journal), with
 -- the plan the run recorded, worker lanes, the measured critical path and the run's figures.
 -- opts.live: the run is going on in this process; opts.now: the time to draw running
--- attempts up to (default: now).
+-- attempts up to (default: now); opts.cache: a table kept from one load of the run to the
+-- next (the live report's), so that only the journal's new lines are decoded and the plan
+-- only when it changed (what comes from it is shared between loads: not to be changed).
 ---@return table run {id, dir, status, started, ended, tasks, order, attempts, lanes, critical, ...}
 function M.load(run_dir, opts)
   opts = opts or {}
   local id = run_dir:match("([^/]+)/*$")
-  local run = journal.load(run_dir)
+  local cache = opts.cache
+  if cache then cache.journal = cache.journal or {} end
+  local run = cache and journal.replay(journal.read_new(run_dir, cache.journal)) or journal.load(run_dir)
   run.id, run.dir = id, run_dir
   run.summary = records.read_summary(run_dir)
   run.plan_name, run.final_status = run.plan, run.status
   run.phases = {}
   -- The plan the run recorded: every task (those that never started too), in plan order.
-  local plan = records.read_plan(run_dir)
+  local plan
+  if cache then plan = cached_plan(run_dir, cache) else plan = records.read_plan(run_dir) end
   if plan then
     run.has_plan = true
     run.plan_name = plan.name or run.plan_name
@@ -132,7 +154,11 @@ function M.load(run_dir, opts)
       for _, d in ipairs(run.tasks[tid].depends_on) do if run.tasks[d] then deps[#deps + 1] = d end end
       tasks[#tasks + 1] = { id = tid, depends_on = deps }
     end
-    run.critical, run.critical_seconds = summary_mod.critical_path(tasks, times)
+    if next(times) then
+      run.critical, run.critical_seconds = summary_mod.critical_path(tasks, times)
+    else   -- nothing ran yet (the live report's first write): no path, and no graph to build
+      run.critical, run.critical_seconds = {}, 0
+    end
     -- a path of tasks that took no time says nothing
     if run.critical_seconds <= 0 then run.critical = {} end
   else
@@ -182,8 +208,10 @@ local OUTCOME_COLOR = {
 }
 M.OUTCOMES = { "succeeded", "failed", "timeout", "idle-timeout", "rate-limited", "cancelled", "interrupted", "running" }
 
+local fmt_duration   -- coral.view.progress's, required on first use (the report calls it per attempt)
 local function fmt_seconds(s)
-  return require("coral.view.progress").fmt_duration(s)
+  fmt_duration = fmt_duration or require("coral.view.progress").fmt_duration
+  return fmt_duration(s)
 end
 M.fmt_seconds = fmt_seconds
 
