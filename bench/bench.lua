@@ -19,6 +19,7 @@ local uv = require "luv"
 local workloads = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/workloads.lua")
 
 local HERE = arg[0]:match("^(.*)/[^/]*$") or "."
+local LUA_FLOOR = require("coral.fsutil").absolute(HERE .. "/lua-floor.lua")
 local CORAL = uv.exepath()
 local OUT = assert(arg[1], "usage: coral bench/bench.lua OUTDIR --measure PATH [--floor PATH] [--reps N] [--only a,b]")
 local opts = { reps = 2 }
@@ -124,6 +125,11 @@ local function peers_for(w, files, W, n)
     r[r0 + 1].o.project_root = "/dev/shm"
   end
   if w.name == "sleep-seed" or w.name == "sleep-random" then coral("coral-phased", { "--mode", "phased" }) end
+  -- The least a Lua runner on coral's primitives does with the same per-task files and journal
+  -- (bench/lua-floor.lua): between it and coral, coral's policy; below it, Lua and the files.
+  if w.noop then
+    add("lua-floor", { CORAL, LUA_FLOOR, files.json, tostring(W), "PROJECT" }, { project = true })
+  end
   if which("make") then add("make", { "make", "-s", "-f", files.make, "-j" .. W }, { cwd = dir }) end
   if which("ninja") then add("ninja", { "ninja", "-f", files.ninja, "-j", tostring(W), "--quiet" }, { cwd = dir }) end
   if w.independent then

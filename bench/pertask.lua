@@ -4,7 +4,7 @@
 -- limit of 1000 tasks, as the bench's plans are) divided by N2 - N1, so that startup and the
 -- run's end cancel out. Not part of `make test`; see docs/PERFORMANCE.md.
 --
---   coral bench/pertask.lua OUTDIR [--n N1,N2] [--w W] [--tools strace,callgrind] [--quiet] [-- EXTRA...]
+--   coral bench/pertask.lua OUTDIR [--n N1,N2] [--w W] [--tools strace,callgrind,chain] [--quiet] [-- EXTRA...]
 --
 -- System calls are split by who makes them: coral's own process (every thread), the spawned
 -- child before its execve (glibc's posix_spawn setup), and the program itself (`true`, the same
@@ -154,7 +154,25 @@ local function callgrind_report()
     b / 1e6, file))
 end
 
+-- The instructions from a child's exit to the next spawn, alone: callgrind collecting only
+-- inside coral.proc's exit handling (proc_check_done: the Lua of the ended attempt, its records,
+-- the release and the next start all run in it), divided by the tasks. Nothing that runs on a
+-- timer is counted (the batched flushes, the project state, the live report), so the figure
+-- repeats to a few hundred instructions whatever the machine's load, unlike the totals above,
+-- in which a slower run (valgrind on a busy machine) fires those timers more often a task.
+local function chain_report()
+  local n = opts.n[2]
+  local file = string.format("%s/chain-%d.out", OUT, n)
+  sh("valgrind -q --tool=callgrind --trace-children=no --toggle-collect=proc_check_done --callgrind-out-file=" ..
+     quote(file) .. " " .. coral_cmd(n, "chain"))
+  local text = read(file) or ""
+  local total = assert(tonumber(text:match("\nsummary: (%d+)") or text:match("\ntotals: (%d+)")), "no total in " .. file)
+  print(string.format("instructions per task from an exit to the next start (callgrind inside proc_check_done, N=%d, W=%d): %.0f",
+    n, opts.w, total / n))
+end
+
 -- }}}
 
 if opts.tools:find("strace", 1, true) then strace_report() end
 if opts.tools:find("callgrind", 1, true) then callgrind_report() end
+if opts.tools:find("chain", 1, true) then chain_report() end

@@ -306,14 +306,16 @@ function M.get(id, project_dir)
 end
 
 --- A function(task) -> role prompt text, role for the runner (opts.roles); loads the roles once,
--- now (raising a role file's mistake).
+-- now (raising a role file's mistake), or with opts.lazy at the first task that asks (a plan of
+-- commands only: reading and parsing every role file was half of its startup).
 -- A task whose agent has no role gets nil: the prompt then says only which agent it is.
-function M.resolver(project_dir)
+function M.resolver(project_dir, opts)
   -- Loaded now, not at the first task's prompt: a role file's mistake stops the run before it
   -- writes anything.
-  local roles = M.load(project_dir)
+  local roles = not (opts and opts.lazy) and M.load(project_dir) or nil
   local by_agent = {}   -- found once per agent name (false: no such role)
   return function(task)
+    roles = roles or M.load(project_dir)
     local role = by_agent[task.agent]
     if role == nil then
       role = find(roles, task.agent) or false

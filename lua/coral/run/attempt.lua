@@ -96,7 +96,7 @@ end
 
 -- The attempt's context, handed to the driver: the attempt's own fields, and the run's (the
 -- same for every attempt: one table a run, read through the metatable).
-local function context(run, st, n)
+local function context(run, st, n, driver)
   local r, task, runner = run.records, st.task, run.runner
   if not run.context_mt then
     run.context_mt = { __index = {
@@ -111,7 +111,8 @@ local function context(run, st, n)
     estimate = run.plan:estimate(task),
     model = task.model or runner.model, timeout = task.timeout or runner.timeout,
     idle_timeout = task.idle_timeout or runner.idle_timeout,
-    role = run.roles and select(2, run.roles(task)),
+    -- a command has no role (and a plan of commands reads none)
+    role = driver and driver.name ~= "cmd" and run.roles and select(2, run.roles(task)) or nil,
   }, run.context_mt)
 end
 
@@ -420,7 +421,7 @@ function launch(run, st, a, adopt, max_before)
   if driver and driver.name ~= "cmd" then
     prompt_text = n == 1 and compose_prompt(run, st) or fsutil.read(st.prompt_path)
   end
-  local ctx = context(run, st, n)
+  local ctx = context(run, st, n, driver)
   ctx.prompt = prompt_text
   local spec, perr
   if driver then spec, perr = driver.prepare(task, ctx) end

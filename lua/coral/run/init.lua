@@ -469,6 +469,15 @@ local function preflight(run, project_dir)
   workspaces.plan(run, function(t) return attempt.driver_for(run, t) end)
 end
 
+--- Whether every task of `plan` is a command run by the cmd driver: no role is needed to start
+-- it (the roles are then read when a task asks for one, not before the run).
+function M.commands_only(plan)
+  for _, t in ipairs(plan.tasks) do
+    if t.cmd == nil or t.driver ~= nil then return false end
+  end
+  return true
+end
+
 --- Runs a plan (or a raw list of phases) to the end and returns the summary table.
 -- opts: description, invocation (how the command line started it, for resume), resume (a
 -- run id to continue), retry_failed, roles (a role resolver), run_id.
@@ -490,7 +499,7 @@ function Runner:execute_plan(plan, opts)
     description = opts.description or plan.description or self.description,
     running = 0, waiting = 0, busy = 0, max_parallel = 0,
     retry_queue = {}, state = {},
-    roles = opts.roles or require("coral.agents").resolver(project_dir),
+    roles = opts.roles or require("coral.agents").resolver(project_dir, { lazy = M.commands_only(plan) }),
   }, Run)
   admission.init(run)
   run.mode = modes.new(Mode, run)
