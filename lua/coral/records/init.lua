@@ -274,9 +274,11 @@ function Records:share(key, text)
 end
 
 --- Who holds the project's run lock: written by the holder after taking it, read by a refused run.
+-- Not fsynced: it says who is alive now, which a machine's crash ends anyway (its lock is the
+-- fact; a reader takes an owner that is not running as stale). The rename still makes it whole.
 function Records:write_owner()
   local owner = json.encode { pid = math.tointeger(uv.os_getpid()), run_id = self.id, since = fsutil.now() }
-  must(fsutil.write_atomic(self.paths.coral .. "/run.owner", owner .. "\n", PRIVATE_FILE))
+  must(fsutil.write_atomic(self.paths.coral .. "/run.owner", owner .. "\n", PRIVATE_FILE, true))
 end
 
 function M.read_owner(paths)

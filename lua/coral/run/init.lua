@@ -376,10 +376,12 @@ function Run:execute(opts)
   end
   dynamic.started(self)
   self.control:listen()   -- <run dir>/control.sock (coral ctl, coral attach)
-  self.project_state:flush()
   self:watch_signals()
 
   self:pump()
+  -- the project state says the run is on once its first tasks started: its read-modify-write
+  -- (two fsyncs) is not worth their wait
+  self.project_state:flush()
   while not self.finished do
     uv.run("once")
     if not self.finished then self:pump() end
