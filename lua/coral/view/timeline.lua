@@ -11,7 +11,8 @@ local uv = require "luv"
 local M = {}
 
 -- Two attempts closer than this (seconds) count as back to back on one worker: journal times
--- carry 0.1 ms and an attempt without a start event is placed from its end and duration.
+-- carry microseconds (0.1 ms in journals written before coral.jsonw) and an attempt without a
+-- start event is placed from its end and duration.
 local LANE_SLACK = 0.005
 
 local function is_live(run_dir, id)
