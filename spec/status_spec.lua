@@ -100,6 +100,29 @@ describe("status.load", function()
   end)
 end)
 
+describe("a run whose coral was killed", function()
+  it("is killed, not running, while its process waits to be reaped (a zombie)", function()
+    local dir = project()
+    -- a child of this process that exits: a zombie until the loop reaps it
+    local handle
+    handle = uv.spawn("true", {}, function() handle:close() end)
+    local pid = handle:get_pid()
+    local zombie
+    for _ = 1, 200 do
+      local stat = fsutil.read("/proc/" .. pid .. "/stat")
+      if stat and stat:match(".*%) (%a)") == "Z" then zombie = true; break end
+      uv.sleep(10)
+    end
+    assert.is_true(zombie, "the child never became a zombie")
+    H.write_file(dir .. "/.coral/run.owner", cjson.encode { pid = pid, run_id = "r1", since = T })
+    assert.are.equal("killed", assert(status.load(dir)).status)
+    uv.run()   -- reaps it
+    -- and a live owner (this process) is running
+    H.write_file(dir .. "/.coral/run.owner", cjson.encode { pid = uv.os_getpid(), run_id = "r1", since = T })
+    assert.are.equal("running", assert(status.load(dir)).status)
+  end)
+end)
+
 describe("status.why", function()
   it("says why each task of a killed run will or will not run on resume", function()
     local run = assert(status.load((project())))

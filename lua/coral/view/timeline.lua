@@ -20,7 +20,13 @@ local function is_live(run_dir, id)
   if not project then return false end
   local owner = records.read_owner(records.paths(project))
   if not (owner and owner.run_id == id and math.type(owner.pid)) then return false end
-  return uv.kill(owner.pid, 0) == 0
+  if uv.kill(owner.pid, 0) ~= 0 then return false end
+  -- A coral killed but not yet reaped (a container's init that reaps late, or none) is a zombie,
+  -- which kill(pid, 0) still finds: its state in /proc says so. The state follows the command
+  -- name's ")", the last one (a name may hold one).
+  local stat = fsutil.read(string.format("/proc/%d/stat", math.tointeger(owner.pid) or -1))
+  local state = stat and stat:match(".*%) (%a)")
+  return state ~= "Z" and state ~= "X"
 end
 
 -- Greedy lanes: attempts by start time, each on the first worker slot free at its start.
