@@ -20,7 +20,6 @@
  * MAX_DEPTH is an error (a table that contains itself). Other values (functions, userdata) are
  * an error naming the key.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>

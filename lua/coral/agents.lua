@@ -310,8 +310,8 @@ end
 -- commands only: reading and parsing every role file was half of its startup).
 -- A task whose agent has no role gets nil: the prompt then says only which agent it is.
 function M.resolver(project_dir, opts)
-  -- Loaded now, not at the first task's prompt: a role file's mistake stops the run before it
-  -- writes anything.
+  -- Loaded now (unless lazy), not at the first task's prompt: a role file's mistake stops the
+  -- run before it writes anything.
   local roles = not (opts and opts.lazy) and M.load(project_dir) or nil
   local by_agent = {}   -- found once per agent name (false: no such role)
   return function(task)

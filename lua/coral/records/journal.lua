@@ -29,7 +29,7 @@ local function decode(line)
   for i = 1, #INTEGER_FIELDS do
     local k = INTEGER_FIELDS[i]
     local v = e[k]
-    if v ~= nil and type(v) == "number" then e[k] = math.tointeger(v) or v end
+    if type(v) == "number" then e[k] = math.tointeger(v) or v end
   end
   if e.outcome then e.outcome = states.normalize(e.outcome) end
   if e.status then e.status = states.normalize(e.status) end

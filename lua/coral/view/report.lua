@@ -939,8 +939,9 @@ end
 --- Plans with more tasks than this get no live report from `coral run` (see cli/commands.lua).
 M.LIVE_MAX_TASKS = 1000
 
---- Keeps <run dir>/report.html up to date while `runner` runs: written when the run starts,
--- every opts.interval seconds (INTERVAL) and at the end, with a reload tag while it runs.
+--- Keeps <run dir>/report.html up to date while `runner` runs: written as the run starts (after
+-- its first tasks started), every opts.interval seconds (INTERVAL) and at the end, with a reload
+-- tag while it runs.
 -- Chains the runner's on_event. Returns an object whose close() stops the timer (call it if
 -- execute_plan raises).
 function M.attach(runner, opts)
