@@ -229,6 +229,17 @@ describe("coral.plan", function()
       assert.are.equal(AT .. line .. ": task 'a' depends on unknown task 'zz'", err)
     end)
 
+    it("keeps no alias of the options table a task was declared with", function()
+      local opts = { id = "a1", cmd = { "true" }, env = { K = "v" } }
+      local task = t("w", "work", opts)
+      assert.are_not.equal(opts, task)
+      opts.id, opts.cmd = "changed", { "false" }
+      assert.are.equal("a1", task.id)
+      assert.are.same({ "true" }, task.cmd)
+      assert.is_nil(opts.agent)
+      assert.is_nil(opts.where)
+    end)
+
     it("owns copies of its tasks: one task can go into two plans", function()
       local shared = t("w", "shared work")
       local p1 = P.plan { shared, t("w", "other") }

@@ -32,19 +32,29 @@ M.DEFAULT_ESTIMATE = 60
 
 local NON_NEGATIVE = { "retries", "timeout", "idle_timeout", "estimate", "estimate_usd", "estimate_tokens" }
 
+local EMPTY = {}   -- a list to iterate when a field is absent: never written
+local PATH_LISTS = { "inputs", "outputs" }
+
 -- A task from its spec table, or nil and what is wrong with it. `checked`: its options were
--- checked already (coral.task checks them where it was called: not twice a task).
-local function new_task(spec, checked)
+-- checked already (coral.task checks them where it was called: not twice a task). `owned`:
+-- the spec is a table coral.task made for this task, which becomes the task itself (a plan
+-- of 100,000 tasks copied each one more time).
+local function new_task(spec, checked, owned)
   if not checked then
     local err = check.option_error("coral.task", spec, TASK_OPTIONS)
     if err then return nil, err end
   end
   if spec.agent == nil and spec.id == nil then return nil, "coral.task: a task needs an agent or an id" end
-  local t = setmetatable({}, Task)
-  for k, v in pairs(spec) do t[k] = v end
+  local t
+  if owned then
+    t = setmetatable(spec, Task)
+  else
+    t = setmetatable({}, Task)
+    for k, v in pairs(spec) do t[k] = v end
+  end
   t.agent = t.agent or t.id
   t.task = t.task or ""
-  for i, d in ipairs(t.depends_on or {}) do
+  for i, d in ipairs(t.depends_on or EMPTY) do
     if type(d) ~= "string" then
       return nil, string.format("coral.task: depends_on[%d] must be a task id string, got %s", i, type(d))
     end
@@ -67,9 +77,9 @@ local function new_task(spec, checked)
   elseif t.cmd == "" then
     return nil, "coral.task: cmd must not be empty"
   end
-  for _, key in ipairs { "inputs", "outputs" } do
-    local paths = {}
-    for i, path in ipairs(t[key] or {}) do
+  for _, key in ipairs(PATH_LISTS) do
+    local paths = t[key] and {}
+    for i, path in ipairs(t[key] or EMPTY) do
       if type(path) ~= "string" or path == "" then
         return nil, string.format("coral.task: %s[%d] must be a path, got %s", key, i, type(path))
       end
@@ -84,8 +94,10 @@ local function new_task(spec, checked)
     local rerr = require("coral.run.limits").check_resources(t.resources)
     if rerr then return nil, rerr end
   end
-  local berr = require("coral.run.budget").check(t.budget, "coral.task: budget")
-  if berr then return nil, berr end
+  if t.budget ~= nil then
+    local berr = require("coral.run.budget").check(t.budget, "coral.task: budget")
+    if berr then return nil, berr end
+  end
   if t.workspace ~= nil then
     local werr = check.choice_error("coral.task", "workspace", t.workspace, WORKSPACES)
     if werr then return nil, werr end
@@ -97,7 +109,7 @@ local function new_task(spec, checked)
     if t.approve.timeout and t.approve.timeout <= 0 then return nil, "coral.task: approve.timeout must be > 0" end
   end
   if t.on_conflict == "" then return nil, "coral.task: on_conflict must be \"fail\", \"agent\" or a role id" end
-  for k, v in pairs(t.env or {}) do
+  for k, v in pairs(t.env or EMPTY) do
     if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
       return nil, string.format("coral.task: env[%s] must be a string, got %s", tostring(k), type(v))
     end
@@ -119,11 +131,13 @@ function M.task(agent, text, opts)
       check.fail("coral.task: task text must be a string, got " .. type(text), 2)
     end
     check.options("coral.task", opts, TASK_OPTIONS, 2)
-    spec = {}
-    for k, v in pairs(opts or {}) do spec[k] = v end
+    -- the constructor sizes the table for the usual fields at once (a nil field takes no
+    -- slot, but counts in the size): no rehash as they come
+    spec = { agent = agent, task = text, id = nil, depends_on = nil, cmd = nil, where = nil }
+    for k, v in pairs(opts or EMPTY) do spec[k] = v end
     spec.agent, spec.task = agent, text
   end
-  local t, err = new_task(spec, spec ~= agent)
+  local t, err = new_task(spec, spec ~= agent, spec ~= agent)
   if not t then check.fail(err, 2) end
   t.where = check.where(1)
   return t
