@@ -658,23 +658,16 @@ function Plan:to_mermaid()
 end
 
 --- The plan as JSON: tasks with their dependencies, phases and the critical path. `more(task)`,
--- if given, returns more fields of a task (a run adds each task's definition).
+-- if given, returns a new table of more fields of a task (a run adds each task's definition):
+-- the task's entry is made in it, and the plan's own fields win.
 function Plan:to_json(more)
   local tasks = {}
   local phase_of = self:phase_of()
-  for _, t in ipairs(self.tasks) do
-    local entry = {
-      id = t.id, agent = t.agent, task = t.task,
-      depends_on = t.depends_on,
-      estimate = self:estimate(t), priority = t.priority or 0,
-      phase = phase_of[t.id],
-    }
-    if more then
-      for k, v in pairs(more(t)) do
-        if entry[k] == nil then entry[k] = v end
-      end
-    end
-    tasks[#tasks + 1] = entry
+  for i, t in ipairs(self.tasks) do
+    local entry = more and more(t) or {}
+    entry.id, entry.agent, entry.task, entry.depends_on = t.id, t.agent, t.task, t.depends_on
+    entry.estimate, entry.priority, entry.phase = self:estimate(t), t.priority or 0, phase_of[t.id]
+    tasks[i] = entry
   end
   local path, length = self:critical_path()
   local text = require("coral.json").encode {
