@@ -148,12 +148,16 @@ local function peers_for(w, files, W, n)
 end
 
 local finished_projects = {}
+local projects_made = 0
 
 local function run_one(peer)
   local argv, o = peer.argv, peer.o or {}
   local project
   if o.project then
-    project = string.format("%s/coral-bench-project-%d", o.project_root or TMP, math.random(1e9))
+    -- named by this suite's pid: the dirs an interrupted suite left under TMP are not this
+    -- one's (removing them first would charge the next runs for it: see below)
+    projects_made = projects_made + 1
+    project = string.format("%s/coral-bench-project-%d-%d", o.project_root or TMP, uv.os_getpid(), projects_made)
     sh("mkdir -p " .. project)
     argv = {}
     for i, a in ipairs(peer.argv) do argv[i] = a == "PROJECT" and project or a end
@@ -438,7 +442,6 @@ end
 -- }}}
 
 sh("mkdir -p " .. TMP)
-math.randomseed(1)
 local m = results.machine
 out("coral benchmark: %s, %d CPUs, %d GB, %s; %d repetitions; coral %s\n", m.cpu, m.cpus, m.mem_gb, m.kernel,
     opts.reps, CORAL)
