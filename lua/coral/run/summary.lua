@@ -90,7 +90,7 @@ function M.of(run)
     add_spend(by_driver, st.driver_name, cost, tokens)
     if st.first_start and st.finish then times[t.id] = { start = st.first_start, finish = st.finish } end
     -- The fields most tasks have in the constructor, which sizes the table for them (with
-    -- all 21 there, a nil one still counts: 32 slots a task, 100 MB for 100,000 tasks); the
+    -- all 20 there, a nil one still counts: 32 slots a task, 100 MB for 100,000 tasks); the
     -- rest only when the task has them.
     local r = {
       agent = t.agent, task = t.task, status = status, attempts = #st.attempts,
