@@ -300,6 +300,30 @@ describe("coral.dag", function()
       raises("no more than 2 arguments expected", function() g:ready(1, "id", 3) end)
     end)
 
+    it("peek(n) names the next n that ready() hands out, in order, and leaves them queued", function()
+      -- priorities and weights mixed so that the heap's array order is not the handing-out order
+      local list = {}
+      for i = 1, 200 do
+        list[i] = { "t" .. i, nil, { priority = (i * 7) % 5, weight = (i * 13) % 11 } }
+      end
+      local g = graph(list)
+      for _, n in ipairs { 0, 1, 2, 3, 8, 64 } do
+        local seen = g:peek(n)
+        assert.are.equal(n, #seen)
+        assert.are.equal(200, g:counts().ready)
+        assert.are.equal("ready", n > 0 and g:state(seen[1]) or "ready")
+        local copy = graph(list)
+        assert.are.same(copy:ready(n), seen)
+      end
+      assert.are.same(g:peek(1), g:peek())
+      local all = g:ready(197)
+      assert.are.same(g:peek(64), g:ready())   -- fewer queued than asked: all of them
+      assert.are.equal(197, #all)
+      assert.are.same({}, g:peek(5))
+      raises("bad argument #1 to 'peek' %(count must be 0 to 64%)", function() g:peek(65) end)
+      raises("no more than 1 argument expected", function() g:peek(1, 2) end)
+    end)
+
     it("done releases dependents once all their dependencies are done", function()
       local g = graph { { "a" }, { "b" }, { "c", { "a", "b" } } }
       assert.are.same({ "a", "b" }, g:ready())

@@ -270,6 +270,43 @@ describe("the runner", function()
     end
   end)
 
+  it("readies the dir and inputs of a task waiting for a worker while it waits", function()
+    -- one worker: b and c wait for it while a runs, then c while b runs; b waits for c's
+    -- inputs.json to appear (coral writes it just after b's start), then reads it
+    local plan = coral.plan {
+      t("w", "first", { id = "a", cmd = "echo from-a" }),
+      t("w", "peek", { id = "b", depends_on = { "a" },
+                       cmd = 'f="$CORAL_RUN_DIR/tasks/c/inputs.json"; for i in $(seq 250); do ' ..
+                             'test -s "$f" && break; sleep 0.02; done; cat "$f"' }),
+      t("w", "read", { id = "c", depends_on = { "a" }, priority = -1, cmd = 'cat "$CORAL_INPUTS"' }),
+    }
+    local s = run(plan, { max_workers = 1 })
+    assert.are.equal(3, s.succeeded)
+    local seen_by_b, read_by_c = H.read_file(s.results.b.output_file), H.read_file(s.results.c.output_file)
+    assert.truthy(seen_by_b:find(s.results.a.output_file, 1, true), seen_by_b)
+    assert.are.equal(H.read_file(s.run_dir .. "/tasks/c/inputs.json"), read_by_c)
+    assert.are.same(cjson.decode(seen_by_b), cjson.decode(read_by_c))
+  end)
+
+  it("refuses a link planted in a waiting task's dir, and writes nothing through it", function()
+    local outside = H.tmpdir()
+    H.write_file(outside .. "/v.txt", "keep\n")
+    local recipe = H.tmpdir() .. "/recipe.lua"
+    H.write_file(recipe, string.format([[
+local coral = require "coral"
+return coral.plan {
+  coral.task("w", "plant", { id = "a",
+    cmd = 'test -d "$CORAL_RUN_DIR/tasks/b" && ln -s %s/v.txt "$CORAL_RUN_DIR/tasks/b/attempt-1.out"' }),
+  coral.task("w", "victim", { id = "b", cmd = "echo written-through" }),
+}
+]], outside))
+    local dir = H.tmpdir()
+    local r = H.run { recipe, "x", "--dir", dir, "--max-workers", "1", "--quiet", "--no-report" }
+    assert.are.equal(1, r.code, r.stderr)
+    assert.truthy(r.stderr:find("/tasks/b/attempt-1.out is a symbolic link (coral does not follow it)", 1, true), r.stderr)
+    assert.are.equal("keep\n", H.read_file(outside .. "/v.txt"))
+  end)
+
   it("uses the durations of earlier runs as estimates", function()
     local function plan() return coral.plan { t("slowpoke", "work", { id = "w", cmd = "sleep 0.2" }) } end
     local dir = H.tmpdir()

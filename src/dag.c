@@ -898,6 +898,39 @@ static int dag_ready(lua_State *L) {
   return 1;
 }
 
+/* ids = g:peek([n]): the next n tasks ready() would hand out, in that order, left queued. The
+ * heap's best is its root; each next best is a child of one already taken, so the candidates
+ * are the children of those taken (a frontier of at most n + 1 slots, scanned: n is a handful
+ * of workers, the heap may be large). */
+#define DAG_PEEK_MAX 64
+static int dag_peek(lua_State *L) {
+  dag *g = dag_check(L, 1);
+  lua_Integer want = luaL_optinteger(L, 2, 1);
+  size_t frontier[DAG_PEEK_MAX + 1], nf = 0, n, i;
+  int ids;
+  coral_checknargs(L, 2);
+  luaL_argcheck(L, want >= 0 && want <= DAG_PEEK_MAX, 2, "count must be 0 to 64");
+  dag_checkvalid(L, g, "peek");
+  ids = dag_ids(L);
+  n = (size_t)want < g->heap_n ? (size_t)want : g->heap_n;
+  lua_createtable(L, (int)n, 0);
+  if (n > 0)
+    frontier[nf++] = 0;
+  for (i = 0; i < n; i++) {
+    size_t best = 0, k, slot;
+    for (k = 1; k < nf; k++)
+      if (dag_before(&g->heap[frontier[k]], &g->heap[frontier[best]]))
+        best = k;
+    slot = frontier[best];
+    frontier[best] = frontier[--nf];
+    dag_push_id(L, ids, g->heap[slot].node);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    for (k = 2 * slot + 1; k <= 2 * slot + 2 && k < g->heap_n; k++)
+      frontier[nf++] = k;
+  }
+  return 1;
+}
+
 static int dag_cmp_u32(const void *a, const void *b) {
   uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
   return (x > y) - (x < y);
@@ -1101,6 +1134,7 @@ static const luaL_Reg dag_methods[] = {
   { "rank", dag_rank },
   { "phase", dag_phase },
   { "ready", dag_ready },
+  { "peek", dag_peek },
   { "done", dag_done },
   { "reset", dag_reset },
   { "state", dag_state },

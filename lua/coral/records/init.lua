@@ -132,6 +132,19 @@ function Records:task_path(task_id, kind, attempt)
   return string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
 end
 
+--- Makes the dir of a task that is next in line to start (Run:prepare_next), so that its start
+-- does not wait for the mkdir. Its first attempt's files are then checked as a retry's are:
+-- the dir may have waited a while. A failure is left for the task's start to report. Returns
+-- true when the dir was made now.
+function Records:prepare_task_dir(task_id)
+  self.task_dirs = self.task_dirs or {}
+  if self.task_dirs[task_id] then return false end
+  local dir = M.task_dir(self.dir, task_id)
+  if not fsutil.mkdir(dir, PRIVATE_DIR) then return false end
+  self.task_dirs[task_id] = dir
+  return true
+end
+
 -- The journal and the joblog belong to this run alone (the project's run lock keeps every other
 -- coral out), so they stay open for the whole run and each record is one write(2) on an
 -- O_APPEND descriptor: whole or not at all, in the kernel before coral acts on it, without the
@@ -240,6 +253,41 @@ end
 -- attempt already; the tracker is its readable copy.
 local FLUSH_MS = 100
 
+local function minutes(seconds)
+  if seconds < 60 then return string.format("%.1f seconds", seconds) end
+  return string.format("%.1f minutes", seconds / 60)
+end
+
+local function activity_text(entry)
+  local status
+  if entry.outcome == "succeeded" then status = "✅ Succeeded"
+  elseif entry.outcome == "skipped" then status = "⏭ Skipped: " .. (entry.reason or "")
+  elseif entry.outcome == "up_to_date" then status = "✔ Up to date: " .. (entry.reason or "")
+  else status = "❌ Failed: " .. (entry.reason or entry.outcome) end
+  local lines = {
+    string.format("\n### [%s] %s (%s)", fsutil.timestamp(entry.when, "%Y-%m-%d %H:%M"), entry.agent, entry.mode),
+    "**Task**: " .. (entry.task ~= "" and entry.task or entry.id),
+    "**Group**: " .. entry.group,
+    "**Dependencies**: " .. (#entry.deps > 0 and table.concat(entry.deps, ", ") or "none"),
+    "**Status**: " .. status,
+  }
+  if entry.attempt and (entry.attempt > 1 or entry.retrying) then
+    lines[#lines + 1] = string.format("**Attempt**: %d of %d", entry.attempt, entry.attempts)
+  end
+  if entry.duration then lines[#lines + 1] = "**Duration**: " .. minutes(entry.duration) end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- A command's scratchpad section (Records:scratchpad_start).
+local function section_text(task, when)
+  return string.format("\n## [%s] %s (task %s)\n%s\n", fsutil.timestamp(when, "%Y-%m-%d %H:%M"),
+                       task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
+end
+
+-- What waits for the next flush of a shared file: texts, or what they are made from.
+local TEXT_OF = { pending_activity = activity_text,
+                  pending_scratchpad = function(x) return section_text(x.task, x.when) end }
+
 function Records:flush_shared()
   local files = { pending_scratchpad = { self.paths.scratchpad, M.SCRATCHPAD_HEADER },
                   pending_activity = { self.paths.activity, M.ACTIVITY_HEADER } }
@@ -247,6 +295,9 @@ function Records:flush_shared()
     local pending = self[key]
     if pending and #pending > 0 then
       self[key] = {}
+      for i, x in ipairs(pending) do
+        if type(x) == "table" then pending[i] = TEXT_OF[key](x) end
+      end
       self:coord_queue():append(file[1], table.concat(pending),
         guard.coord_opts(self.paths.project, file[1], { header = file[2], mode = SHARED_FILE }), #pending)
     end
@@ -267,9 +318,10 @@ function Records:flush_soon()
   end
 end
 
-function Records:share(key, text)
+-- `item`: a text, or the table TEXT_OF[key] makes it from at the flush.
+function Records:share(key, item)
   self[key] = self[key] or {}
-  self[key][#self[key] + 1] = text
+  self[key][#self[key] + 1] = item
   self:flush_soon()
 end
 
@@ -346,11 +398,9 @@ end
 --- The scratchpad section coral adds when a task starts. An agent's section is written at once,
 -- before the agent can add notes under it; a command's (`batch`) goes with the next flush.
 function Records:scratchpad_start(task, when, batch)
-  local text = string.format("\n## [%s] %s (task %s)\n%s\n", fsutil.timestamp(when, "%Y-%m-%d %H:%M"),
-                             task.agent, task.id, task.task ~= "" and task.task or "(no task text)")
-  if batch then return self:share("pending_scratchpad", text) end
+  if batch then return self:share("pending_scratchpad", { task = task, when = when }) end
   self:flush_shared()   -- keep the sections in start order
-  self:coord_queue():append(self.paths.scratchpad, text,
+  self:coord_queue():append(self.paths.scratchpad, section_text(task, when),
     guard.coord_opts(self.paths.project, self.paths.scratchpad, { header = M.SCRATCHPAD_HEADER, mode = SHARED_FILE }))
 end
 
@@ -373,30 +423,10 @@ function M.log(path, text, who)
                       guard.coord_opts(project, p, { header = M.ACTIVITY_HEADER, mode = SHARED_FILE }))
 end
 
-local function minutes(seconds)
-  if seconds < 60 then return string.format("%.1f seconds", seconds) end
-  return string.format("%.1f minutes", seconds / 60)
-end
-
---- The activity entry of a finished attempt (or of a skipped task).
+--- The activity entry of a finished attempt (or of a skipped task): written with the next flush
+-- (the text is made then, off the path from a task's end to the next start).
 function Records:activity(entry)
-  local status
-  if entry.outcome == "succeeded" then status = "✅ Succeeded"
-  elseif entry.outcome == "skipped" then status = "⏭ Skipped: " .. (entry.reason or "")
-  elseif entry.outcome == "up_to_date" then status = "✔ Up to date: " .. (entry.reason or "")
-  else status = "❌ Failed: " .. (entry.reason or entry.outcome) end
-  local lines = {
-    string.format("\n### [%s] %s (%s)", fsutil.timestamp(entry.when, "%Y-%m-%d %H:%M"), entry.agent, entry.mode),
-    "**Task**: " .. (entry.task ~= "" and entry.task or entry.id),
-    "**Group**: " .. entry.group,
-    "**Dependencies**: " .. (#entry.deps > 0 and table.concat(entry.deps, ", ") or "none"),
-    "**Status**: " .. status,
-  }
-  if entry.attempt and (entry.attempt > 1 or entry.retrying) then
-    lines[#lines + 1] = string.format("**Attempt**: %d of %d", entry.attempt, entry.attempts)
-  end
-  if entry.duration then lines[#lines + 1] = "**Duration**: " .. minutes(entry.duration) end
-  self:share("pending_activity", table.concat(lines, "\n") .. "\n")
+  self:share("pending_activity", entry)
 end
 
 --- Reads the project state; returns the table (empty if there is none), or nil and an error

@@ -46,10 +46,11 @@ local function output_of(run, dst)
 end
 
 -- Data flow: what a task is given of its dependencies, as inputs.json (CORAL_INPUTS) and one
--- variable per dependency. Written at each attempt's start, as the dependencies are then.
-local function add_inputs(run, st, env)
+-- variable per dependency (into `env`, when given). Returns the file's text, or nil for a task
+-- without dependencies.
+local function inputs_of(run, st, env)
   local task = st.task
-  if #task.depends_on == 0 then return end
+  if #task.depends_on == 0 then return nil end
   local inputs = {}
   for _, d in ipairs(task.depends_on) do
     local dst = run.state[d]
@@ -61,11 +62,32 @@ local function add_inputs(run, st, env)
     if handoff then
       for k, v in pairs(handoff) do inputs[d][k] = v end
     end
-    if output then env[M.input_variable(d)] = output end
+    if output and env then env[M.input_variable(d)] = output end
   end
-  local path = run.records:task_path(task.id, "inputs")
-  assert(fsutil.write_file(path, require("coral.json").encode(inputs) .. "\n", PRIVATE_FILE))
+  return require("coral.json").encode(inputs) .. "\n"
+end
+
+-- Written at each attempt's start, as the dependencies are then; a first attempt's may have
+-- been written while the task waited for a worker (M.prepare), and is not written again when
+-- it still says the same.
+local function add_inputs(run, st, env)
+  local text = inputs_of(run, st, env)
+  if not text then return end
+  local path = run.records:task_path(st.task.id, "inputs")
+  if st.inputs_written ~= text then assert(fsutil.write_file(path, text, PRIVATE_FILE)) end
+  st.inputs_written = nil
   env.CORAL_INPUTS = path
+end
+
+--- Readies what the first attempt of a task next in line for a worker would make at its start
+-- (Run:prepare_next, while every worker is busy): its dir, and its inputs.json, which its
+-- dependencies, all ended, no longer change. A failure is left for the start to report.
+function M.prepare(run, st)
+  if not run.records:prepare_task_dir(st.task.id) then return end
+  local text = inputs_of(run, st)
+  if text and fsutil.write_file(run.records:task_path(st.task.id, "inputs"), text, PRIVATE_FILE) then
+    st.inputs_written = text
+  end
 end
 
 -- The PATH a task gets: coral's own dir first (a task can run `coral`), then coral's PATH.
@@ -243,9 +265,12 @@ local function ended(run, st, a, info, result, driver, ctx)
   return conclude(run, st, a, info, result, ctx)
 end
 
--- The attempt's result is known: record it, and decide what follows.
+-- The attempt's result is known: record it, and decide what follows. The views hear of the end
+-- after the pump (Run:defer_views), so a successor the end frees starts first; the journal and
+-- the joblog have it before that start.
 function conclude(run, st, a, info, result, ctx)
   local task, runner = st.task, run.runner
+  local outer = run:defer_views()
   local outcome = outcome_of(result, info, st, run)
   a.outcome, a.code, a.signal = outcome, info and info.code, info and info.signal
   a.error = not result.ok and reason_of(result, info) or nil
@@ -330,6 +355,7 @@ function conclude(run, st, a, info, result, ctx)
   end
   resources.ended(run)   -- before the pump: tasks waiting for a resource start first
   run:pump()
+  if outer then run:tell_views() end
 end
 
 --- Starts the next attempt of a task: composes its prompt (an agent's, once), asks its driver

@@ -72,15 +72,32 @@ local Run = {}
 Run.__index = Run
 M.Run = Run
 
---- Records an event (the journal first), then tells the progress view and on_event.
+--- Records an event (the journal first), then tells the progress view (now, or at
+-- tell_views) and on_event.
 function Run:emit(name, fields)
   fields = fields or {}
   fields.event = name
   fields.t = fsutil.now()
   self.records:event(name, fields)
-  self.reporter:event(fields, self)
+  local later = self.views_later
+  if later then later[#later + 1] = fields else self.reporter:event(fields, self) end
   if self.runner.on_event then self.runner.on_event(fields) end
   if self.control then self.control:on_event(fields) end   -- live control: its subscribers
+end
+
+--- From now until tell_views, the progress view gets the events afterwards, in order: an
+-- attempt's end and the starts it frees are journaled at once, drawn after those starts.
+-- Returns true when this call began the deferral (its caller then calls tell_views).
+function Run:defer_views()
+  if self.views_later then return false end
+  self.views_later = {}
+  return true
+end
+
+function Run:tell_views()
+  local later = self.views_later
+  self.views_later = nil
+  for _, fields in ipairs(later or {}) do self.reporter:event(fields, self) end
 end
 
 --- Writes plan.json: the plan as it runs now, with each task's definition (a resume compares
@@ -312,9 +329,19 @@ function Run:pump()
     end
   until not self.pump_again
   self.pumping = false
+  if self.running >= self.max_workers and not self.stopping then self:prepare_next() end
   if self.running == 0 and self.waiting == 0 and #self.retry_queue == 0 and #self.held == 0 then
     local c = self.g:counts()
     if self.stopping or (c.ready == 0 and c.running == self.mode:held() + self.parked) then self.finished = true end
+  end
+end
+
+--- Every worker is busy: the tasks next in line get their dir and inputs now, while the loop
+-- would wait, rather than between a task's end and the start of the one after it.
+function Run:prepare_next()
+  for _, id in ipairs(self.mode:upcoming(math.min(self.max_workers, 64))) do
+    local st = self.state[id]
+    if st and st.status == "pending" and #st.attempts == 0 and not st.workspace then attempt.prepare(self, st) end
   end
 end
 

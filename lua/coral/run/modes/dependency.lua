@@ -25,6 +25,11 @@ function Dependency:pump(free)
   end
 end
 
+--- The tasks that pump() would start next (Run:prepare_next), without starting them.
+function Dependency:upcoming(n)
+  return self.run.g:peek(n)
+end
+
 --- The task's own stdin (a string, or none); its output goes to its files only.
 function Dependency.stdio(_, _, stdin) return stdin, nil end
 

@@ -8,6 +8,7 @@
 --   mode:graph_options()      options of plan:graph() (parallel drops the edges)
 --   mode:workers(n)           the number of workers out of max_workers (sequential: 1)
 --   mode:pump(free)           start the tasks that may start now (run:start(st)), at most `free`
+--   mode:upcoming(n)          the ids of the (at most n) tasks pump() would start next, not started
 --   mode:stdio(st, stdin)     stdin and on_stdout of the task's process
 --   mode:started(st)          the task's process started
 --   mode:release(st, ok)      the task ended; true when the mode tells the graph itself, later

@@ -31,6 +31,16 @@ function Phased:pump(free)
   end
 end
 
+function Phased:upcoming(n)
+  local run, ids = self.run, {}
+  local current = run:current_phase()
+  for _, st in ipairs(self.waiting) do
+    if #ids >= n then break end
+    if run.phase_of[st.task.id] == current then ids[#ids + 1] = st.task.id end
+  end
+  return ids
+end
+
 function Phased:held() return #self.waiting end
 
 return Phased
