@@ -161,10 +161,13 @@ end
 
 local ESCAPES = { ["\\"] = "\\\\", ["\t"] = "\\t", ["\n"] = "\\n", ["\r"] = "\\r" }
 
+local function escape(c) return ESCAPES[c] or string.format("\\x%02X", c:byte()) end
+
 --- `s` with backslash, tab, newline and carriage return as \\, \t, \n, \r and every other
 -- control byte as \xNN: one field of one line (the joblog's task column, an error message).
 function M.printable(s)
-  return (s:gsub("[%c\\]", function(c) return ESCAPES[c] or string.format("\\x%02X", c:byte()) end))
+  if not s:find("[%c\\]") then return s end   -- nearly every id: nothing to escape
+  return (s:gsub("[%c\\]", escape))
 end
 
 return M

@@ -9,7 +9,7 @@ local function unicode_escape(c)
   return string.format("\\u%04X", utf8.codepoint(c))
 end
 
-local function quote(s)
+local function quote_text(s)
   -- Most strings (ids, times, paths) need no escape at all: say so in one scan.
   if not s:find('[%c"\\\128-\255]') then return '"' .. s .. '"' end
   local valid = utf8.len(s) ~= nil
@@ -26,15 +26,38 @@ local function quote(s)
   return '"' .. text .. '"'
 end
 
+-- The keys and values of one document repeat (a field name, a run id, a status, a time): each
+-- is scanned once while M.encode writes (the pattern scans are most of the writer's time).
+local quoted, keyed
+
+local function quote(s)
+  local q = quoted and quoted[s]
+  if not q then
+    q = quote_text(s)
+    if quoted then quoted[s] = q end
+  end
+  return q
+end
+
 -- Plain words that YAML readers (LibYAML's lyaml, PyYAML: YAML 1.1) take for a boolean or null,
 -- in any case.
 local NOT_PLAIN = { ["true"] = true, ["false"] = true, null = true, yes = true, no = true,
                     on = true, off = true }
 
-local function key_text(k)
+local function key_text_of(k)
   k = tostring(k)
-  if k:match("^[%a_][%w_%-%.]*$") and not NOT_PLAIN[k:lower()] then return k end
+  -- (the words of NOT_PLAIN have at most 5 letters: a longer key needs no lower())
+  if k:match("^[%a_][%w_%-%.]*$") and (#k > 5 or not NOT_PLAIN[k:lower()]) then return k end
   return quote(k)
+end
+
+local function key_text(k)
+  local text = keyed and keyed[k]
+  if not text then
+    text = key_text_of(k)
+    if keyed then keyed[k] = text end
+  end
+  return text
 end
 
 local function is_list(t)
@@ -59,10 +82,16 @@ local function scalar(v)
   error("yaml: cannot write a " .. tv)
 end
 
+local function by_text(a, b) return tostring(a) < tostring(b) end
+
 local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local keys, strings = {}, true
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+    if strings and type(k) ~= "string" then strings = false end
+  end
+  -- string keys (nearly all) sort as their text does, without a Lua call per comparison
+  if strings then table.sort(keys) else table.sort(keys, by_text) end
   return keys
 end
 
@@ -115,7 +144,10 @@ function M.encode(t, comment)
     -- no lines would be an empty document, which YAML reads as null
     out[#out + 1] = getmetatable(t) == M.list_mt and "[]" or "{}"
   else
-    emit(out, t, 0)
+    quoted, keyed = {}, {}
+    local ok, err = pcall(emit, out, t, 0)
+    quoted, keyed = nil, nil
+    if not ok then error(err, 0) end
   end
   return table.concat(out, "\n") .. "\n"
 end
