@@ -289,6 +289,7 @@ describe("the runner", function()
   end)
 
   it("refuses a link planted in a waiting task's dir, and writes nothing through it", function()
+    -- a waits for b's dir (made just after a's start) and plants a link where b's stdout goes
     local outside = H.tmpdir()
     H.write_file(outside .. "/v.txt", "keep\n")
     local recipe = H.tmpdir() .. "/recipe.lua"
@@ -296,7 +297,8 @@ describe("the runner", function()
 local coral = require "coral"
 return coral.plan {
   coral.task("w", "plant", { id = "a",
-    cmd = 'test -d "$CORAL_RUN_DIR/tasks/b" && ln -s %s/v.txt "$CORAL_RUN_DIR/tasks/b/attempt-1.out"' }),
+    cmd = 'd="$CORAL_RUN_DIR/tasks/b"; for i in $(seq 250); do test -d "$d" && break; sleep 0.02; done; ' ..
+          'ln -s %s/v.txt "$d/attempt-1.out"' }),
   coral.task("w", "victim", { id = "b", cmd = "echo written-through" }),
 }
 ]], outside))
