@@ -28,16 +28,20 @@ end
 
 -- The keys and values of one document repeat (a field name, a run id, a status, a time): each
 -- is scanned once while M.encode writes (the pattern scans are most of the writer's time).
-local quoted, keyed
+-- `written`: while M.encode runs, { [quote_text] = { text -> quoted }, [key_text_of] = ... }.
+local written
 
-local function quote(s)
-  local q = quoted and quoted[s]
-  if not q then
-    q = quote_text(s)
-    if quoted then quoted[s] = q end
+local function once(make, x)
+  local seen = written and written[make]
+  local text = seen and seen[x]
+  if not text then
+    text = make(x)
+    if seen then seen[x] = text end
   end
-  return q
+  return text
 end
+
+local function quote(s) return once(quote_text, s) end
 
 -- Plain words that YAML readers (LibYAML's lyaml, PyYAML: YAML 1.1) take for a boolean or null,
 -- in any case.
@@ -51,14 +55,7 @@ local function key_text_of(k)
   return quote(k)
 end
 
-local function key_text(k)
-  local text = keyed and keyed[k]
-  if not text then
-    text = key_text_of(k)
-    if keyed then keyed[k] = text end
-  end
-  return text
-end
+local function key_text(k) return once(key_text_of, k) end
 
 local function is_list(t)
   local n = 0
@@ -144,9 +141,9 @@ function M.encode(t, comment)
     -- no lines would be an empty document, which YAML reads as null
     out[#out + 1] = getmetatable(t) == M.list_mt and "[]" or "{}"
   else
-    quoted, keyed = {}, {}
+    written = { [quote_text] = {}, [key_text_of] = {} }
     local ok, err = pcall(emit, out, t, 0)
-    quoted, keyed = nil, nil
+    written = nil
     if not ok then error(err, 0) end
   end
   return table.concat(out, "\n") .. "\n"
