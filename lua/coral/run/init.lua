@@ -341,7 +341,11 @@ end
 function Run:prepare_next()
   for _, id in ipairs(self.mode:upcoming(math.min(self.max_workers, 64))) do
     local st = self.state[id]
-    if st and st.status == "pending" and #st.attempts == 0 and not st.workspace then attempt.prepare(self, st) end
+    -- not one that may not run at all (its condition, its outputs up to date) or gets a worktree
+    if st and st.status == "pending" and #st.attempts == 0 and not st.workspace and not st.task.when
+       and not st.task.outputs then
+      attempt.prepare(self, st)
+    end
   end
 end
 
@@ -371,6 +375,7 @@ end
 -- its processes are killed, its handles closed, its lock released; what was recorded stays.
 function Run:abort()
   self.aborted = true
+  if self.views_later then pcall(self.tell_views, self) end   -- what the journal has, shown too
   for _, st in pairs(self.state) do
     if st.handle then pcall(st.handle.cancel, st.handle, true) end
     if st.backoff_timer then st.backoff_timer:close(); st.backoff_timer = nil end
