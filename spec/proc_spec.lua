@@ -112,12 +112,27 @@ describe("coral.proc", function()
       proc.spawn { argv = { "cat", "/proc/self/status" }, stdout = collect(out) }:wait()
       local status = table.concat(out)
       -- what coral's own parent left ignored is inherited, as by any exec (GNU make's recipes
-      -- start with glibc's two internal signals ignored): only SIGPIPE is coral's own
+      -- start with glibc's two internal signals ignored), but for the dispositions coral.proc
+      -- puts back to their defaults (src/spawn.c, proc_child_defaults)
+      local reset = 0
+      for _, n in ipairs { 13, 2, 15, 1, 17, 3, 20, 21, 22, 14, 10, 12, 25, 24, 28, 18 } do
+        reset = reset | (1 << (n - 1))
+      end
       local f = assert(io.open("/proc/self/status"))
-      local inherited = tonumber(f:read("a"):match("\nSigIgn:%s*(%x+)"), 16) & ~(1 << 12)
+      local inherited = tonumber(f:read("a"):match("\nSigIgn:%s*(%x+)"), 16) & ~reset
       f:close()
       assert.are.equal(string.format("%016x", inherited), status:match("\nSigIgn:%s*(%x+)"))
       assert.are.equal("0000000000000000", status:match("\nSigCgt:%s*(%x+)"))
+    end)
+
+    it("gives the child SIGQUIT's default action when coral's own parent ignored it", function()
+      -- as a non-interactive shell's background job (`cmd &`) has it; SIGQUIT is bit 3 - 1
+      local script = "local out = {}; require('coral.proc').spawn { argv = { 'cat', '/proc/self/status' }, " ..
+        "stdout = function(c) out[#out + 1] = c end }:wait(); " ..
+        "io.write(table.concat(out):match('\\nSigIgn:%s*(%x+)'))"
+      local r = H.run({ "-c", "trap '' QUIT; exec \"$0\" -e \"$1\"", H.coral, script }, { exe = "/bin/sh" })
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal(0, tonumber(r.stdout, 16) & (1 << 2), r.stdout)
     end)
 
     it("names every errno: ENOEXEC for a file the kernel cannot run", function()
