@@ -164,7 +164,11 @@ return coral.plan {
       assert.are.equal(text, H.read_file(rd .. "/tasks/" .. names.path_name(id) .. "/attempt-1.out"), id)
     end
     -- the dependent is handed both outputs, each from its own file
-    local inputs = cjson.decode(H.read_file(rd .. "/tasks/uses/attempt-1.out"))
+    local inputs_text = H.read_file(rd .. "/tasks/uses/attempt-1.out")
+    local inputs = cjson.decode(inputs_text)
+    -- a dependency that declares no files: its outputs are an empty JSON list, not an object
+    assert.truthy(inputs_text:find('"outputs":[]', 1, true), inputs_text)
+    assert.falsy(inputs_text:find('"outputs":{}', 1, true), inputs_text)
     assert.are.equal("I am a/b\n", H.read_file(inputs["a/b"].output))
     assert.are.equal("I am a_b\n", H.read_file(inputs.a_b.output))
     -- one row per attempt, the task column giving the id back

@@ -8,7 +8,7 @@ local M = {}
 
 --- Keys whose values are lists wherever coral writes them.
 M.LISTS = { depends_on = true, tasks = true, phases = true, critical_path = true, order = true,
-            runs = true, agents = true }
+            runs = true, agents = true, outputs = true }
 
 --- `value` as JSON text (one line), the empty values of list keys written as [].
 function M.encode(value)
