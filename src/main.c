@@ -332,6 +332,10 @@ static int pmain(lua_State *L) {
   return 0;
 }
 
+/* The state main leaves to exit (see the end of main): still reachable, so a leak checker
+ * (make SANITIZE=address) does not report it. */
+static lua_State *left_at_exit;
+
 int main(int argc, char **argv) {
   uv_loop_t loop;
   lua_State *L;
@@ -387,8 +391,18 @@ int main(int argc, char **argv) {
     h.exit_code = EXIT_SCRIPT_ERROR;
   }
   coral_shutdown(L);
-  lua_close(L);
-  uv_loop_close(&loop);
+  /* A program that succeeded has nothing left for lua_close to do that exit does not do as
+   * well: its children are reaped and its handles closed (coral_shutdown), its files' buffers
+   * are flushed by exit, its locks and descriptors go with the process. Freeing every object
+   * one by one costs 5 ms at the end of a 200-task run, after its summary. Any other end keeps
+   * the full close: finalizers take back what a failed step left (a coordination write's
+   * temporary file, abandoned by an error). */
+  if (status != LUA_OK || h.exit_code != EXIT_SUCCESS) {
+    lua_close(L);
+    uv_loop_close(&loop);
+  } else {
+    left_at_exit = L;
+  }
   if (coral_interrupted() != 0 && h.exit_code == EXIT_SCRIPT_ERROR)
     return EXIT_INTERRUPTED;
   return h.exit_code;
