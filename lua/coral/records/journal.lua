@@ -2,6 +2,7 @@
 -- run before it acts on the event (coral.records writes it). This module is its one reader:
 -- status, the timeline and report, history, why and resume all replay a run through replay().
 local cjson = require "cjson.safe"
+local point = require("coral.slice").point   -- a live report reads the journal in slices
 local states = require "coral.records.states"
 
 local M = {}
@@ -63,6 +64,7 @@ function M.read_new(run_dir, state)
   f:close()
   local events, n, at, base = state.events, state.lines, 1, state.offset
   while at <= #data do
+    point()
     local nl = data:find("\n", at, true)
     local line = data:sub(at, (nl or #data + 1) - 1)
     n, at = n + 1, (nl or #data) + 1
@@ -129,6 +131,7 @@ function M.replay(events)
   end
   -- (a numeric for and no math.max: the live report replays its run every few seconds)
   for i = 1, #events do
+    point()
     local e = events[i]
     if run.last_event == nil or e.t > run.last_event then run.last_event = e.t end
     if e.event == "run" then

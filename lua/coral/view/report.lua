@@ -5,8 +5,11 @@
 -- going, `attach` rewrites the report every few seconds and the page reloads itself.
 local fsutil = require "coral.fsutil"
 local records = require "coral.records"
+local slice = require "coral.slice"
 local timeline = require "coral.view.timeline"
 local uv = require "luv"
+
+local point = slice.point   -- where a live write gives the loop back (coral.slice)
 
 local M = {}
 
@@ -253,6 +256,7 @@ local function gantt_svg(run, view)
   -- A bar is its group, rect, label and end (a line each), joined with `..`: string.format's
   -- %s is dearer than a concatenation, and a report draws a bar per attempt
   for _, a in ipairs(run.attempts) do
+    point()
     local bx = x(a.start)
     local bw = x(a.finish) - bx
     if bw < 2 then bw = 2 end
@@ -404,6 +408,7 @@ local function plan_svg(run, view)
   local eid = {}   -- id -> esc(id): a task's id is drawn with each of its edges
   for _, id in ipairs(run.order) do eid[id] = esc(id) end
   for _, id in ipairs(run.order) do
+    point()
     -- a task's incoming edges, kept by a live report while the one on the critical path is
     -- (from the task before it there, if any)
     local crit_from = run.on_critical[id] and run.on_critical[id] > 1 and run.critical[run.on_critical[id] - 1] or false
@@ -444,6 +449,7 @@ local function plan_svg(run, view)
     return short
   end
   for _, id in ipairs(run.order) do
+    point()
     local t = run.tasks[id]
     local crit = run.on_critical[id] ~= nil
     -- kept by a live report while the task is settled and had no event since
@@ -698,6 +704,7 @@ local function task_table(run, out_dir, view)
   local prefix = plain and esc(href(M.relative(out_dir, tasks))) .. "/"   -- (see dir_href)
   local listed   -- the names in tasks/, read when first needed
   for _, id in ipairs(run.order) do
+    point()
     local t = run.tasks[id]
     local eid = esc(id)
     -- the row but its start (whether the task is on the critical path): kept by a live report
@@ -886,19 +893,37 @@ end
 local Live = {}
 Live.__index = Live
 
-function Live:write(final)
-  if not self.run_dir or self.failed then return end
-  local started = uv.hrtime()
-  -- no fsync: the report is rewritten in a few seconds, and `coral report` makes it again from
-  -- the run's records (the fsync of a 200-task report took longer than drawing it)
-  local ok, path, err = pcall(M.write, self.run_dir, nil, { live = not final, cache = self.cache, sync = false })
-  self.last_cost = (uv.hrtime() - started) / 1e9
+-- The outcome of a write: the report must never break a run, so a failure is a warning, once,
+-- and the report is not rewritten after it.
+local function written(self, cost, ok, path, err)
+  self.last_cost = cost
   if not ok then err = path elseif not path then ok = false end
   if not ok then
-    -- The report must never break a run: warn once and stop rewriting it.
     self.failed = true
     io.stderr:write("coral: warning: live report: ", tostring(err), "\n")
   end
+end
+
+--- Writes the report: the final one at once; a live one in slices (coral.slice), so that the
+-- run's tasks that end meanwhile are recorded and followed without waiting for the page, and
+-- `after()` is called when it is written. A final write stops a live one still going.
+function Live:write(final, after)
+  if not self.run_dir or self.failed then return end
+  if self.job then self.job:cancel(); self.job = nil end
+  -- no fsync: the report is rewritten in a few seconds, and `coral report` makes it again from
+  -- the run's records (the fsync of a 200-task report took longer than drawing it)
+  local opts = { live = not final, cache = self.cache, sync = false }
+  if final then
+    local started = uv.hrtime()
+    local ok, path, err = pcall(M.write, self.run_dir, nil, opts)
+    return written(self, (uv.hrtime() - started) / 1e9, ok, path, err)
+  end
+  local job = slice.run(function() return M.write(self.run_dir, nil, opts) end, function(job, ok, path, err)
+    self.job = nil
+    written(self, job.spent, ok, path, err)
+    if after then after() end
+  end)
+  if not job.ended then self.job = job end
 end
 
 --- Stops rewriting the report (idempotent). Called at the run's end, or after a failed run.
@@ -907,30 +932,49 @@ function Live:close()
     if not self.timer:is_closing() then self.timer:close() end
     self.timer = nil
   end
+  if self.job then self.job:cancel(); self.job = nil end
+end
+
+-- The next live write in `wait` seconds.
+function Live:rearm(wait)
+  self.timer:start(math.floor(wait * 1000), 0, function() self:write_live() end)
+end
+
+-- A live write now; the next one `interval` seconds after it, or later when the run is big
+-- enough to make a write costly: at most 5% of the loop's time goes to it.
+function Live:write_live()
+  self:write(false, function()
+    if self.timer then self:rearm(math.max(self.interval, 20 * (self.last_cost or 0))) end
+  end)
 end
 
 function Live:on_event(e)
-  if e.event == "run" then
+  local name = e.event
+  if name == "run" then
     self.run_dir = self.project_dir .. "/.coral/runs/" .. e.run_id
     if self.announce then
       io.stderr:write("coral: live report: file://", self.run_dir, "/report.html\n")
     end
+    self.tasks, self.reached = math.tointeger(e.tasks) or 0, 0
     if not self.timer then
       self.timer = uv.new_timer()
       self.timer:unref()   -- never what keeps a script's loop alive
-      -- Rewritten every `interval` seconds, or less often when a big run makes a report costly:
-      -- at most 5% of the loop's time goes to it.
-      local function rearm(wait)
-        self.timer:start(math.floor(wait * 1000), 0, function()
-          self:write(false)
-          if self.timer then rearm(math.max(self.interval, 20 * (self.last_cost or 0))) end
-        end)
-      end
-      -- The first one at the loop's next turn: after the first tasks have started, which
-      -- would otherwise wait for it (tens of ms for a plan of hundreds of tasks).
-      rearm(0)
+      -- The first one at the loop's next turn, after the first tasks have started (tens of ms
+      -- of drawing for a plan of hundreds of tasks, in slices between which the run goes on).
+      self:rearm(0)
     end
-  elseif e.event == "done" then
+  elseif (name == "start" and e.attempt == 1) or name == "skip" or name == "up_to_date" then
+    -- Every task reached (the last ones started): the page is drawn now, between their ends,
+    -- so that the final write after them draws little more than their part (the parts of
+    -- settled tasks are kept, see page_cache).
+    self.reached = (self.reached or 0) + 1
+    if self.reached == self.tasks and self.timer and not self.job then
+      self.timer:stop()
+      self:write_live()
+    end
+  elseif name == "add" then
+    self.tasks = (self.tasks or 0) + 1
+  elseif name == "done" then
     self:close()
     self:write(true)
   end
