@@ -197,6 +197,86 @@ describe("coral.proc", function()
     end)
   end)
 
+  describe("the PATH search", function()
+    -- Dirs put first on PATH for one spec, with their mtime set 10 s back: coral.proc does not
+    -- remember a search through a dir changed in the last two seconds.
+    local saved_path
+    before_each(function() saved_path = os.getenv("PATH") end)
+    after_each(function() uv.os_setenv("PATH", saved_path) end)
+    local function path_dirs(n)
+      local root, dirs = H.tmpdir(), {}
+      for i = 1, n do
+        dirs[i] = root .. "/bin" .. i
+        assert(uv.fs_mkdir(dirs[i], tonumber("755", 8)))
+      end
+      uv.os_setenv("PATH", table.concat(dirs, ":") .. ":" .. saved_path)
+      return dirs
+    end
+    local function age(dir)
+      local past = os.time() - 10
+      assert(uv.fs_utime(dir, past, past))
+    end
+    local function put(dir, says)
+      H.write_file(dir .. "/coral-spec-prog", "#!/bin/sh\necho " .. says .. "\n", tonumber("755", 8))
+    end
+    local function run_prog()
+      local out = {}
+      local info = proc.spawn { argv = { "coral-spec-prog" }, stdout = collect(out) }:wait()
+      return info.code == 0 and table.concat(out) or ("exit " .. tostring(info.code))
+    end
+
+    it("finds a program put since in a dir that comes first, and one moved further on", function()
+      local dirs = path_dirs(3)
+      put(dirs[2], "two")
+      put(dirs[3], "three")
+      for _, d in ipairs(dirs) do age(d) end
+      assert.are.equal("two\n", run_prog())
+      assert.are.equal("two\n", run_prog())
+      put(dirs[1], "one")   -- dir 1 changes: the place remembered is not trusted
+      assert.are.equal("one\n", run_prog())
+      assert(uv.fs_unlink(dirs[1] .. "/coral-spec-prog"))
+      assert(uv.fs_unlink(dirs[2] .. "/coral-spec-prog"))
+      age(dirs[1])
+      assert.are.equal("three\n", run_prog())   -- gone from where it was: searched again
+      assert(uv.fs_unlink(dirs[3] .. "/coral-spec-prog"))
+      local p, _, code = proc.spawn { argv = { "coral-spec-prog" } }
+      assert.is_nil(p)
+      assert.are.equal("ENOENT", code)
+    end)
+
+    it("remembers where it found a program: a dir before it that looks unchanged is not searched", function()
+      -- The one case it cannot see, made on purpose to show the search is remembered: a program
+      -- put in a dir whose mtime is then set back to what it was.
+      local dirs = path_dirs(2)
+      put(dirs[2], "two")
+      age(dirs[1]); age(dirs[2])
+      assert.are.equal("two\n", run_prog())
+      local before = assert(uv.fs_stat(dirs[1]))
+      put(dirs[1], "one")
+      assert(uv.fs_utime(dirs[1], before.atime.sec, before.mtime.sec))
+      local now = assert(uv.fs_stat(dirs[1]))
+      assert.are.equal(before.mtime.sec, now.mtime.sec)
+      if now.mtime.nsec == before.mtime.nsec then
+        assert.are.equal("two\n", run_prog())
+      end
+      -- another PATH forgets all it remembered
+      uv.os_setenv("PATH", dirs[1] .. ":" .. dirs[2] .. ":" .. saved_path .. ":")
+      assert.are.equal("one\n", run_prog())
+    end)
+
+    it("does not remember a search through a dir changed in the last two seconds", function()
+      local dirs = path_dirs(2)
+      put(dirs[2], "two")
+      age(dirs[2])
+      local recent = os.time()   -- dir 1 changed within this second (a whole second: no nsec)
+      assert(uv.fs_utime(dirs[1], recent, recent))
+      assert.are.equal("two\n", run_prog())
+      put(dirs[1], "one")
+      assert(uv.fs_utime(dirs[1], recent, recent))   -- looks as it did
+      assert.are.equal("one\n", run_prog())   -- searched: dir 1 was too new to be trusted
+    end)
+  end)
+
   describe("env", function()
     local function env_of(opts)
       local out = {}

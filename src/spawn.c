@@ -61,6 +61,9 @@
 #define PROC_CHILD_NULL (-2)            /* child_fd: the child opens /dev/null itself */
 #define PROC_SCAN_MAX 4                 /* up to this many live children, reap by asking each */
 #define PROC_CHILD_STACK (64 * 1024)    /* the child's stack between clone and exec */
+#define PROC_PATH_PROGRAMS 32           /* programs whose place on PATH is remembered */
+#define PROC_PATH_DIRS 64               /* at most this many PATH entries before that place */
+#define PROC_PATH_SETTLED_NS 2000000000LL  /* a dir changed more recently is not trusted (2 s) */
 
 /* Code that runs in the child between clone and exec, on a stack ASan does not know: not
  * instrumented, so that it leaves no poisoned shadow behind for the next child. */
@@ -147,6 +150,24 @@ struct proc_state {
   int on_exit, self_ref;    /* registry refs or LUA_NOREF */
 };
 
+/* A PATH directory as it was when a program was found after it: a program put there since
+ * would come first, and changes its mtime. */
+typedef struct proc_dir_stamp {
+  dev_t dev;
+  ino_t ino;
+  struct timespec mtime;
+  int missing;              /* it did not exist */
+} proc_dir_stamp;
+
+/* Where the PATH search found a program (see "the PATH search" below). */
+typedef struct proc_path_program {
+  char *name;               /* argv[0], without a slash; NULL: a free slot */
+  char *file;               /* the directory it was found in, "/", name */
+  size_t ndirs;             /* the PATH entries before that directory */
+  proc_dir_stamp *dirs;     /* and their state then */
+  unsigned used;
+} proc_path_program;
+
 struct proc_sup {
   unsigned tag;             /* CORAL_HANDLE_TAG: sig.data points here */
   lua_State *L;             /* main thread; NULL once the state is closing */
@@ -174,6 +195,9 @@ struct proc_sup {
   unsigned scans;           /* proc_scan_adopted calls, so a caller sees that one intervened */
   pid_t self;               /* getpid() when the supervisor was made: its main thread's id (a wrong
                              * one finds no file, and then the full scan looks) */
+  char *path_env;           /* the PATH the programs below were found on */
+  proc_path_program programs[PROC_PATH_PROGRAMS];
+  unsigned path_uses;       /* a clock for the least recently used program */
   int buf_busy;
   char buf[PROC_READ_SIZE];      /* reads go here unless a callback runs a nested loop */
 };
@@ -183,9 +207,15 @@ typedef struct proc_box { proc_state *s; lua_Integer pid; } proc_box;
 
 /* {{{ supervisor and state lifetime */
 
+static void proc_path_forget(proc_path_program *pp);
+
 static void proc_sup_unref(proc_sup *sup) {
+  size_t i;
   if (--sup->refs > 0)
     return;
+  for (i = 0; i < PROC_PATH_PROGRAMS; i++)
+    proc_path_forget(&sup->programs[i]);
+  free(sup->path_env);
   free(sup->scratch);
   free(sup->envbuf);
   free(sup->envkeys);
@@ -1574,6 +1604,9 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
 typedef struct proc_child {
   char *const *argv, *const *envp;
   const char *path;         /* PATH to search for argv[0] (no slash in it), else NULL */
+  const char *file;         /* where the search found argv[0] before, tried first; or NULL */
+  volatile int found;       /* the PATH entry whose execve the child tried last (-1: file) */
+  volatile int denied;      /* an entry before it refused (EACCES): the search is not remembered */
   const char *cwd;          /* or NULL */
   int fd[3];                /* what it gets as 0, 1, 2: -1 the host's, PROC_CHILD_NULL /dev/null */
   int merge_err;            /* stderr goes where stdout goes */
@@ -1590,16 +1623,20 @@ static const int proc_child_defaults[] = {
 
 /* execvpe without its /bin/sh fallback on ENOEXEC (posix_spawnp has none either) and without
  * malloc: each PATH entry in turn, EACCES remembered, a hard error stops the search. */
-CORAL_CHILD_CODE static void proc_child_exec(const proc_child *c) {
+CORAL_CHILD_CODE static void proc_child_exec(proc_child *c) {
   const char *file = c->argv[0], *p = c->path;
   char buf[4096];
   size_t flen = strlen(file) + 1;
-  int eacces = 0;
+  int eacces = 0, entry;
   if (p == NULL) {
     execve(file, c->argv, c->envp);
     return;
   }
-  for (;;) {
+  if (c->file != NULL) {
+    c->found = -1;
+    execve(c->file, c->argv, c->envp);   /* gone from there (or refused): the search goes on */
+  }
+  for (entry = 0;; entry++) {
     const char *end = strchrnul(p, ':');
     size_t dlen = (size_t)(end - p);
     if (dlen + 1 + flen <= sizeof buf) {
@@ -1607,9 +1644,10 @@ CORAL_CHILD_CODE static void proc_child_exec(const proc_child *c) {
       if (dlen > 0)
         buf[dlen++] = '/';    /* an empty entry is the working directory */
       memcpy(buf + dlen, file, flen);
+      c->found = entry;
       execve(buf, c->argv, c->envp);
       switch (errno) {
-      case EACCES: eacces = 1; break;
+      case EACCES: eacces = 1; c->denied = 1; break;
       case ENOENT: case ESTALE: case ENOTDIR: case ENODEV: case ETIMEDOUT: break;
       default: return;
       }
@@ -1706,6 +1744,162 @@ static int proc_child_start(proc_sup *sup, proc_child *c, pid_t *pid) {
   }
   *pid = p;
   return 0;
+}
+
+/* }}} */
+
+/* {{{ the PATH search, remembered */
+
+/* A program named without a slash is looked for in each PATH directory in turn, by an execve
+ * in the child while the host waits for it (vfork). On this machine /usr/bin is PATH's tenth
+ * entry, and the nine execve calls that fail before it cost the host 35-40 us a task, against
+ * ~160 us for the whole spawn of /usr/bin/true. So the host remembers where the search found a
+ * program, and the child tries there first (and searches as before when that fails).
+ * A program put since in a directory before that one must still win, as it would in a shell
+ * that had not seen it: each directory before it is checked against what it was then (a stat
+ * in the host, before the child starts: a new or removed entry changes its mtime). Not
+ * remembered: a search that met a refusal on the way (EACCES: a chmod +x there changes no
+ * directory), one through an empty or relative entry (it depends on the task's cwd), and one
+ * through a directory changed in the last two seconds (a change within the same tick of the
+ * file system's clock would leave its mtime as it was). */
+
+static void proc_path_forget(proc_path_program *pp) {
+  free(pp->name);
+  free(pp->file);
+  free(pp->dirs);
+  memset(pp, 0, sizeof *pp);
+}
+
+/* The state of PATH entry `dir` (len bytes, no NUL). Returns 0, or -1 when it cannot be
+ * known (a relative entry, a stat error other than a missing directory). */
+static int proc_dir_stamp_of(const char *dir, size_t len, proc_dir_stamp *st) {
+  char buf[4096];
+  struct stat sb;
+  if (len == 0 || dir[0] != '/' || len >= sizeof buf)
+    return -1;
+  memcpy(buf, dir, len);
+  buf[len] = '\0';
+  memset(st, 0, sizeof *st);
+  if (stat(buf, &sb) != 0) {
+    if (errno != ENOENT && errno != ENOTDIR)
+      return -1;
+    st->missing = 1;
+    return 0;
+  }
+  st->dev = sb.st_dev;
+  st->ino = sb.st_ino;
+  st->mtime = sb.st_mtim;
+  return 0;
+}
+
+static int proc_dir_stamp_same(const proc_dir_stamp *a, const proc_dir_stamp *b) {
+  if (a->missing || b->missing)
+    return a->missing == b->missing;
+  return a->dev == b->dev && a->ino == b->ino && a->mtime.tv_sec == b->mtime.tv_sec &&
+         a->mtime.tv_nsec == b->mtime.tv_nsec;
+}
+
+/* The remembered program `name` on PATH `path`, or NULL. A PATH other than the one the
+ * programs were found on makes them all forgotten. */
+static proc_path_program *proc_path_find(proc_sup *sup, const char *path, const char *name) {
+  size_t i;
+  if (sup->path_env == NULL || strcmp(sup->path_env, path) != 0) {
+    for (i = 0; i < PROC_PATH_PROGRAMS; i++)
+      proc_path_forget(&sup->programs[i]);
+    free(sup->path_env);
+    sup->path_env = strdup(path);   /* NULL (no memory): nothing is remembered */
+    return NULL;
+  }
+  for (i = 0; i < PROC_PATH_PROGRAMS; i++)
+    if (sup->programs[i].name != NULL && strcmp(sup->programs[i].name, name) == 0)
+      return &sup->programs[i];
+  return NULL;
+}
+
+/* Where the search found `name` before, if every PATH directory before it is as it was then;
+ * NULL otherwise (then the child searches). */
+static proc_path_program *proc_path_lookup(proc_sup *sup, const char *path, const char *name) {
+  proc_path_program *pp = proc_path_find(sup, path, name);
+  const char *p = path;
+  size_t i;
+  if (pp == NULL)
+    return NULL;
+  for (i = 0; i < pp->ndirs; i++) {
+    const char *end = strchrnul(p, ':');
+    proc_dir_stamp now;
+    if (*end == '\0' || proc_dir_stamp_of(p, (size_t)(end - p), &now) != 0 || !proc_dir_stamp_same(&now, &pp->dirs[i])) {
+      proc_path_forget(pp);
+      return NULL;
+    }
+    p = end + 1;
+  }
+  pp->used = ++sup->path_uses;
+  return pp;
+}
+
+/* The child found `name` at PATH entry `found` (its execve there succeeded): remembered, with
+ * the state of the entries before it, unless one of them cannot be trusted (see above). */
+static void proc_path_remember(proc_sup *sup, const char *path, const char *name, int found) {
+  proc_path_program *slot = NULL;
+  proc_dir_stamp *dirs;
+  struct timespec now;
+  const char *p = path, *end;
+  char *file = NULL, *copy = NULL;
+  size_t i, dlen, nlen = strlen(name);
+  if (found < 0 || found > PROC_PATH_DIRS || sup->path_env == NULL || strcmp(sup->path_env, path) != 0)
+    return;
+  dirs = calloc(found > 0 ? (size_t)found : 1, sizeof *dirs);
+  if (dirs == NULL)
+    return;
+  clock_gettime(CLOCK_REALTIME, &now);
+  for (i = 0;; i++) {
+    end = strchrnul(p, ':');
+    if (end == p || p[0] != '/')
+      goto out;
+    if (i == (size_t)found)
+      break;
+    if (proc_dir_stamp_of(p, (size_t)(end - p), &dirs[i]) != 0)
+      goto out;
+    if (!dirs[i].missing &&
+        (long long)(now.tv_sec - dirs[i].mtime.tv_sec) * 1000000000LL + (now.tv_nsec - dirs[i].mtime.tv_nsec) <
+          PROC_PATH_SETTLED_NS)
+      goto out;
+    if (*end == '\0')
+      goto out;
+    p = end + 1;
+  }
+  dlen = (size_t)(end - p);
+  file = malloc(dlen + 1 + nlen + 1);
+  copy = strdup(name);
+  if (file == NULL || copy == NULL)
+    goto out;
+  memcpy(file, p, dlen);
+  file[dlen] = '/';
+  memcpy(file + dlen + 1, name, nlen + 1);
+  /* its own slot again, else a free one, else the least recently used */
+  for (i = 0; i < PROC_PATH_PROGRAMS && slot == NULL; i++)
+    if (sup->programs[i].name != NULL && strcmp(sup->programs[i].name, name) == 0)
+      slot = &sup->programs[i];
+  for (i = 0; i < PROC_PATH_PROGRAMS && slot == NULL; i++)
+    if (sup->programs[i].name == NULL)
+      slot = &sup->programs[i];
+  if (slot == NULL) {
+    slot = &sup->programs[0];
+    for (i = 1; i < PROC_PATH_PROGRAMS; i++)
+      if (sup->programs[i].used < slot->used)
+        slot = &sup->programs[i];
+  }
+  proc_path_forget(slot);
+  slot->name = copy;
+  slot->file = file;
+  slot->ndirs = (size_t)found;
+  slot->dirs = dirs;
+  slot->used = ++sup->path_uses;
+  return;
+out:
+  free(file);
+  free(copy);
+  free(dirs);
 }
 
 /* }}} */
@@ -1827,16 +2021,28 @@ static int proc_spawn(lua_State *L) {
 
   if (e == 0) {
     proc_child c;
+    proc_path_program *known;
     c.argv = argv;
     c.envp = envp;
-    c.path = NULL;
+    c.path = c.file = NULL;
+    c.found = -1;
+    c.denied = 0;
     if (strchr(argv[0], '/') == NULL && (c.path = getenv("PATH")) == NULL)
       c.path = "/bin:/usr/bin";   /* posix_spawnp's default */
+    known = c.path != NULL ? proc_path_lookup(sup, c.path, argv[0]) : NULL;
+    if (known != NULL)
+      c.file = known->file;
     c.cwd = o.cwd;
     memcpy(c.fd, s->child_fd, sizeof c.fd);
     c.merge_err = o.err.dest == DEST_MERGE;
     s->start_ns = uv_hrtime();
     e = proc_child_start(sup, &c, &pid);
+    /* not where it was (the search found it elsewhere, or nowhere): forgotten; found by the
+     * search: remembered for the next child */
+    if (known != NULL && (e != 0 || c.found >= 0))
+      proc_path_forget(known);
+    if (e == 0 && c.path != NULL && c.found >= 0 && !c.denied)
+      proc_path_remember(sup, c.path, argv[0], c.found);
     /* a file the child writes itself is kept open until its exit, which reports its size */
     if (e == 0 && o.out.dest == DEST_FILE && !s->out.piped) {
       s->size_fd[1] = s->child_fd[1];
