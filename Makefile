@@ -46,7 +46,7 @@ ifeq ($(SANITIZE),)
 ALLOC  := $(LIBDIR)/libjemalloc_pic.a
 endif
 
-SRC      := src/main.c src/core.c src/util.c src/repl.c src/spawn.c src/dag.c src/coord.c src/jsonw.c
+SRC      := src/main.c src/core.c src/util.c src/repl.c src/spawn.c src/dag.c src/coord.c src/jsonw.c src/yamlw.c
 SRC      := $(wildcard $(SRC))
 OBJ      := $(SRC:src/%.c=$(BUILD)/%.o) $(BUILD)/embedded.o
 LUA_SRC  := $(shell find lua recipes -name '*.lua' 2>/dev/null | LC_ALL=C sort) \

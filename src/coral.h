@@ -16,13 +16,14 @@
 #define CORAL_HANDLE_TAG 0x43524c48u
 
 /* Module openers: "coral.host" (core.c), "coral.readline" (repl.c), "coral.proc" (spawn.c),
- * "coral.dag" (dag.c), "coral.coord" (coord.c), "coral.jsonw" (jsonw.c). */
+ * "coral.dag" (dag.c), "coral.coord" (coord.c), "coral.jsonw" (jsonw.c), "coral.yamlw" (yamlw.c). */
 int coral_host_open(lua_State *L);
 int coral_readline_open(lua_State *L);
 int coral_spawn_open(lua_State *L);
 int coral_dag_open(lua_State *L);
 int coral_coord_open(lua_State *L);
 int coral_jsonw_open(lua_State *L);
+int coral_yamlw_open(lua_State *L);
 
 /* Set up a fresh state: standard libraries, luv on `loop`, cjson, coral's C modules and the
  * searcher for the Lua files compiled into the binary. `lua_root` (may be NULL) is a directory

@@ -461,6 +461,7 @@ void coral_open_state(lua_State *L, uv_loop_t *loop, const char *lua_root) {
     { "coral.dag", coral_dag_open },
     { "coral.coord", coral_coord_open },
     { "coral.jsonw", coral_jsonw_open },
+    { "coral.yamlw", coral_yamlw_open },
   };
   size_t i;
 
