@@ -398,6 +398,42 @@ describe("coral.proc", function()
   end)
 
   describe("stdout and stderr", function()
+    it("with nofollow, writes only a regular file of its own: a link, a FIFO, a dir or a hard link is refused", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/victim", "keep\n")
+      local function spawn_to(path)
+        local p, err, code = proc.spawn { argv = { "echo", "written" }, stdout = { file = path, nofollow = true } }
+        if p then p:wait() end
+        return p, err, code
+      end
+      assert(uv.fs_symlink(dir .. "/victim", dir .. "/link"))
+      local p, err, code = spawn_to(dir .. "/link")
+      assert.is_nil(p)
+      assert.are.equal("ELOOP", code, err)
+      assert(uv.fs_link(dir .. "/victim", dir .. "/hard"))
+      p, err, code = spawn_to(dir .. "/hard")
+      assert.is_nil(p)
+      assert.are.equal("EMLINK", code, err)
+      assert.are.equal(0, os.execute("mkfifo " .. dir .. "/fifo") and 0 or 1)
+      p, err, code = spawn_to(dir .. "/fifo")
+      assert.is_nil(p)
+      assert.are.equal("ENXIO", code, err)
+      assert(uv.fs_mkdir(dir .. "/sub", tonumber("755", 8)))
+      p, err, code = spawn_to(dir .. "/sub")
+      assert.is_nil(p)
+      assert.are.equal("EISDIR", code, err)
+      assert.are.equal("keep\n", H.read_file(dir .. "/victim"))   -- nothing written through them
+      -- its own file, new or there already (truncated)
+      assert(spawn_to(dir .. "/new"))
+      assert.are.equal("written\n", H.read_file(dir .. "/new"))
+      H.write_file(dir .. "/old", "a much longer earlier text\n")
+      assert(spawn_to(dir .. "/old"))
+      assert.are.equal("written\n", H.read_file(dir .. "/old"))
+      local info = proc.spawn { argv = { "echo", "more" }, stdout = { file = dir .. "/old", nofollow = true, append = true } }:wait()
+      assert.are.equal(0, info.code)
+      assert.are.equal("written\nmore\n", H.read_file(dir .. "/old"))
+    end)
+
     it("can be paused: the child blocks, its idle timeout waits, nothing is lost", function()
       local n = 0
       local p = proc.spawn { argv = { "head", "-c", "3000000", "/dev/zero" }, idle_timeout = 0.1,

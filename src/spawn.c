@@ -1182,6 +1182,7 @@ typedef struct proc_stream_opts {
   int dest;
   const char *file;
   int append, lines, has_fn;
+  int nofollow;             /* the file must be a regular file or absent: not a link, a FIFO... */
   lua_Integer cap;          /* < 0: no cap */
 } proc_stream_opts;
 
@@ -1271,10 +1272,13 @@ static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int f
       o->append = lua_toboolean(L, -1);
     } else if (strcmp(k, "lines") == 0 && t == LUA_TBOOLEAN) {
       o->lines = lua_toboolean(L, -1);
+    } else if (strcmp(k, "nofollow") == 0 && t == LUA_TBOOLEAN) {
+      o->nofollow = lua_toboolean(L, -1);
     } else if (strcmp(k, "cap") == 0 && lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0) {
       o->cap = lua_tointeger(L, -1);
     } else if (strcmp(k, "file") == 0 || strcmp(k, "on_data") == 0 ||
-               strcmp(k, "append") == 0 || strcmp(k, "lines") == 0 || strcmp(k, "cap") == 0) {
+               strcmp(k, "append") == 0 || strcmp(k, "lines") == 0 || strcmp(k, "cap") == 0 ||
+               strcmp(k, "nofollow") == 0) {
       const char *want = k[0] == 'f' ? "a string" : k[0] == 'o' ? "a function" :
                          k[0] == 'c' ? "an integer >= 0" : "a boolean";
       luaL_argerror(L, 1, lua_pushfstring(L, "option '%s': '%s' must be %s, got %s", name, k,
@@ -1563,6 +1567,34 @@ static int proc_open_file(const char *path, int flags) {
   return fd;
 }
 
+/* A file of the host's own (nofollow): refused, in the open itself, when it is a symbolic link
+ * (ELOOP), anything but a regular file (a directory: EISDIR; a FIFO, a socket, a device:
+ * ENXIO) or a file with another name too (a hard link: EMLINK). A check by path before the open
+ * could be raced: a link put in its place between the two would be followed. O_NONBLOCK, so
+ * that a FIFO put there cannot hold the host in open(2) (it changes nothing for a regular
+ * file); truncated only once it is known to be the host's own. Returns the descriptor, or -1
+ * with errno. */
+static int proc_open_own_file(const char *path, int flags) {
+  struct stat st;
+  int fd = proc_open_file(path, (flags & ~O_TRUNC) | O_NOFOLLOW | O_NONBLOCK), e = 0;
+  if (fd < 0)
+    return -1;
+  if (fstat(fd, &st) != 0)
+    e = errno;
+  else if (!S_ISREG(st.st_mode))
+    e = ENXIO;
+  else if (st.st_nlink > 1)
+    e = EMLINK;
+  else if ((flags & O_TRUNC) && st.st_size > 0 && ftruncate(fd, 0) != 0)
+    e = errno;
+  if (e != 0) {
+    close(fd);
+    errno = e;
+    return -1;
+  }
+  return fd;
+}
+
 /* Decides where a stream goes. C reads it through a pipe when it must see the bytes: a
  * callback, a cap, or an idle timeout; then the file (or the host's own fd) is written by C.
  * Otherwise the child gets the file itself. Returns 0 or the errno of the failed open. */
@@ -1573,7 +1605,8 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
   st->cap = o->cap >= 0 ? (uint64_t)o->cap : PROC_NO_CAP;
   st->lines = o->lines;
   if (o->dest == DEST_FILE) {
-    int f = proc_open_file(o->file, O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC));
+    int flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
+    int f = o->nofollow ? proc_open_own_file(o->file, flags) : proc_open_file(o->file, flags);
     if (f < 0)
       return errno;
     if (to_c) {

@@ -77,8 +77,10 @@ end
 function Local:start(spec, on_exit)
   local room, why = self:fd_room()
   if not room then return nil, why, "EMFILE" end
-  local stdout = { file = spec.stdout_path }
-  local stderr = { file = spec.stderr_path }
+  -- the attempt's own files: a link, a FIFO or a hard link put where they go is refused in the
+  -- open itself, which no check by path before it can race
+  local stdout = { file = spec.stdout_path, nofollow = true }
+  local stderr = { file = spec.stderr_path, nofollow = true }
   if spec.on_stdout then stdout.on_data = spec.on_stdout end
   local env = spec.env or {}
   local run_id, task_id = env.CORAL_RUN_ID, env.CORAL_TASK_ID
