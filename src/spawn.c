@@ -1576,7 +1576,12 @@ static int proc_open_file(const char *path, int flags) {
  * with errno. */
 static int proc_open_own_file(const char *path, int flags) {
   struct stat st;
-  int fd = proc_open_file(path, (flags & ~O_TRUNC) | O_NOFOLLOW | O_NONBLOCK), e = 0;
+  int fd, e = 0;
+  /* Nearly always new (an attempt's first open): made here, so it is a regular file of one name. */
+  if ((flags & O_CREAT) && (fd = proc_open_file(path, flags | O_EXCL | O_NOFOLLOW)) >= 0)
+    return fd;
+  if (!(flags & O_CREAT) || errno == EEXIST)
+    fd = proc_open_file(path, (flags & ~O_TRUNC) | O_NOFOLLOW | O_NONBLOCK);
   if (fd < 0)
     return -1;
   if (fstat(fd, &st) != 0)

@@ -9,6 +9,7 @@ local Local = {
   name = "local",
   on_this_machine = true,   -- a task's CLI must be on this machine's PATH
   streams = true,           -- stdin pipes and on_stdout work (pipeline mode)
+  refuses_links = true,     -- an attempt's files are refused in their open (coral.proc's nofollow)
 }
 Local.__index = Local
 

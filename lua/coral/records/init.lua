@@ -116,12 +116,13 @@ function Records:task_path(task_id, kind, attempt)
   end
   if kind == "dir" then return dir end
   if kind == "out" or kind == "err" then
-    -- the process opens these itself, following links: none may be planted there. Not looked
-    -- at for the first attempt in a dir this run made (empty then, and the task's own process
-    -- has not run yet): there an lstat would only see what a planter racing the open could
-    -- still change after it.
+    -- an executor that opens these following links: none may be planted there. Not looked at
+    -- when the executor refuses a link in the open itself (`refuses_links`, set by the runner:
+    -- the local executor), nor for the first attempt in a dir this run made (empty then, and
+    -- the task's own process has not run yet): there an lstat would only see what a planter
+    -- racing the open could still change after it.
     local path = string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
-    if not ((attempt or 1) == 1 and self.new_task_dirs and self.new_task_dirs[task_id]) then
+    if not (self.refuses_links or ((attempt or 1) == 1 and self.new_task_dirs and self.new_task_dirs[task_id])) then
       must(fsutil.own_file(path))
     end
     return path

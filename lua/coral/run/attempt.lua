@@ -16,6 +16,9 @@ local M = {}
 
 local PRIVATE_FILE = tonumber("600", 8)
 
+-- What coral.proc's nofollow open of an attempt's file says when something else is there.
+local REFUSED_OPEN = { ELOOP = true, ENXIO = true, EISDIR = true, EMLINK = true }
+
 --- The driver of `task` in `run`: the task's own, `cmd` for a command, the role's hint when
 -- the run lets coral choose, else the run's. Returns the driver, or nil and an error.
 function M.driver_for(run, task)
@@ -522,6 +525,17 @@ function launch(run, st, a, adopt, max_before)
   end
   local ok, err, code = spawn(false)
   if ok then return end
+  -- A link (or a FIFO, a dir, a second name) where the attempt's files go, refused by the open
+  -- itself: the run stops, as for any of coral's own files (docs/runner.md).
+  if REFUSED_OPEN[code] then
+    for _, path in ipairs { ctx.stdout_path, ctx.stderr_path } do
+      if err:find(path, 1, true) then
+        local why = code == "EMLINK" and (path .. " has another name (a hard link: coral does not write through it)")
+          or fsutil.refusal(path, uv.fs_lstat(path), "file")
+        error(why or err, 0)
+      end
+    end
+  end
   local function give_up(e, e_code)
     ended(run, st, a, nil, { ok = false, error = e, retryable = false, code = e_code }, driver, ctx)
   end

@@ -580,6 +580,7 @@ function Runner:execute_plan(plan, opts)
   local ok, result = xpcall(function()
     run.records = records.open(project_dir, opts.resume or opts.run_id)
     run.records.batch = true   -- journal and joblog lines written together (records/init.lua)
+    run.records.refuses_links = executor.refuses_links   -- (records/init.lua's task_path)
     run.records:write_owner()
     local invocation = opts.invocation or opts.script_invocation
     if invocation and not opts.resume then run.records:write_invocation(invocation) end
