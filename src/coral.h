@@ -7,6 +7,8 @@
 #ifndef CORAL_H
 #define CORAL_H
 
+#include <string.h>
+
 #include <lua.h>
 #include <uv.h>
 
@@ -69,6 +71,35 @@ int coral_checknargs(lua_State *L, int max);
  * "Unknown system error" (util.c). Return buf. */
 const char *coral_errname(int e, char *buf, size_t size);
 const char *coral_strerror(int e, char *buf, size_t size);
+
+/* A text being built in a full userdata at stack index `slot`, which a bigger one replaces as
+ * it grows (util.c): an error anywhere leaves garbage for the collector, nothing to free by
+ * hand. coral.jsonw and coral.yamlw write their texts so. */
+typedef struct coral_text {
+  lua_State *L;
+  int slot;
+  char *p;
+  size_t len, cap;
+} coral_text;
+
+/* Room for `more` bytes: a userdata twice as big (or as big as needed) at t->slot. */
+void coral_text_grow(coral_text *t, size_t more);
+
+static inline void coral_text_reserve(coral_text *t, size_t more) {
+  if (t->len + more > t->cap)
+    coral_text_grow(t, more);
+}
+
+static inline void coral_text_put(coral_text *t, const char *s, size_t n) {
+  coral_text_reserve(t, n);
+  memcpy(t->p + t->len, s, n);
+  t->len += n;
+}
+
+static inline void coral_text_putc(coral_text *t, char c) {
+  coral_text_reserve(t, 1);
+  t->p[t->len++] = c;
+}
 
 /* Kill and reap every child that spawn.c still supervises (spawn.c). */
 void coral_spawn_shutdown(lua_State *L);

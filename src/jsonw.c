@@ -39,37 +39,12 @@
  * buffer of its own, only its string. */
 typedef struct {
   lua_State *L;
-  int slot;       /* stack index of the userdata holding the bytes */
-  char *p;
-  size_t len, cap;
-  int lists;      /* stack index of list_keys, or 0 */
+  coral_text text;   /* the bytes, in the userdata at text.slot */
+  int lists;         /* stack index of list_keys, or 0 */
 } writer;
 
-static void reserve(writer *w, size_t more) {
-  size_t cap;
-  char *p;
-  if (w->len + more <= w->cap)
-    return;
-  cap = w->cap * 2;
-  if (cap < w->len + more)
-    cap = w->len + more;
-  p = lua_newuserdatauv(w->L, cap, 0);
-  memcpy(p, w->p, w->len);
-  lua_replace(w->L, w->slot);
-  w->p = p;
-  w->cap = cap;
-}
-
-static void put(writer *w, const char *s, size_t n) {
-  reserve(w, n);
-  memcpy(w->p + w->len, s, n);
-  w->len += n;
-}
-
-static void putc1(writer *w, char c) {
-  reserve(w, 1);
-  w->p[w->len++] = c;
-}
+static void put(writer *w, const char *s, size_t n) { coral_text_put(&w->text, s, n); }
+static void putc1(writer *w, char c) { coral_text_putc(&w->text, c); }
 
 /* Decimal digits of `u` at the end of buf[0..24): returns where they start. */
 static char *digits(uint64_t u, char *end) {
@@ -281,17 +256,17 @@ static int jsonw_encode(lua_State *L) {
   if (!lua_isnoneornil(L, 2))
     luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  w.L = L;
+  w.L = w.text.L = L;
   w.lists = lua_isnil(L, 2) ? 0 : 2;
-  w.len = 0;
+  w.text.len = 0;
   lua_pushvalue(L, lua_upvalueindex(1));   /* the buffer the last call left */
-  w.p = lua_touserdata(L, -1);
-  w.cap = lua_rawlen(L, -1);
-  w.slot = lua_gettop(L);
+  w.text.p = lua_touserdata(L, -1);
+  w.text.cap = lua_rawlen(L, -1);
+  w.text.slot = lua_gettop(L);
   put_value(&w, 1, 0, NULL);
-  lua_pushlstring(L, w.p, w.len);
-  if (w.cap <= MAX_KEPT) {   /* a big one (a whole plan.json) is not held for the run */
-    lua_pushvalue(L, w.slot);
+  lua_pushlstring(L, w.text.p, w.text.len);
+  if (w.text.cap <= MAX_KEPT) {   /* a big one (a whole plan.json) is not held for the run */
+    lua_pushvalue(L, w.text.slot);
     lua_replace(L, lua_upvalueindex(1));
   }
   return 1;

@@ -61,3 +61,15 @@ const char *coral_strerror(int e, char *buf, size_t size) {
     buf[0] = (char)tolower((unsigned char)buf[0]);
   return buf;
 }
+
+void coral_text_grow(coral_text *t, size_t more) {
+  size_t cap = t->cap * 2;
+  char *p;
+  if (cap < t->len + more)
+    cap = t->len + more;
+  p = lua_newuserdatauv(t->L, cap, 0);
+  memcpy(p, t->p, t->len);
+  lua_replace(t->L, t->slot);
+  t->p = p;
+  t->cap = cap;
+}

@@ -56,9 +56,7 @@ typedef struct {
  * in `keys` and in the scratch table: a map's keys are the entries from `top` when it starts. */
 typedef struct {
   lua_State *L;
-  int text_slot;
-  char *p;
-  size_t len, cap;
+  coral_text text;   /* the bytes, in the userdata at text.slot */
   int keys_slot;
   yamlw_key *keys;
   size_t top, keys_cap;
@@ -68,36 +66,13 @@ typedef struct {
 
 /* {{{ the text */
 
-static void yamlw_reserve(yamlw_writer *w, size_t more) {
-  size_t cap;
-  char *p;
-  if (w->len + more <= w->cap)
-    return;
-  cap = w->cap * 2;
-  if (cap < w->len + more)
-    cap = w->len + more;
-  p = lua_newuserdatauv(w->L, cap, 0);
-  memcpy(p, w->p, w->len);
-  lua_replace(w->L, w->text_slot);
-  w->p = p;
-  w->cap = cap;
-}
-
-static void yamlw_put(yamlw_writer *w, const char *s, size_t n) {
-  yamlw_reserve(w, n);
-  memcpy(w->p + w->len, s, n);
-  w->len += n;
-}
-
-static void yamlw_putc(yamlw_writer *w, char c) {
-  yamlw_reserve(w, 1);
-  w->p[w->len++] = c;
-}
+static void yamlw_put(yamlw_writer *w, const char *s, size_t n) { coral_text_put(&w->text, s, n); }
+static void yamlw_putc(yamlw_writer *w, char c) { coral_text_putc(&w->text, c); }
 
 static void yamlw_spaces(yamlw_writer *w, size_t n) {
-  yamlw_reserve(w, n);
-  memset(w->p + w->len, ' ', n);
-  w->len += n;
+  coral_text_reserve(&w->text, n);
+  memset(w->text.p + w->text.len, ' ', n);
+  w->text.len += n;
 }
 
 /* }}} */
@@ -470,22 +445,22 @@ static int yamlw_encode(lua_State *L) {
   if (!lua_isnoneornil(L, 3))
     luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
-  w.L = L;
+  w.L = w.text.L = L;
   w.list_mt = lua_isnil(L, 3) ? 0 : 3;
   /* The buffer the last call left, taken out of the upvalue while this call writes in it: a
    * key's __tostring that wrote YAML itself would get a buffer of its own. */
-  w.len = 0;
+  w.text.len = 0;
   lua_pushvalue(L, lua_upvalueindex(1));
-  w.text_slot = lua_gettop(L);
-  if (lua_isnil(L, w.text_slot)) {
-    w.p = lua_newuserdatauv(L, 256, 0);
-    lua_replace(L, w.text_slot);
+  w.text.slot = lua_gettop(L);
+  if (lua_isnil(L, w.text.slot)) {
+    w.text.p = lua_newuserdatauv(L, 256, 0);
+    lua_replace(L, w.text.slot);
   } else {
-    w.p = lua_touserdata(L, w.text_slot);
+    w.text.p = lua_touserdata(L, w.text.slot);
     lua_pushnil(L);
     lua_replace(L, lua_upvalueindex(1));
   }
-  w.cap = lua_rawlen(L, w.text_slot);
+  w.text.cap = lua_rawlen(L, w.text.slot);
   w.keys_cap = 64;
   w.keys = lua_newuserdatauv(L, w.keys_cap * sizeof *w.keys, 0);
   w.keys_slot = lua_gettop(L);
@@ -514,12 +489,12 @@ static int yamlw_encode(lua_State *L) {
     lua_pop(L, 2);
     list = yamlw_is_list(L, 1, &empty);
     yamlw_put_block(&w, 1, list, 0, 0, 0);
-    if (w.len == 0)   /* a "list" whose item 1 is nil (holes, #t a later border): no line */
+    if (w.text.len == 0)   /* a "list" whose item 1 is nil (holes, #t a later border): no line */
       yamlw_putc(&w, '\n');
   }
-  lua_pushlstring(L, w.p, w.len);
-  if (w.cap <= MAX_KEPT) {
-    lua_pushvalue(L, w.text_slot);
+  lua_pushlstring(L, w.text.p, w.text.len);
+  if (w.text.cap <= MAX_KEPT) {
+    lua_pushvalue(L, w.text.slot);
     lua_replace(L, lua_upvalueindex(1));
   }
   return 1;
