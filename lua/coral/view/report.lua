@@ -956,6 +956,7 @@ function Live:on_event(e)
       io.stderr:write("coral: live report: file://", self.run_dir, "/report.html\n")
     end
     self.tasks, self.reached = math.tointeger(e.tasks) or 0, 0
+    self.workers = math.tointeger(e.max_workers) or 1
     if not self.timer then
       self.timer = uv.new_timer()
       self.timer:unref()   -- never what keeps a script's loop alive
@@ -964,11 +965,13 @@ function Live:on_event(e)
       self:rearm(0)
     end
   elseif (name == "start" and e.attempt == 1) or name == "skip" or name == "up_to_date" then
-    -- Every task reached (the last ones started): the page is drawn now, between their ends,
-    -- so that the final write after them draws little more than their part (the parts of
-    -- settled tasks are kept, see page_cache).
+    -- All but the last two workers' worth of tasks reached: the page is drawn now, between
+    -- the ends of the last ones, so that the final write after them draws little more than
+    -- their part (the parts of settled tasks are kept, see page_cache). Any later, and a short
+    -- run's last tasks end before this write does (sleep-random at W=8: the final write took a
+    -- median 25 ms with "every task reached", 19 with this, 19-22 with four workers' worth).
     self.reached = (self.reached or 0) + 1
-    if self.reached == self.tasks and self.timer and not self.job then
+    if self.reached == self.tasks - 2 * self.workers and self.timer and not self.job then
       self.timer:stop()
       self:write_live()
     end
