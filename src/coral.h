@@ -85,6 +85,11 @@ typedef struct coral_text {
 /* Room for `more` bytes: a userdata twice as big (or as big as needed) at t->slot. */
 void coral_text_grow(coral_text *t, size_t more);
 
+/* Pushes the text as a string, and keeps its buffer for the next call as upvalue 1 of the
+ * running C function when it is at most `keep` bytes (a big one is not held for the host's
+ * life). */
+void coral_text_push(coral_text *t, size_t keep);
+
 static inline void coral_text_reserve(coral_text *t, size_t more) {
   if (t->len + more > t->cap)
     coral_text_grow(t, more);

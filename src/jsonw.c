@@ -264,11 +264,7 @@ static int jsonw_encode(lua_State *L) {
   w.text.cap = lua_rawlen(L, -1);
   w.text.slot = lua_gettop(L);
   put_value(&w, 1, 0, NULL);
-  lua_pushlstring(L, w.text.p, w.text.len);
-  if (w.text.cap <= MAX_KEPT) {   /* a big one (a whole plan.json) is not held for the run */
-    lua_pushvalue(L, w.text.slot);
-    lua_replace(L, lua_upvalueindex(1));
-  }
+  coral_text_push(&w.text, MAX_KEPT);   /* a big one (a whole plan.json) is not held for the run */
   return 1;
 }
 

@@ -73,3 +73,11 @@ void coral_text_grow(coral_text *t, size_t more) {
   t->p = p;
   t->cap = cap;
 }
+
+void coral_text_push(coral_text *t, size_t keep) {
+  lua_pushlstring(t->L, t->p, t->len);
+  if (t->cap <= keep) {
+    lua_pushvalue(t->L, t->slot);
+    lua_replace(t->L, lua_upvalueindex(1));
+  }
+}

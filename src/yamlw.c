@@ -492,11 +492,7 @@ static int yamlw_encode(lua_State *L) {
     if (w.text.len == 0)   /* a "list" whose item 1 is nil (holes, #t a later border): no line */
       yamlw_putc(&w, '\n');
   }
-  lua_pushlstring(L, w.text.p, w.text.len);
-  if (w.text.cap <= MAX_KEPT) {
-    lua_pushvalue(L, w.text.slot);
-    lua_replace(L, lua_upvalueindex(1));
-  }
+  coral_text_push(&w.text, MAX_KEPT);
   return 1;
 }
 
