@@ -85,10 +85,18 @@ typedef struct coral_text {
 /* Room for `more` bytes: a userdata twice as big (or as big as needed) at t->slot. */
 void coral_text_grow(coral_text *t, size_t more);
 
+/* Starts a text in the buffer the last call of the running C function kept as its upvalue 1
+ * (coral_text_closure), pushed as a new stack slot and taken out of the upvalue while this
+ * call writes in it (a nested call gets a buffer of its own). */
+void coral_text_begin(coral_text *t, lua_State *L);
+
 /* Pushes the text as a string, and keeps its buffer for the next call as upvalue 1 of the
  * running C function when it is at most `keep` bytes (a big one is not held for the host's
  * life). */
 void coral_text_push(coral_text *t, size_t keep);
+
+/* Pushes `fn` as a closure whose upvalue 1 is a first buffer for coral_text_begin. */
+void coral_text_closure(lua_State *L, lua_CFunction fn);
 
 static inline void coral_text_reserve(coral_text *t, size_t more) {
   if (t->len + more > t->cap)

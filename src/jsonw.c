@@ -256,13 +256,9 @@ static int jsonw_encode(lua_State *L) {
   if (!lua_isnoneornil(L, 2))
     luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  w.L = w.text.L = L;
+  w.L = L;
   w.lists = lua_isnil(L, 2) ? 0 : 2;
-  w.text.len = 0;
-  lua_pushvalue(L, lua_upvalueindex(1));   /* the buffer the last call left */
-  w.text.p = lua_touserdata(L, -1);
-  w.text.cap = lua_rawlen(L, -1);
-  w.text.slot = lua_gettop(L);
+  coral_text_begin(&w.text, L);   /* the buffer the last call left */
   put_value(&w, 1, 0, NULL);
   coral_text_push(&w.text, MAX_KEPT);   /* a big one (a whole plan.json) is not held for the run */
   return 1;
@@ -270,8 +266,7 @@ static int jsonw_encode(lua_State *L) {
 
 int coral_jsonw_open(lua_State *L) {
   lua_createtable(L, 0, 1);
-  lua_newuserdatauv(L, 256, 0);
-  lua_pushcclosure(L, jsonw_encode, 1);
+  coral_text_closure(L, jsonw_encode);
   lua_setfield(L, -2, "encode");
   return 1;
 }

@@ -74,6 +74,27 @@ void coral_text_grow(coral_text *t, size_t more) {
   t->cap = cap;
 }
 
+void coral_text_begin(coral_text *t, lua_State *L) {
+  t->L = L;
+  t->len = 0;
+  lua_pushvalue(L, lua_upvalueindex(1));
+  t->slot = lua_gettop(L);
+  if (lua_isnil(L, t->slot)) {
+    t->p = lua_newuserdatauv(L, 256, 0);
+    lua_replace(L, t->slot);
+  } else {
+    t->p = lua_touserdata(L, t->slot);
+    lua_pushnil(L);
+    lua_replace(L, lua_upvalueindex(1));
+  }
+  t->cap = lua_rawlen(L, t->slot);
+}
+
+void coral_text_closure(lua_State *L, lua_CFunction fn) {
+  lua_newuserdatauv(L, 256, 0);
+  lua_pushcclosure(L, fn, 1);
+}
+
 void coral_text_push(coral_text *t, size_t keep) {
   lua_pushlstring(t->L, t->p, t->len);
   if (t->cap <= keep) {

@@ -445,22 +445,11 @@ static int yamlw_encode(lua_State *L) {
   if (!lua_isnoneornil(L, 3))
     luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
-  w.L = w.text.L = L;
+  w.L = L;
   w.list_mt = lua_isnil(L, 3) ? 0 : 3;
   /* The buffer the last call left, taken out of the upvalue while this call writes in it: a
    * key's __tostring that wrote YAML itself would get a buffer of its own. */
-  w.text.len = 0;
-  lua_pushvalue(L, lua_upvalueindex(1));
-  w.text.slot = lua_gettop(L);
-  if (lua_isnil(L, w.text.slot)) {
-    w.text.p = lua_newuserdatauv(L, 256, 0);
-    lua_replace(L, w.text.slot);
-  } else {
-    w.text.p = lua_touserdata(L, w.text.slot);
-    lua_pushnil(L);
-    lua_replace(L, lua_upvalueindex(1));
-  }
-  w.text.cap = lua_rawlen(L, w.text.slot);
+  coral_text_begin(&w.text, L);
   w.keys_cap = 64;
   w.keys = lua_newuserdatauv(L, w.keys_cap * sizeof *w.keys, 0);
   w.keys_slot = lua_gettop(L);
@@ -498,8 +487,7 @@ static int yamlw_encode(lua_State *L) {
 
 int coral_yamlw_open(lua_State *L) {
   lua_createtable(L, 0, 1);
-  lua_newuserdatauv(L, 256, 0);
-  lua_pushcclosure(L, yamlw_encode, 1);
+  coral_text_closure(L, yamlw_encode);
   lua_setfield(L, -2, "encode");
   return 1;
 }
