@@ -434,6 +434,51 @@ describe("coral.proc", function()
       assert.are.equal("written\nmore\n", H.read_file(dir .. "/old"))
     end)
 
+    it("takes a file opened ahead by open_output (as nofollow opens it), which is the child's from then on", function()
+      local dir = H.tmpdir()
+      local fds = open_fds()
+      local out = assert(proc.open_output(dir .. "/out"))
+      H.write_file(dir .. "/old", "an earlier, longer text\n")
+      local err = assert(proc.open_output(dir .. "/old"))   -- there already: truncated
+      assert.are.equal("", H.read_file(dir .. "/old"))
+      assert.are.equal(fds + 2, open_fds())
+      local info = proc.spawn { argv = { "sh", "-c", "echo out; echo err >&2" },
+                                stdout = { file = dir .. "/out", opened = out },
+                                stderr = { file = dir .. "/old", opened = err } }:wait()
+      assert.are.equal(0, info.code)
+      assert.are.equal(4, info.stdout_size)
+      assert.are.equal("out\n", H.read_file(dir .. "/out"))
+      assert.are.equal("err\n", H.read_file(dir .. "/old"))
+      assert.are.equal(fds, open_fds())   -- the spawn owned them, and closed them
+      assert.matches("closed", tostring(out))
+      -- given once only
+      local ok, msg = pcall(proc.spawn, { argv = { "true" }, stdout = { file = dir .. "/out", opened = out } })
+      assert.is_false(ok)
+      assert.matches("option 'stdout': the opened file was closed or given to a process already", msg, 1, true)
+      ok, msg = pcall(proc.spawn, { argv = { "true" }, stdout = { opened = assert(proc.open_output(dir .. "/x")) } })
+      assert.is_false(ok)
+      assert.matches("opened goes with the file it opened", msg, 1, true)
+      -- a spawn that fails closes it too; close() and collection close one never given
+      local f = assert(proc.open_output(dir .. "/y"))
+      assert.is_nil(proc.spawn { argv = { dir .. "/missing" }, stdout = { file = dir .. "/y", opened = f } })
+      local g = assert(proc.open_output(dir .. "/z"))
+      g:close()
+      g:close()
+      collectgarbage()
+      assert.are.equal(fds, open_fds())
+      -- refused as nofollow refuses: a link, a hard link
+      H.write_file(dir .. "/victim", "keep\n")
+      assert(uv.fs_symlink(dir .. "/victim", dir .. "/link"))
+      local none, why, code = proc.open_output(dir .. "/link")
+      assert.is_nil(none)
+      assert.are.equal("ELOOP", code, why)
+      assert(uv.fs_link(dir .. "/victim", dir .. "/hard"))
+      none, why, code = proc.open_output(dir .. "/hard")
+      assert.is_nil(none)
+      assert.are.equal("EMLINK", code, why)
+      assert.are.equal("keep\n", H.read_file(dir .. "/victim"))
+    end)
+
     it("can be paused: the child blocks, its idle timeout waits, nothing is lost", function()
       local n = 0
       local p = proc.spawn { argv = { "head", "-c", "3000000", "/dev/zero" }, idle_timeout = 0.1,

@@ -54,6 +54,7 @@
 
 #define PROC_MT "coral.proc"
 #define PROC_SUP_MT "coral.proc.supervisor"
+#define PROC_OUTPUT_MT "coral.proc.output"   /* a child's output file opened ahead (proc.open_output) */
 #define PROC_READ_SIZE 65536            /* one read from a child's pipe */
 #define PROC_LINE_LIMIT (1u << 20)      /* a longer line is delivered in pieces of this size */
 #define PROC_DEFAULT_GRACE_MS 2000      /* from TERM to KILL after a timeout */
@@ -1183,6 +1184,7 @@ typedef struct proc_stream_opts {
   const char *file;
   int append, lines, has_fn;
   int nofollow;             /* the file must be a regular file or absent: not a link, a FIFO... */
+  int *opened;              /* the fd of a proc.open_output file, taken by the spawn; or NULL */
   lua_Integer cap;          /* < 0: no cap */
 } proc_stream_opts;
 
@@ -1274,13 +1276,19 @@ static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int f
       o->lines = lua_toboolean(L, -1);
     } else if (strcmp(k, "nofollow") == 0 && t == LUA_TBOOLEAN) {
       o->nofollow = lua_toboolean(L, -1);
+    } else if (strcmp(k, "opened") == 0 && luaL_testudata(L, -1, PROC_OUTPUT_MT) != NULL) {
+      /* the options table keeps it alive until the spawn has taken its fd */
+      o->opened = (int *)lua_touserdata(L, -1);
+      if (*o->opened < 0)
+        proc_opt_error(L, "option '%s': the opened file was closed or given to a process already", name);
     } else if (strcmp(k, "cap") == 0 && lua_isinteger(L, -1) && lua_tointeger(L, -1) >= 0) {
       o->cap = lua_tointeger(L, -1);
     } else if (strcmp(k, "file") == 0 || strcmp(k, "on_data") == 0 ||
                strcmp(k, "append") == 0 || strcmp(k, "lines") == 0 || strcmp(k, "cap") == 0 ||
-               strcmp(k, "nofollow") == 0) {
-      const char *want = k[0] == 'f' ? "a string" : k[0] == 'o' ? "a function" :
-                         k[0] == 'c' ? "an integer >= 0" : "a boolean";
+               strcmp(k, "nofollow") == 0 || strcmp(k, "opened") == 0) {
+      const char *want = k[0] == 'f' ? "a string" : strcmp(k, "on_data") == 0 ? "a function" :
+                         k[0] == 'c' ? "an integer >= 0" : strcmp(k, "opened") == 0 ? "a file of proc.open_output" :
+                         "a boolean";
       luaL_argerror(L, 1, lua_pushfstring(L, "option '%s': '%s' must be %s, got %s", name, k,
                                           want, luaL_typename(L, -1)));
     } else {
@@ -1290,6 +1298,8 @@ static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int f
   }
   if (o->lines && !o->has_fn)
     proc_opt_error(L, "option '%s': lines needs on_data", name);
+  if (o->opened != NULL && (o->file == NULL || o->append))
+    proc_opt_error(L, "option '%s': opened goes with the file it opened, and not with append", name);
   /* Neither file nor on_data: the stream stays the host's (with a cap, C copies it there). */
   o->dest = o->file != NULL ? DEST_FILE : o->has_fn ? DEST_NONE : DEST_INHERIT;
 }
@@ -1611,9 +1621,15 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
   st->lines = o->lines;
   if (o->dest == DEST_FILE) {
     int flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
-    int f = o->nofollow ? proc_open_own_file(o->file, flags) : proc_open_file(o->file, flags);
-    if (f < 0)
-      return errno;
+    int f;
+    if (o->opened != NULL) {   /* opened ahead: now this child's (proc_spawn checked it is open) */
+      f = *o->opened;
+      *o->opened = -1;
+    } else {
+      f = o->nofollow ? proc_open_own_file(o->file, flags) : proc_open_file(o->file, flags);
+      if (f < 0)
+        return errno;
+    }
     if (to_c) {
       st->file = f;
       st->own_file = 1;
@@ -2560,8 +2576,56 @@ static proc_sup *proc_sup_new(lua_State *L) {
   return sup;
 }
 
+/* {{{ output files opened ahead */
+
+/* proc.open_output(path): the file a child will write its output to, opened now as the
+ * `nofollow` stream option opens it (made new with O_EXCL, or else a regular file of one name,
+ * truncated), so that the spawn that takes it (stream option `opened`) need not. A runner opens
+ * the files of the task next in line while its workers are busy: an open that creates a file
+ * costs tens of microseconds, more in a crowded directory, which would otherwise come between
+ * one task's end and the next task's start. Returns the file, or nil, a message and the errno
+ * name. The descriptor is close-on-exec; it is closed by f:close(), at collection, or in the
+ * child's spawn, which owns it from then on. */
+static int proc_open_output(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int *fd;
+  coral_checknargs(L, 1);
+  fd = lua_newuserdatauv(L, sizeof *fd, 0);
+  *fd = -1;
+  luaL_setmetatable(L, PROC_OUTPUT_MT);
+  *fd = proc_open_own_file(path, O_WRONLY | O_CREAT | O_TRUNC);
+  if (*fd < 0)
+    return proc_push_failure(L, errno, lua_pushfstring(L, "open %s", path));
+  return 1;
+}
+
+static int proc_output_close(lua_State *L) {
+  int *fd = luaL_checkudata(L, 1, PROC_OUTPUT_MT);
+  proc_close_fd(fd);
+  return 0;
+}
+
+static int proc_output_tostring(lua_State *L) {
+  int *fd = luaL_checkudata(L, 1, PROC_OUTPUT_MT);
+  if (*fd < 0)
+    lua_pushliteral(L, "coral.proc.output (closed)");
+  else
+    lua_pushfstring(L, "coral.proc.output (fd %d)", *fd);
+  return 1;
+}
+
+static const luaL_Reg proc_output_metamethods[] = {
+  { "__gc", proc_output_close },
+  { "__close", proc_output_close },
+  { "__tostring", proc_output_tostring },
+  { NULL, NULL }
+};
+
+/* }}} */
+
 static const luaL_Reg proc_functions[] = {
   { "spawn", proc_spawn },
+  { "open_output", proc_open_output },
   { "live", proc_live },
   { "fds", proc_fds },
   { "adopted", proc_adopted },
@@ -2610,6 +2674,14 @@ int coral_spawn_open(lua_State *L) {
     lua_pushvalue(L, -4);
     luaL_setfuncs(L, proc_methods, 2);
     lua_pushcclosure(L, proc_index, 1);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, PROC_OUTPUT_MT)) {
+    luaL_setfuncs(L, proc_output_metamethods, 0);
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, proc_output_close);
+    lua_setfield(L, -2, "close");
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
