@@ -2,8 +2,10 @@
 -- (its own process group, a timeout that kills the group, output straight to its files).
 -- Nothing a task starts outlives it: what leaves its group is killed when its process exits,
 -- and whatever is still left when the run ends (coral.exec.reaper).
+local fsutil = require "coral.fsutil"
 local proc = require "coral.proc"
 local reaper = require "coral.exec.reaper"
+local uv = require "luv"
 
 local Local = {
   name = "local",
@@ -75,13 +77,33 @@ local function kill_left(run_id, task_id)
     #pids == 1 and "" or "es", reaper.describe(pids, names))
 end
 
+--- Opens an attempt's stdout and stderr files ahead of its start (the runner does so for the
+-- task next in line while its workers are busy), as start would open them; start takes them
+-- as spec.opened. Returns { out =, err = } (close with close_outputs), or nil when either
+-- cannot be opened now: start then opens them itself, and reports what is wrong.
+function Local.open_outputs(_, stdout_path, stderr_path)
+  local out = proc.open_output(stdout_path)
+  local err = out and proc.open_output(stderr_path)
+  if not err then
+    if out then out:close() end
+    return nil
+  end
+  return { out = out, err = err }
+end
+
+function Local.close_outputs(_, opened)
+  opened.out:close()
+  opened.err:close()
+end
+
 function Local:start(spec, on_exit)
   local room, why = self:fd_room()
   if not room then return nil, why, "EMFILE" end
   -- the attempt's own files: a link, a FIFO or a hard link put where they go is refused in the
-  -- open itself, which no check by path before it can race
-  local stdout = { file = spec.stdout_path, nofollow = true }
-  local stderr = { file = spec.stderr_path, nofollow = true }
+  -- open itself, which no check by path before it can race (or opened so ahead: spec.opened)
+  local opened = spec.opened
+  local stdout = { file = spec.stdout_path, nofollow = true, opened = opened and opened.out or nil }
+  local stderr = { file = spec.stderr_path, nofollow = true, opened = opened and opened.err or nil }
   if spec.on_stdout then stdout.on_data = spec.on_stdout end
   local env = spec.env or {}
   local run_id, task_id = env.CORAL_RUN_ID, env.CORAL_TASK_ID
@@ -99,10 +121,11 @@ function Local:start(spec, on_exit)
     on_reaped = run_id and task_id and function() left = kill_left(run_id, task_id) end or nil,
     on_exit = function(info)
       self.live = self.live - 1
-      local f = left and spec.stderr_path and io.open(spec.stderr_path, "ab")
-      if f then
-        f:write(left)
-        f:close()
+      -- (not through a link the task may have put in its stderr file's place)
+      local fd = left and spec.stderr_path and fsutil.open(spec.stderr_path, "a", tonumber("600", 8))
+      if fd then
+        fsutil.write_all(fd, left, -1)
+        uv.fs_close(fd)
       end
       return on_exit(info)
     end,

@@ -16,6 +16,10 @@ local M = {}
 
 local PRIVATE_FILE = tonumber("600", 8)
 
+-- How an attempt's file over the output cap is opened to be cut: read-write, not through a
+-- link, not held by a FIFO.
+local CAP_OPEN_FLAGS = uv.constants.O_RDWR | host.O_NOFOLLOW | uv.constants.O_NONBLOCK
+
 -- What coral.proc's nofollow open of an attempt's file says when something else is there.
 local REFUSED_OPEN = { ELOOP = true, ENXIO = true, EISDIR = true, EMLINK = true }
 
@@ -82,17 +86,6 @@ local function add_inputs(run, st, env)
   env.CORAL_INPUTS = path
 end
 
---- Readies what the first attempt of a task next in line for a worker would make at its start
--- (Run:prepare_next, while every worker is busy): its dir, and its inputs.json, which its
--- dependencies, all ended, no longer change. A failure is left for the start to report.
-function M.prepare(run, st)
-  if not run.records:prepare_task_dir(st.task.id) then return end
-  local text = inputs_of(run, st)
-  if text and fsutil.write_file(run.records:task_path(st.task.id, "inputs"), text, PRIVATE_FILE) then
-    st.inputs_written = text
-  end
-end
-
 -- The PATH a task gets: coral's own dir first (a task can run `coral`), then coral's PATH.
 -- The same for every task of the run: made once.
 local function task_path_var(run)
@@ -103,13 +96,14 @@ local function task_path_var(run)
   return run.path_var or nil
 end
 
-local function task_env(run, st)
+-- The environment of attempt `n` of the task.
+local function task_env(run, st, n)
   local r, task = run.records, st.task
   local env = {
     CORAL_NON_INTERACTIVE = "1", CORAL_RUN_ID = r.id, CORAL_TASK_ID = task.id,
     CORAL_AGENT = task.agent, CORAL_PROJECT_DIR = run.project_dir, CORAL_RUN_DIR = r.dir,
     CORAL_SCRATCHPAD = r.paths.scratchpad, CORAL_ACTIVITY = r.paths.activity,
-    CORAL_BIN = host.exe, CORAL_ATTEMPT = tostring(#st.attempts),
+    CORAL_BIN = host.exe, CORAL_ATTEMPT = tostring(n),
     CORAL_TASK_DIR = r:task_path(task.id, "dir"),
   }
   add_inputs(run, st, env)
@@ -139,6 +133,42 @@ local function context(run, st, n, driver)
     -- a command has no role (and a plan of commands reads none)
     role = driver and driver.name ~= "cmd" and run.roles and select(2, run.roles(task)) or nil,
   }, run.context_mt)
+end
+
+--- Readies what the first attempt of a task next in line for a worker would make at its start
+-- (Run:prepare_next, while every worker is busy): its dir, and its inputs.json, which its
+-- dependencies, all ended, no longer change. A command run by an executor that refuses links
+-- in its open (nothing there to check by path later) is also armed: what its launch computes
+-- before the process (driver, context, spec, environment) is made now, so that the path from
+-- one attempt's end to this task's process is short. A failure is left for the start to report.
+function M.prepare(run, st)
+  if not run.records:prepare_task_dir(st.task.id) then return end
+  local driver = run.executor.refuses_links and M.driver_for(run, st.task)
+  if driver and driver.name == "cmd" then
+    local ctx = context(run, st, 1, driver)
+    local spec = driver.prepare(st.task, ctx)
+    if spec and not spec.builtin then
+      local ok, env = pcall(task_env, run, st, 1)   -- its inputs.json written
+      if ok then
+        -- and its files opened (the executor's, when it can)
+        local opened = run.executor.open_outputs and run.executor:open_outputs(ctx.stdout_path, ctx.stderr_path)
+        st.armed = { driver = driver, ctx = ctx, spec = spec, env = env, opened = opened }
+        return
+      end
+    end
+  end
+  local text = inputs_of(run, st)
+  if text and fsutil.write_file(run.records:task_path(st.task.id, "inputs"), text, PRIVATE_FILE) then
+    st.inputs_written = text
+  end
+end
+
+--- Drops what M.prepare made ready for a task's start that will not use it (the task is
+-- skipped, or the run ends first): the files it opened are closed (they stay, empty).
+function M.disarm(run, st)
+  local armed = st.armed
+  st.armed = nil
+  if armed and armed.opened then run.executor:close_outputs(armed.opened) end
 end
 
 -- The task's prompt, written to its prompt.md: its role, the project, the plan, and the output
@@ -193,7 +223,13 @@ local function cap_output(ctx, cap, info)
       local stat = path and uv.fs_stat(path)
       size = stat and stat.size
     end
-    local fd = size and size > cap and path and uv.fs_open(path, "r+", 0)
+    -- never through a link: one put in the file's place since it was opened is not followed
+    local fd = size and size > cap and path and uv.fs_open(path, CAP_OPEN_FLAGS, 0)
+    local stat = fd and uv.fs_fstat(fd)
+    if stat and stat.type ~= "file" then
+      uv.fs_close(fd)
+      fd = nil
+    end
     if fd then
       uv.fs_ftruncate(fd, cap)
       uv.fs_write(fd, string.format("\n[coral: %s cut at %d bytes; %d more bytes were dropped]\n",
@@ -319,6 +355,7 @@ function conclude(run, st, a, info, result, ctx)
     attempts = math.max(a.n, max_attempts(run, task) + (st.rate_limits or 0)),
     retrying = not final,
   }
+  local history   -- its entry in the project state's history
   if st.skip_reason then
     -- The graph skipped it while it ran (its upstream failed): it stays skipped, whatever its
     -- process did, and the graph is not told again.
@@ -327,7 +364,7 @@ function conclude(run, st, a, info, result, ctx)
   elseif result.ok then
     st.output_path = output_path
     st.status, st.finish = "succeeded", a.finish
-    run.project_state:record(st)
+    history = true
     if task.outputs then run.project_state:record_built(task.id, uptodate.record(run, st, st.input_stamps)) end
     -- before the release: tasks it adds that depend on it are in the graph when it is done
     if task.on_success then run:on_success(st) end
@@ -353,11 +390,13 @@ function conclude(run, st, a, info, result, ctx)
     st.status, st.finish, st.error = "interrupted", a.finish, a.error
   else
     st.status, st.finish, st.error = "failed", a.finish, a.error
-    run.project_state:record(st)
+    history = true
     run:release(st, false)
   end
   resources.ended(run)   -- before the pump: tasks waiting for a resource start first
   run:pump()
+  -- what no start waits for comes after the starts the end frees
+  if history then run.project_state:record(st) end
   if outer then run:tell_views() end
 end
 
@@ -444,18 +483,24 @@ end
 -- max_parallel before this task counted (it is put back while the task waits for a resource).
 function launch(run, st, a, adopt, max_before)
   local task, n = st.task, a.n
-  local driver, derr = M.driver_for(run, task)
-  -- An agent gets a prompt (composed once, read back for a retry); a command does not.
-  local prompt_text
-  if driver and driver.name ~= "cmd" then
-    prompt_text = n == 1 and compose_prompt(run, st) or fsutil.read(st.prompt_path)
-  end
-  local ctx = context(run, st, n, driver)
-  ctx.prompt = prompt_text
-  local spec, perr
-  if driver then spec, perr = driver.prepare(task, ctx) end
-  if not spec then
-    return ended(run, st, a, nil, { ok = false, error = derr or perr, retryable = false })
+  local armed = n == 1 and not adopt and st.armed   -- made while it waited (M.prepare)
+  if armed then st.armed = nil else M.disarm(run, st) end
+  local driver, derr, ctx, spec, perr
+  if armed then
+    driver, ctx, spec = armed.driver, armed.ctx, armed.spec
+  else
+    driver, derr = M.driver_for(run, task)
+    -- An agent gets a prompt (composed once, read back for a retry); a command does not.
+    local prompt_text
+    if driver and driver.name ~= "cmd" then
+      prompt_text = n == 1 and compose_prompt(run, st) or fsutil.read(st.prompt_path)
+    end
+    ctx = context(run, st, n, driver)
+    ctx.prompt = prompt_text
+    if driver then spec, perr = driver.prepare(task, ctx) end
+    if not spec then
+      return ended(run, st, a, nil, { ok = false, error = derr or perr, retryable = false })
+    end
   end
   if n == 1 and not adopt then run.records:scratchpad_start(task, a.start, driver.name == "cmd") end
 
@@ -464,7 +509,7 @@ function launch(run, st, a, adopt, max_before)
     return ended(run, st, a, { code = result.ok and 0 or 1, duration = 0 }, result, driver, ctx)
   end
 
-  local env = task_env(run, st)
+  local env = armed and armed.env or task_env(run, st, n)
   for k, v in pairs(spec.env or {}) do env[k] = v end
   local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
   if driver.watch and run.executor.streams then
@@ -489,6 +534,7 @@ function launch(run, st, a, adopt, max_before)
     argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
     cwd = st.worktree and st.worktree.cwd or task.cwd or run.project_dir, stdin = stdin,
     stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
+    opened = armed and armed.opened or nil,
     timeout = task.timeout or runner.timeout,
     idle_timeout = task.idle_timeout or runner.idle_timeout,
     kill_grace = runner.kill_grace, on_stdout = on_stdout,
@@ -504,7 +550,11 @@ function launch(run, st, a, adopt, max_before)
   -- again: after waiting for a resource (run/resources.lua); the attempt starts now
   local function spawn(again)
     local handle, err, code = run.executor:start(xspec, on_exit)
-    if not handle then return nil, err, code end
+    if not handle then
+      -- a later try (run/resources.lua) opens the attempt's files itself
+      if xspec.opened then run.executor:close_outputs(xspec.opened); xspec.opened = nil end
+      return nil, err, code
+    end
     if again then
       if st.first_start == a.start then st.first_start = fsutil.now() end
       a.start, a.mono_start = fsutil.now(), uv.hrtime()

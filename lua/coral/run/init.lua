@@ -270,6 +270,7 @@ end
 --- Records that a task is skipped (it is not running).
 function Run:skipped(st, why)
   st.skip_reason = nil
+  if st.armed then attempt.disarm(self, st) end
   if st.backoff_timer then
     st.backoff_timer:close()
     st.backoff_timer = nil
@@ -379,6 +380,7 @@ function Run:abort()
   for _, st in pairs(self.state) do
     if st.handle then pcall(st.handle.cancel, st.handle, true) end
     if st.backoff_timer then st.backoff_timer:close(); st.backoff_timer = nil end
+    if st.armed then pcall(attempt.disarm, self, st) end
   end
   if self.executor.close then pcall(self.executor.close, self.executor) end
   if self.control then pcall(self.control.close, self.control) end
@@ -420,6 +422,9 @@ function Run:execute(opts)
   end
   -- Nothing the tasks started outlives the run (coral.exec.reaper).
   if self.executor.close then self.executor:close() end
+  for _, st in pairs(self.state) do   -- made ready for a start that did not come (a stop)
+    if st.armed then attempt.disarm(self, st) end
+  end
 
   -- Tasks waiting for one the budget held wait with it; tasks never reached (a stop) are skipped.
   if not self.stopping then self:park_dependents() end
