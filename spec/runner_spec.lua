@@ -310,6 +310,27 @@ return coral.plan {
     assert.are.equal("keep\n", H.read_file(outside .. "/v.txt"))
   end)
 
+  it("opens the files of the task next in line while its worker is busy, and closes them if it never starts", function()
+    -- W=1: while `first` runs, `second` is next in line; its files are opened ahead and its
+    -- process writes through them. `third` is armed while `second` runs, which fails and
+    -- stops the run: `third` never starts, its files are closed (the helper counts the
+    -- descriptors after each spec) and left empty.
+    local plan = coral.plan {
+      t("w", "first", { id = "first", cmd = { "sleep", "0.2" } }),
+      t("w", "second", { id = "second", cmd = "echo out; echo err >&2; sleep 0.2; exit 3" }),
+      t("w", "third", { id = "third", cmd = "echo never" }),
+    }
+    local s, _, events = run(plan, { max_workers = 1, on_failure = "stop", retries = 0 })
+    assert.are.equal("succeeded", s.results.first.status)
+    assert.are.equal("failed", s.results.second.status)
+    assert.are.equal("skipped", s.results.third.status)
+    local tasks = s.run_dir .. "/tasks/"
+    assert.are.equal("out\n", H.read_file(tasks .. "second/attempt-1.out"))
+    assert.are.equal("err\n", H.read_file(tasks .. "second/attempt-1.err"))
+    assert.is_nil(first(events, "start", "third"))
+    assert.are.equal("", H.read_file(tasks .. "third/attempt-1.out"))
+  end)
+
   it("uses the durations of earlier runs as estimates", function()
     local function plan() return coral.plan { t("slowpoke", "work", { id = "w", cmd = "sleep 0.2" }) } end
     local dir = H.tmpdir()
