@@ -129,6 +129,8 @@ local function peers_for(w, files, W, n)
   -- (bench/lua-floor.lua): between it and coral, coral's policy; below it, Lua and the files.
   if w.noop then
     add("lua-floor", { CORAL, LUA_FLOOR, files.json, tostring(W), "PROJECT" }, { project = true })
+    -- the same without a task dir and files: between the two rows, what those cost
+    add("lua-floor-nofiles", { CORAL, LUA_FLOOR, files.json, tostring(W), "PROJECT", "--no-files" }, { project = true })
   end
   if which("make") then add("make", { "make", "-s", "-f", files.make, "-j" .. W }, { cwd = dir }) end
   if which("ninja") then add("ninja", { "ninja", "-f", files.ninja, "-j", tostring(W), "--quiet" }, { cwd = dir }) end
@@ -229,10 +231,10 @@ local function process_workload(w)
     end
     res.by_w[tostring(W)] = { lower_bound = not w.noop and lb or nil, rows = rows }
     out("\nW=%d%s\n", W, w.noop and "" or string.format("   lower bound max(critical path, work/W) = %.3f s", lb))
-    out("%-13s %4s %8s %8s %7s %7s %9s %9s %11s %8s\n", "runner", "runs", "wall s", "min s", "cpu s", "rss MB",
+    out("%-17s %4s %8s %8s %7s %7s %9s %9s %11s %8s\n", "runner", "runs", "wall s", "min s", "cpu s", "rss MB",
         "ms/task", "ovh ms", "coral/this", "wall/LB")
     for _, r in ipairs(rows) do
-      out("%-13s %4d %8.3f %8.3f %7.2f %7.1f %9.3f %9s %11s %8s%s\n", r.runner, r.runs, r.wall, r.wall_min, r.cpu,
+      out("%-17s %4d %8.3f %8.3f %7.2f %7.1f %9.3f %9s %11s %8s%s\n", r.runner, r.runs, r.wall, r.wall_min, r.cpu,
           r.rss_mb, r.ms_per_task, fmt(r.overhead_ms), fmt(r.coral_ratio), fmt(r.over_lb), r.failed and "  FAILED" or "")
     end
     -- Targets.

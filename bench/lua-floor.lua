@@ -6,16 +6,20 @@
 -- No policy at all: no retries, gates, hooks, activity tracker, scratchpad, project state,
 -- event lines, summary or report. The gap between coral and this row is what coral's policy
 -- layers cost; the gap between this row and the C tools is what Lua and the per-task files do.
+-- With --no-files (the "lua-floor-nofiles" row) it makes no task dir and gives each process
+-- /dev/null for stdout and stderr, its journal lines and joblog rows kept: the gap between the
+-- two rows is what the per-task dir and files cost.
 --
---   coral bench/lua-floor.lua TASKS.JSON W PROJECT_DIR
+--   coral bench/lua-floor.lua TASKS.JSON W PROJECT_DIR [--no-files]
 local cjson = require "cjson"
 local dag = require "coral.dag"
 local jsonw = require "coral.jsonw"
 local proc = require "coral.proc"
 local uv = require "luv"
 
-local tasks_path, W, project = arg[1], tonumber(arg[2]), arg[3]
-assert(tasks_path and W and project, "usage: coral bench/lua-floor.lua TASKS.JSON W PROJECT_DIR")
+local tasks_path, W, project, no_files = arg[1], tonumber(arg[2]), arg[3], arg[4] == "--no-files"
+assert(tasks_path and W and project and (arg[4] == nil or no_files),
+       "usage: coral bench/lua-floor.lua TASKS.JSON W PROJECT_DIR [--no-files]")
 local f = assert(io.open(tasks_path))
 local plan = cjson.decode(f:read("a"))
 f:close()
@@ -58,7 +62,7 @@ local pump
 
 local function start(id)
   local dir = run_dir .. "/tasks/" .. id
-  assert(uv.fs_mkdir(dir, tonumber("700", 8)))
+  if not no_files then assert(uv.fs_mkdir(dir, tonumber("700", 8))) end
   lines[#lines + 1] = jsonw.encode { event = "spawn", t = now(), task = id, attempt = 1 } .. "\n"
   flush()
   local task_env = { CORAL_TASK_ID = id }
@@ -67,7 +71,8 @@ local function start(id)
   running = running + 1
   local p = assert(proc.spawn {
     argv = argv_of[id], env = task_env, cwd = project,
-    stdout = { file = dir .. "/attempt-1.out" }, stderr = { file = dir .. "/attempt-1.err" },
+    stdout = not no_files and { file = dir .. "/attempt-1.out" } or false,
+    stderr = not no_files and { file = dir .. "/attempt-1.err" } or false,
     on_exit = function(info)
       running = running - 1
       local ok = info.code == 0
