@@ -458,6 +458,12 @@ describe("coral.proc", function()
       ok, msg = pcall(proc.spawn, { argv = { "true" }, stdout = { opened = assert(proc.open_output(dir .. "/x")) } })
       assert.is_false(ok)
       assert.matches("opened goes with the file it opened", msg, 1, true)
+      -- one file for both streams: the second finds it taken, and the spawn fails (EBADF)
+      local both = assert(proc.open_output(dir .. "/both"))
+      local none_p, berr, bcode = proc.spawn { argv = { "true" }, stdout = { file = dir .. "/both", opened = both },
+                                               stderr = { file = dir .. "/both", opened = both } }
+      assert.is_nil(none_p)
+      assert.are.equal("EBADF", bcode, berr)
       -- a spawn that fails closes it too; close() and collection close one never given
       local f = assert(proc.open_output(dir .. "/y"))
       assert.is_nil(proc.spawn { argv = { dir .. "/missing" }, stdout = { file = dir .. "/y", opened = f } })

@@ -1622,8 +1622,10 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
   if (o->dest == DEST_FILE) {
     int flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
     int f;
-    if (o->opened != NULL) {   /* opened ahead: now this child's (proc_spawn checked it is open) */
+    if (o->opened != NULL) {   /* opened ahead: now this child's */
       f = *o->opened;
+      if (f < 0)
+        return EBADF;            /* the same file given for stdout and stderr: taken by the first */
       *o->opened = -1;
     } else {
       f = o->nofollow ? proc_open_own_file(o->file, flags) : proc_open_file(o->file, flags);
