@@ -52,6 +52,11 @@ local function read(path)
   f:close()
   return s
 end
+local function write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
 local function median(list)
   local t = {}
   for i, v in ipairs(list) do t[i] = v end
@@ -420,12 +425,20 @@ local function startup()
   out("\n== startup ==\n")
   local proj = TMP .. "/startup"
   sh("mkdir -p " .. proj)
+  -- A run of one `true` task, from exec to exit, every record kept: what a run costs besides its
+  -- tasks (its records' fsyncs, the final report), which decides the short sleep workloads at
+  -- high W; make running the same task is the reference.
+  write(proj .. "/one.lua", 'local coral = require "coral"\n' ..
+    'return coral.plan { coral.task("w", "one", { id = "one", cmd = { "true" } }) }\n')
+  write(proj .. "/Makefile", "all:\n\ttrue\n")
   local rows = {}
   out("%-44s %5s %9s %9s %8s\n", "command", "runs", "median ms", "min ms", "rss MB")
   for _, c in ipairs {
     { name = "coral -e ''", argv = { CORAL, "-e", "" }, runs = 40, limit = 5 },
     { name = "coral run full_stack x --show-plan", argv = { CORAL, "run", "full_stack", "x", "--show-plan" }, runs = 20, limit = 20 },
     { name = "lua5.4 -e '' (reference)", argv = { which("lua5.4") or "lua5.4", "-e", "" }, runs = 40 },
+    { name = "coral one.lua x (a run of one true task)", argv = { CORAL, "one.lua", "x", "--dir", proj }, runs = 20 },
+    { name = "make -s (the same task, reference)", argv = { "make", "-s" }, runs = 20 },
   } do
     local walls, rss = {}, 0
     for i = 1, c.runs do
