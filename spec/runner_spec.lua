@@ -341,6 +341,37 @@ return coral.plan {
   end)
 end)
 
+describe("the records at a run's end", function()
+  it("has every attempt's end in the journal before summary.json and the project state are written", function()
+    -- The last task's end waits in memory for the records' next flush when the loop ends (a
+    -- command's end is batched): summary.json and the project state, made from it, come after
+    -- it is in the journal, so that a kill between them leaves records that agree.
+    local Records = require("coral.records").Records
+    local real_summary, real_state = Records.write_summary, Records.update_state
+    local seen = {}
+    local function journal_ends(self)
+      local ends = 0
+      for line in (H.read_file(self.dir .. "/journal.jsonl") or ""):gmatch("[^\n]+") do
+        if cjson.decode(line).event == "end" then ends = ends + 1 end
+      end
+      return ends
+    end
+    Records.write_summary = function(self, ...)
+      seen.summary = journal_ends(self)
+      return real_summary(self, ...)
+    end
+    Records.update_state = function(self, ...)
+      seen.state = journal_ends(self)
+      return real_state(self, ...)
+    end
+    local ok, err = pcall(run, coral.plan { t("w", "one", { id = "one", cmd = "true" }),
+                                            t("w", "two", { id = "two", cmd = "true", depends_on = { "one" } }) })
+    Records.write_summary, Records.update_state = real_summary, real_state
+    assert(ok, err)
+    assert.are.same({ summary = 2, state = 2 }, seen)
+  end)
+end)
+
 describe("a run stopped by an error", function()
   it("raises it and leaves no process, handle or lock behind", function()
     local dir = H.tmpdir()

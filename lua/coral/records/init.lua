@@ -176,7 +176,8 @@ end
 -- In a run (records.batch, set by the runner) the journal's and the joblog's lines wait in
 -- memory and are written together, one write(2) each: before a process is started (its `spawn` record must be in the file before the
 -- process exists: a coral killed after it leaves an attempt resume counts as in flight), at
--- most FLUSH_MS after the first of them, and when the run's records close. So a noop task
+-- most FLUSH_MS after the first of them, before the summary and the project state (made from
+-- them: the runner flushes first), and when the run's records close. So a noop task
 -- costs one journal write and one joblog row write, not four. A coral killed with lines
 -- waiting loses the records of at most FLUSH_MS: attempts that ended then look in flight
 -- to resume, which runs them again, as for a kill a moment earlier. The joblog goes first: a

@@ -439,7 +439,9 @@ function Run:execute(opts)
   self.finish_time = fsutil.now()
   local summary = summary_mod.of(self)
   self.final_status = summary.status
-  -- the run's own records first; then the shared state, which may wait for its lock (coordq)
+  -- the run's own records first (the journal's waiting lines, then the summary made from them);
+  -- then the shared state, which may wait for its lock (coordq)
+  self.records:flush_records()
   self.records:write_summary(summary)
   self.project_state:flush(true)
   self:emit("done", { status = summary.status, succeeded = summary.succeeded,

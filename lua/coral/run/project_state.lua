@@ -112,6 +112,8 @@ function ProjectState:flush(final)
   self.dirty = false
   local pending, agents, built, run = self.pending, self.agents, self.built, self.run
   self.pending, self.agents, self.built = {}, {}, {}
+  -- the ends it records are in the journal first (theirs may still wait for the records' flush)
+  run.records:flush_records()
   local _, warning = run.records:update_state(function(state)
     state.project = run.description or state.project
     state.project_dir = run.project_dir
