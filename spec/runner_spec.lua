@@ -372,6 +372,34 @@ describe("the records at a run's end", function()
   end)
 end)
 
+describe("the project state during a run", function()
+  it("says the run is on a moment after it starts, not before its first ends", function()
+    -- `quick` ends long before 0.2 s: the state is not written by then (its fsyncs would hold
+    -- that end back); by the end of `slow` (0.4 s) it says the run is on.
+    local Records = require("coral.records").Records
+    local real = Records.update_state
+    local writes, at_quick, at_slow = 0, nil, nil
+    Records.update_state = function(...)
+      writes = writes + 1
+      return real(...)
+    end
+    local dir = H.tmpdir()
+    local ok, err = pcall(run, coral.plan { t("w", "quick", { id = "quick", cmd = "true" }),
+                                            t("w", "slow", { id = "slow", cmd = "sleep 0.4" }) },
+      { project_dir = dir, max_workers = 2, on_event = function(e)
+        if e.event == "end" and e.task == "quick" then at_quick = writes end
+        if e.event == "end" and e.task == "slow" then
+          at_slow = require("coral.records").read_state(dir .. "/.coral/project_state.yaml")
+        end
+      end })
+    Records.update_state = real
+    assert(ok, err)
+    assert.are.equal(0, at_quick)
+    assert.are.equal("running", at_slow.status)
+    assert.are.equal(2, writes)   -- that one, and the last
+  end)
+end)
+
 describe("a run stopped by an error", function()
   it("raises it and leaves no process, handle or lock behind", function()
     local dir = H.tmpdir()

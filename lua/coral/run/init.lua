@@ -392,6 +392,9 @@ function Run:abort()
   if self.gc_mode then collectgarbage(self.gc_mode) end
 end
 
+-- How long after its first starts a run's project state first says it is on (ms).
+local STATE_FIRST_FLUSH_MS = 200
+
 -- The run itself, from its first event to its summary.
 function Run:execute(opts)
   local plan = self.plan
@@ -413,9 +416,10 @@ function Run:execute(opts)
   self:watch_signals()
 
   self:pump()
-  -- the project state says the run is on once its first tasks started: its read-modify-write
-  -- (two fsyncs) is not worth their wait
-  self.project_state:flush()
+  -- The project state says the run is on a moment after its first tasks started: its
+  -- read-modify-write (a lock, two fsyncs) is not worth their wait, nor that of the first
+  -- ends, and a run over by then writes it once, at its end.
+  self.project_state:flush_in(STATE_FIRST_FLUSH_MS)
   while not self.finished do
     uv.run("once")
     if not self.finished then self:pump() end

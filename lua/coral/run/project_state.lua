@@ -96,10 +96,16 @@ function ProjectState:record(st)
   -- the last HISTORY_MAX to the front, the nils past the end over the rest
   if #list >= 2 * M.HISTORY_MAX then table.move(list, #list - M.HISTORY_MAX + 1, #list + M.HISTORY_MAX, 1) end
   self.dirty = true
+  -- Once a second, and less often for big plans: the file grows with the plan.
+  self:flush_in(1000 + #self.run.plan.tasks)
+end
+
+--- Writes what changed `ms` milliseconds from now, unless a write is already due.
+function ProjectState:flush_in(ms)
+  self.dirty = true
   if self.timer then return end
   self.timer = uv.new_timer()
-  -- Once a second, and less often for big plans: the file grows with the plan.
-  self.timer:start(1000 + #self.run.plan.tasks, 0, function()
+  self.timer:start(ms, 0, function()
     self.timer:close()
     self.timer = nil
     self:flush()
