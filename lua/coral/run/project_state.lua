@@ -95,7 +95,6 @@ function ProjectState:record(st)
   list[#list + 1] = st
   -- the last HISTORY_MAX to the front, the nils past the end over the rest
   if #list >= 2 * M.HISTORY_MAX then table.move(list, #list - M.HISTORY_MAX + 1, #list + M.HISTORY_MAX, 1) end
-  self.dirty = true
   -- Once a second, and less often for big plans: the file grows with the plan.
   self:flush_in(1000 + #self.run.plan.tasks)
 end
