@@ -1872,8 +1872,20 @@ static proc_path_program *proc_path_find(proc_sup *sup, const char *path, const 
   return NULL;
 }
 
+/* Whether PATH `path` names the entry at `entry` (len bytes) before it too. */
+static int proc_path_named_before(const char *path, const char *entry, size_t len) {
+  const char *p = path;
+  while (p < entry) {
+    const char *end = strchrnul(p, ':');
+    if ((size_t)(end - p) == len && memcmp(p, entry, len) == 0)
+      return 1;
+    p = end + 1;
+  }
+  return 0;
+}
+
 /* Where the search found `name` before, if every PATH directory before it is as it was then;
- * NULL otherwise (then the child searches). */
+ * NULL otherwise (then the child searches). A directory PATH names twice is looked at once. */
 static proc_path_program *proc_path_lookup(proc_sup *sup, const char *path, const char *name) {
   proc_path_program *pp = proc_path_find(sup, path, name);
   const char *p = path;
@@ -1882,8 +1894,10 @@ static proc_path_program *proc_path_lookup(proc_sup *sup, const char *path, cons
     return NULL;
   for (i = 0; i < pp->ndirs; i++) {
     const char *end = strchrnul(p, ':');
+    size_t len = (size_t)(end - p);
     proc_dir_stamp now;
-    if (*end == '\0' || proc_dir_stamp_of(p, (size_t)(end - p), &now) != 0 || !proc_dir_stamp_same(&now, &pp->dirs[i])) {
+    if (*end == '\0' || (!proc_path_named_before(path, p, len) &&
+                          (proc_dir_stamp_of(p, len, &now) != 0 || !proc_dir_stamp_same(&now, &pp->dirs[i])))) {
       proc_path_forget(pp);
       return NULL;
     }
