@@ -409,6 +409,46 @@ describe("coral.proc", function()
   end)
 
   describe("stdout and stderr", function()
+    it("with lazy, makes the file at the first byte: a quiet child leaves none", function()
+      local dir = H.tmpdir()
+      local quiet = proc.spawn { argv = { "true" }, stdout = { file = dir .. "/q.out", lazy = true },
+                                 stderr = { file = dir .. "/q.err", lazy = true, nofollow = true } }:wait()
+      assert.are.equal(0, quiet.code)
+      assert.are.same({}, H.entries(dir))
+      assert.are.equal(0, quiet.stdout_size)
+      assert.are.equal(0, quiet.stderr_size)
+      -- a file already there is left as it was, not truncated, when nothing is written
+      H.write_file(dir .. "/kept", "before\n")
+      proc.spawn { argv = { "true" }, stdout = { file = dir .. "/kept", lazy = true } }:wait()
+      assert.are.equal("before\n", H.read_file(dir .. "/kept"))
+      local loud = proc.spawn { argv = { "sh", "-c", "echo out; echo err >&2" },
+                                stdout = { file = dir .. "/w.out", lazy = true, nofollow = true },
+                                stderr = { file = dir .. "/w.err", lazy = true } }:wait()
+      assert.are.equal("out\n", H.read_file(dir .. "/w.out"))
+      assert.are.equal("err\n", H.read_file(dir .. "/w.err"))
+      assert.are.equal(4, loud.stdout_size)
+      assert.are.equal(4, loud.stderr_size)
+      -- with a cap: the file holds what was passed on
+      local capped = proc.spawn { argv = { "printf", "0123456789" },
+                                  stdout = { file = dir .. "/c.out", lazy = true, cap = 4 } }:wait()
+      assert.are.equal("0123", H.read_file(dir .. "/c.out"))
+      assert.are.same({ 4, 6 }, { capped.stdout_size, capped.stdout_dropped })
+    end)
+
+    it("with lazy and nofollow, refuses a link put in the file's place before the first byte", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/victim", "keep\n")
+      assert(uv.fs_symlink(dir .. "/victim", dir .. "/out"))
+      local info = proc.spawn { argv = { "echo", "written" },
+                                stdout = { file = dir .. "/out", lazy = true, nofollow = true } }:wait()
+      assert.are.equal(0, info.code)   -- the child ran; its output had nowhere to go
+      assert.matches("^ELOOP", info.stdout_error)
+      assert.are.equal("keep\n", H.read_file(dir .. "/victim"))
+      local ok, err = pcall(proc.spawn, { argv = { "true" }, stdout = { lazy = true } })
+      assert.is_false(ok)
+      assert.matches("lazy goes with file", err)
+    end)
+
     it("with nofollow, writes only a regular file of its own: a link, a FIFO, a dir or a hard link is refused", function()
       local dir = H.tmpdir()
       H.write_file(dir .. "/victim", "keep\n")

@@ -93,6 +93,10 @@ typedef struct proc_stream {
   int file;                 /* where C writes what it reads, or -1 */
   int own_file;             /* file is ours to close (not the host's own 1 or 2) */
   int write_errno;          /* first error writing file */
+  int lazy;                 /* its file is made at the first byte C reads */
+  char *lazy_path;          /* that file's path until then, else NULL */
+  int lazy_flags, lazy_nofollow;
+  uint64_t written;         /* bytes written to file */
   int on_data;              /* registry ref of the callback, or LUA_NOREF */
   int lines;                /* deliver lines instead of chunks */
   uint64_t cap, passed, dropped;
@@ -270,6 +274,9 @@ static void proc_take_sizes(proc_state *s) {
       s->size[i] = (int64_t)st.st_size;
     proc_close_fd(&s->size_fd[i]);
   }
+  /* a lazy stream's file holds what C wrote to it (none: not made) */
+  if (s->out.lazy) s->size[1] = (int64_t)s->out.written;
+  if (s->err.lazy) s->size[2] = (int64_t)s->err.written;
 }
 
 static proc_state *proc_new(proc_sup *sup) {
@@ -312,6 +319,8 @@ static void proc_release(proc_state *s) {
   if (s->err.own_file) proc_close_fd(&s->err.file);
   free(s->out.line);
   free(s->err.line);
+  free(s->out.lazy_path);
+  free(s->err.lazy_path);
   if (s->all_prev != NULL) s->all_prev->all_next = s->all_next;
   else sup->all = s->all_next;
   if (s->all_next != NULL) s->all_next->all_prev = s->all_prev;
@@ -870,6 +879,7 @@ static void proc_write_all(proc_stream *st, const char *p, size_t n) {
     if (w >= 0) {
       p += w;
       n -= (size_t)w;
+      st->written += (uint64_t)w;
     } else if (errno == EAGAIN) {  /* the host's own stdout may be non-blocking */
       struct pollfd pfd = { st->file, POLLOUT, 0 };
       poll(&pfd, 1, -1);
@@ -934,6 +944,22 @@ static void proc_stream_keep(proc_stream *st, const char *p, size_t n) {
   }
 }
 
+static int proc_open_file(const char *path, int flags);
+static int proc_open_own_file(const char *path, int flags);
+
+/* A lazy stream's file, made when the first byte to write comes: as the spawn would have
+ * opened it (nofollow's refusals included). A failure is the stream's write error. */
+static void proc_stream_make_file(proc_stream *st) {
+  int f = st->lazy_nofollow ? proc_open_own_file(st->lazy_path, st->lazy_flags)
+                            : proc_open_file(st->lazy_path, st->lazy_flags);
+  free(st->lazy_path);
+  st->lazy_path = NULL;
+  if (f < 0)
+    st->write_errno = errno;
+  else
+    st->file = f;
+}
+
 /* What C read from the pipe: counted against the cap, written to the file, delivered. */
 static void proc_stream_take(proc_stream *st, const char *p, size_t n) {
   uint64_t room = st->cap == PROC_NO_CAP ? n : (st->passed >= st->cap ? 0 : st->cap - st->passed);
@@ -943,6 +969,8 @@ static void proc_stream_take(proc_stream *st, const char *p, size_t n) {
   st->passed += take;
   if (take == 0)
     return;
+  if (st->lazy_path != NULL)
+    proc_stream_make_file(st);
   if (st->file >= 0)
     proc_write_all(st, p, take);
   if (!proc_stream_active(st))
@@ -1185,6 +1213,7 @@ typedef struct proc_stream_opts {
   int append, lines, has_fn;
   int nofollow;             /* the file must be a regular file or absent: not a link, a FIFO... */
   int *opened;              /* the fd of a proc.open_output file, taken by the spawn; or NULL */
+  int lazy;                 /* the file is made when the first byte comes, not before the start */
   lua_Integer cap;          /* < 0: no cap */
 } proc_stream_opts;
 
@@ -1276,6 +1305,8 @@ static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int f
       o->lines = lua_toboolean(L, -1);
     } else if (strcmp(k, "nofollow") == 0 && t == LUA_TBOOLEAN) {
       o->nofollow = lua_toboolean(L, -1);
+    } else if (strcmp(k, "lazy") == 0 && t == LUA_TBOOLEAN) {
+      o->lazy = lua_toboolean(L, -1);
     } else if (strcmp(k, "opened") == 0 && luaL_testudata(L, -1, PROC_OUTPUT_MT) != NULL) {
       /* the options table keeps it alive until the spawn has taken its fd */
       o->opened = (int *)lua_touserdata(L, -1);
@@ -1285,7 +1316,7 @@ static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int f
       o->cap = lua_tointeger(L, -1);
     } else if (strcmp(k, "file") == 0 || strcmp(k, "on_data") == 0 ||
                strcmp(k, "append") == 0 || strcmp(k, "lines") == 0 || strcmp(k, "cap") == 0 ||
-               strcmp(k, "nofollow") == 0 || strcmp(k, "opened") == 0) {
+               strcmp(k, "nofollow") == 0 || strcmp(k, "opened") == 0 || strcmp(k, "lazy") == 0) {
       const char *want = k[0] == 'f' ? "a string" : strcmp(k, "on_data") == 0 ? "a function" :
                          k[0] == 'c' ? "an integer >= 0" : strcmp(k, "opened") == 0 ? "a file of proc.open_output" :
                          "a boolean";
@@ -1300,6 +1331,8 @@ static void proc_parse_stream(lua_State *L, int slot, proc_stream_opts *o, int f
     proc_opt_error(L, "option '%s': lines needs on_data", name);
   if (o->opened != NULL && (o->file == NULL || o->append))
     proc_opt_error(L, "option '%s': opened goes with the file it opened, and not with append", name);
+  if (o->lazy && (o->file == NULL || o->opened != NULL))
+    proc_opt_error(L, "option '%s': lazy goes with file, and not with opened", name);
   /* Neither file nor on_data: the stream stays the host's (with a cap, C copies it there). */
   o->dest = o->file != NULL ? DEST_FILE : o->has_fn ? DEST_NONE : DEST_INHERIT;
 }
@@ -1616,10 +1649,18 @@ static int proc_open_own_file(const char *path, int flags) {
 static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream_opts *o, int idle,
                                int fd) {
   int pipe_fds[2];
-  int to_c = o->has_fn || o->cap >= 0 || (idle && o->dest != DEST_MERGE);
+  int to_c = o->has_fn || o->cap >= 0 || (idle && o->dest != DEST_MERGE) || o->lazy;
   st->cap = o->cap >= 0 ? (uint64_t)o->cap : PROC_NO_CAP;
   st->lines = o->lines;
-  if (o->dest == DEST_FILE) {
+  if (o->dest == DEST_FILE && o->lazy) {
+    /* made by C at the first byte it reads (proc_stream_make_file), as it would be made now */
+    if ((st->lazy_path = strdup(o->file)) == NULL)
+      return ENOMEM;
+    st->lazy = 1;
+    st->lazy_flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
+    st->lazy_nofollow = o->nofollow;
+    st->own_file = 1;
+  } else if (o->dest == DEST_FILE) {
     int flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
     int f;
     if (o->opened != NULL) {   /* opened ahead: now this child's */
