@@ -1650,6 +1650,7 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
                                int fd) {
   int pipe_fds[2];
   int to_c = o->has_fn || o->cap >= 0 || (idle && o->dest != DEST_MERGE) || o->lazy;
+  int flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);   /* a file's open */
   st->cap = o->cap >= 0 ? (uint64_t)o->cap : PROC_NO_CAP;
   st->lines = o->lines;
   if (o->dest == DEST_FILE && o->lazy) {
@@ -1657,11 +1658,10 @@ static int proc_stream_acquire(proc_state *s, proc_stream *st, const proc_stream
     if ((st->lazy_path = strdup(o->file)) == NULL)
       return ENOMEM;
     st->lazy = 1;
-    st->lazy_flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
+    st->lazy_flags = flags;
     st->lazy_nofollow = o->nofollow;
     st->own_file = 1;
   } else if (o->dest == DEST_FILE) {
-    int flags = O_WRONLY | O_CREAT | (o->append ? O_APPEND : O_TRUNC);
     int f;
     if (o->opened != NULL) {   /* opened ahead: now this child's */
       f = *o->opened;
