@@ -759,6 +759,48 @@ describe("coral.proc", function()
     end)
   end)
 
+  describe("host_batch", function()
+    -- A process's scheduling policy, field 41 of its stat: 0 SCHED_OTHER, 3 BATCH, 5 IDLE.
+    local function policy_in(stat)
+      local fields = {}
+      for f in stat:match("^%d+ %b() (.*)$"):gmatch("%S+") do fields[#fields + 1] = f end
+      return tonumber(fields[39])   -- (the fields after the name start at the third)
+    end
+    local function child_policy(argv)
+      local out = {}
+      local info = proc.spawn { argv = argv, stdout = collect(out) }:wait()
+      assert.are.equal(0, info.code)
+      return table.concat(out)
+    end
+
+    it("makes the host SCHED_BATCH, starts its children SCHED_OTHER, and puts it back", function()
+      assert.are.equal(0, policy_in(H.read_file("/proc/thread-self/stat")))
+      assert.is_true(proc.host_batch(true))
+      finally(function() proc.host_batch(false) end)
+      assert.are.equal(3, policy_in(H.read_file("/proc/thread-self/stat")))
+      assert.is_false(proc.host_batch(true))   -- already
+      assert.are.equal(0, policy_in(child_policy { "cat", "/proc/self/stat" }))
+      -- (a shell's own child too: the program's, not a policy each exec resets)
+      assert.are.equal(0, policy_in(child_policy { "sh", "-c", "cat /proc/self/stat" }))
+      assert.is_true(proc.host_batch(false))
+      assert.is_false(proc.host_batch(false))
+      assert.are.equal(0, policy_in(H.read_file("/proc/thread-self/stat")))
+      assert.are.equal(0, policy_in(child_policy { "cat", "/proc/self/stat" }))
+    end)
+
+    it("leaves a policy the user chose, for the host and its children", function()
+      -- coral under chrt's SCHED_IDLE: host_batch does nothing, and a child keeps IDLE
+      local script = "local proc = require 'coral.proc'; local out = {}; " ..
+        "local switched = proc.host_batch(true); " ..
+        "proc.spawn { argv = { 'cat', '/proc/self/stat' }, stdout = function(c) out[#out + 1] = c end }:wait(); " ..
+        "io.write(tostring(switched), '\\n', table.concat(out))"
+      local text = child_policy { "chrt", "-i", "0", H.coral, "-e", script }
+      local switched, stat = text:match("^(%a+)\n(.*)$")
+      assert.are.equal("false", switched)
+      assert.are.equal(5, policy_in(stat))
+    end)
+  end)
+
   describe("lifetime", function()
     it("close kills the group and makes the proc unusable", function()
       local p = proc.spawn { argv = { "sleep", "100" } }

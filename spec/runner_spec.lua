@@ -400,6 +400,31 @@ describe("the project state during a run", function()
   end)
 end)
 
+describe("coral's scheduling policy during a run", function()
+  -- field 41 of a process's stat: 0 SCHED_OTHER, 3 SCHED_BATCH
+  local function policy_in(stat)
+    local fields = {}
+    for f in stat:match("^%d+ %b() (.*)$"):gmatch("%S+") do fields[#fields + 1] = f end
+    return tonumber(fields[39])
+  end
+
+  it("yields to its tasks while they run, runs them with the normal policy, and comes back", function()
+    -- a task reads its own policy and coral's (its shell's parent)
+    local summary, dir = run(coral.plan { t("w", "policies", { id = "p",
+      cmd = "cat /proc/self/stat; cat /proc/$PPID/stat" }) })
+    assert.are.equal(1, summary.succeeded)
+    local task_stat, coral_stat = H.read_file(dir .. "/.coral/runs/" .. summary.run_id ..
+      "/tasks/p/attempt-1.out"):match("^([^\n]*)\n([^\n]*)\n$")
+    assert.are.equal(0, policy_in(task_stat))
+    assert.are.equal(3, policy_in(coral_stat))
+    assert.are.equal(0, policy_in(H.read_file("/proc/thread-self/stat")))
+    -- and after a run stopped by an error
+    local broken = { name = "broken", prepare = function() error("driver exploded") end }
+    assert.is_false(pcall(run, coral.plan { t("x", "breaks", { id = "x", driver = broken }) }))
+    assert.are.equal(0, policy_in(H.read_file("/proc/thread-self/stat")))
+  end)
+end)
+
 describe("a run stopped by an error", function()
   it("raises it and leaves no process, handle or lock behind", function()
     local dir = H.tmpdir()

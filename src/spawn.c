@@ -203,6 +203,8 @@ struct proc_sup {
   char *path_env;           /* the PATH the programs below were found on */
   proc_path_program programs[PROC_PATH_PROGRAMS];
   unsigned path_uses;       /* a clock for the least recently used program */
+  int batch;                /* proc.host_batch(true) made the host SCHED_BATCH: children go
+                             * back to SCHED_OTHER */
   int buf_busy;
   char buf[PROC_READ_SIZE];      /* reads go here unless a callback runs a nested loop */
 };
@@ -1707,6 +1709,7 @@ typedef struct proc_child {
   const char *cwd;          /* or NULL */
   int fd[3];                /* what it gets as 0, 1, 2: -1 the host's, PROC_CHILD_NULL /dev/null */
   int merge_err;            /* stderr goes where stdout goes */
+  int normal_policy;        /* back to SCHED_OTHER (the host is SCHED_BATCH: proc.host_batch) */
   volatile int err;         /* the errno of the step that failed, written by the child */
 } proc_child;
 
@@ -1771,6 +1774,14 @@ CORAL_CHILD_CODE static int proc_child_main(void *arg) {
   int sig, fd;
   if (setpgid(0, 0) != 0)
     goto fail;
+  if (c->normal_policy) {
+    /* from SCHED_BATCH, which it inherited, an unprivileged switch the kernel allows: the
+     * program runs as under any other runner */
+    struct sched_param normal;
+    memset(&normal, 0, sizeof normal);
+    if (sched_setscheduler(0, SCHED_OTHER, &normal) != 0)
+      goto fail;
+  }
   memset(&dfl, 0, sizeof dfl);
   dfl.sa_handler = SIG_DFL;
   for (i = 0; i < sizeof proc_child_defaults / sizeof proc_child_defaults[0]; i++)
@@ -2146,6 +2157,7 @@ static int proc_spawn(lua_State *L) {
     c.cwd = o.cwd;
     memcpy(c.fd, s->child_fd, sizeof c.fd);
     c.merge_err = o.err.dest == DEST_MERGE;
+    c.normal_policy = sup->batch;
     s->start_ns = uv_hrtime();
     e = proc_child_start(sup, &c, &pid);
     /* not where it was (the search found it elsewhere, or nowhere): forgotten; found by the
@@ -2304,6 +2316,33 @@ static int proc_adopted(lua_State *L) {
     lua_pushinteger(L, sup->adopted[i]);
     lua_rawseti(L, -2, (lua_Integer)i + 1);
   }
+  return 1;
+}
+
+/* switched = proc.host_batch(on) -- on: the calling (main) thread's scheduling policy becomes
+ * SCHED_BATCH when it is SCHED_OTHER, and every child started from then on goes back to
+ * SCHED_OTHER before its exec; off: the thread back to SCHED_OTHER, if on switched it. Returns
+ * whether it switched (docs/proc.md, "proc.host_batch"). Why: the kernel lets a thread that
+ * wakes take the CPU from the task running there when it has slept more; a vfork'd child wakes
+ * its parent in the middle of its execve, and the parent, on the same CPU, then runs its own
+ * work first while the child waits to finish its exec. A SCHED_BATCH thread does not preempt
+ * when it wakes (the tick still shares the CPU), so the child goes on. */
+static int proc_host_batch(lua_State *L) {
+  proc_sup *sup = proc_get_sup(L);
+  int on = lua_toboolean(L, 1);
+  struct sched_param param;
+  coral_checknargs(L, 1);
+  memset(&param, 0, sizeof param);
+  /* already so; or a policy the user chose (chrt: SCHED_IDLE, real time), left as it is, and
+   * the children's with it */
+  if (on == sup->batch || (on && sched_getscheduler(0) != SCHED_OTHER)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (sched_setscheduler(0, on ? SCHED_BATCH : SCHED_OTHER, &param) != 0)
+    return proc_push_failure(L, errno, "set the host's scheduling policy");
+  sup->batch = on;
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -2684,6 +2723,7 @@ static const luaL_Reg proc_functions[] = {
   { "spawn", proc_spawn },
   { "open_output", proc_open_output },
   { "live", proc_live },
+  { "host_batch", proc_host_batch },
   { "fds", proc_fds },
   { "adopted", proc_adopted },
   { NULL, NULL }

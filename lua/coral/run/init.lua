@@ -26,6 +26,7 @@ local live_usage = require "coral.run.usage"
 local modes = require "coral.run.modes"
 local options = require "coral.run.options"
 local plan_mod = require "coral.plan"
+local proc = require "coral.proc"
 local progress = require "coral.view.progress"
 local project_state = require "coral.run.project_state"
 local records = require "coral.records"
@@ -372,6 +373,21 @@ function Run:unwatch_signals()
   host.catch_signals()   -- libuv put back the default actions: Ctrl-C must still end coral cleanly
 end
 
+--- While the run's tasks start, coral's thread yields the CPU to the children it wakes
+-- (coral.proc's host_batch): a task's process started on coral's CPU wakes coral in the middle
+-- of its exec, and finishes the exec before coral's bookkeeping for the next task takes that
+-- CPU from it (docs/PERFORMANCE.md). The tasks themselves run with the normal policy; coral's
+-- own comes back at the run's end. A policy the user gave coral (chrt) is left as it is, and a
+-- system that refuses the change runs the same, without it.
+function Run:yield_to_children(on)
+  if on then
+    self.yielding = proc.host_batch(true) == true
+  elseif self.yielding then
+    self.yielding = nil
+    proc.host_batch(false)
+  end
+end
+
 -- Leaves nothing behind when a run is stopped by an error (a full disk, a driver that raised):
 -- its processes are killed, its handles closed, its lock released; what was recorded stays.
 function Run:abort()
@@ -385,6 +401,7 @@ function Run:abort()
   if self.executor.close then pcall(self.executor.close, self.executor) end
   if self.control then pcall(self.control.close, self.control) end
   self:unwatch_signals()
+  self:yield_to_children(false)
   if self.project_state then self.project_state:close() end
   pcall(self.records.close, self.records, 0)   -- nobody waits for a coordination lock now
   if self.reporter and self.reporter.close then pcall(self.reporter.close, self.reporter) end
@@ -414,6 +431,7 @@ function Run:execute(opts)
   dynamic.started(self)
   self.control:listen()   -- <run dir>/control.sock (coral ctl, coral attach)
   self:watch_signals()
+  self:yield_to_children(true)
 
   self:pump()
   -- The project state says the run is on a moment after its first tasks started: its
@@ -438,6 +456,7 @@ function Run:execute(opts)
   end
   if self.mode.finish then self.mode:finish() end
   self:unwatch_signals()
+  self:yield_to_children(false)
   -- the worktree tasks' results merged into one branch (git, blocking: the loop is over)
   self.workspace_result = workspaces.finish(self)
   self.finish_time = fsutil.now()
