@@ -759,6 +759,109 @@ describe("coral.proc", function()
     end)
   end)
 
+  describe("standby", function()
+    -- A file for the standby's record, and the spec of a standby that cats it: what the child
+    -- prints shows the record was written before it ran.
+    local function standby_spec(path, argv, events)
+      local fd = assert(uv.fs_open(path, "a", tonumber("600", 8)))
+      local out = {}
+      return {
+        spawn = { argv = argv or { "cat", path }, stdout = collect(out),
+                  on_exit = function(info) events[#events + 1] = "B exit " .. info.code end },
+        fd = fd, record = '{"event":"spawn","t":',
+        on_start = function(p, err, code)
+          events[#events + 1] = p and "B started" or ("B failed " .. code .. ": " .. err)
+        end,
+      }, fd, out
+    end
+
+    it("starts at a clean exit, its record written first, before the exit's own callbacks", function()
+      local dir, events = H.tmpdir(), {}
+      local spec, fd, out = standby_spec(dir .. "/journal", nil, events)
+      local before = require("coral.fsutil").now()
+      assert.is_false(proc.standby(spec))
+      proc.spawn { argv = { "true" }, standby = true,
+                   on_reaped = function() events[#events + 1] = "A reaped" end,
+                   on_exit = function() events[#events + 1] = "A exit" end }
+      run_until(function() return #events == 4 end)
+      uv.fs_close(fd)
+      assert.are.same({ "B started", "A reaped", "A exit", "B exit 0" }, events)
+      local t = tonumber(table.concat(out):match('^{"event":"spawn","t":([%d.]+)}\n$'))
+      assert.truthy(t, table.concat(out))
+      assert.is_true(t >= before - 0.001 and t <= require("coral.fsutil").now())
+      assert.is_false(proc.standby(nil))   -- used up
+    end)
+
+    it("waits through exits that are not clean, and a child without the option", function()
+      local dir, events = H.tmpdir(), {}
+      local spec, fd = standby_spec(dir .. "/journal", nil, events)
+      proc.standby(spec)
+      local ends = 0
+      local function ended() ends = ends + 1 end
+      proc.spawn { argv = { "sh", "-c", "exit 1" }, standby = true, on_exit = ended }
+      proc.spawn { argv = { "sh", "-c", "kill -TERM $$" }, standby = true, on_exit = ended }
+      proc.spawn { argv = { "sleep", "5" }, standby = true, timeout = 0.05, on_exit = ended }
+      proc.spawn { argv = { "true" }, on_exit = ended }
+      local p = proc.spawn { argv = { "sleep", "5" }, standby = true, on_exit = ended }
+      p:terminate()
+      run_until(function() return ends == 5 end)
+      assert.are.same({}, events)
+      assert.are.equal("", H.read_file(dir .. "/journal"))
+      assert.is_true(proc.standby(nil))   -- still there, until taken down
+      assert.is_false(proc.standby(nil))
+      uv.fs_close(fd)
+    end)
+
+    it("reports a record it cannot write, and a start that fails, to on_start", function()
+      local dir, events = H.tmpdir(), {}
+      -- a descriptor open for reading only: the write fails, and nothing starts
+      H.write_file(dir .. "/journal", "")
+      local spec = standby_spec(dir .. "/other", nil, events)
+      uv.fs_close(spec.fd)
+      spec.fd = assert(uv.fs_open(dir .. "/journal", "r", 0))
+      proc.standby(spec)
+      proc.spawn { argv = { "true" }, standby = true, on_exit = function() end }
+      run_until(function() return #events == 1 end)
+      assert.are.equal("B failed EBADF: standby: write its record: EBADF: bad file descriptor", events[1])
+      assert.are.equal(0, proc.live())
+      uv.fs_close(spec.fd)
+      -- a program that is not there: the record is written (as before any start), the start fails
+      events = {}
+      local spec2, fd2 = standby_spec(dir .. "/journal2", { "/nonexistent/coral-prog" }, events)
+      proc.standby(spec2)
+      proc.spawn { argv = { "true" }, standby = true, on_exit = function() end }
+      run_until(function() return #events == 1 end)
+      uv.fs_close(fd2)
+      assert.matches("^B failed ENOENT: spawn /nonexistent/coral%-prog", events[1])
+      assert.matches('^{"event":"spawn","t":[%d.]+}\n$', H.read_file(dir .. "/journal2"))
+    end)
+
+    it("refuses a spec it cannot use", function()
+      local function err_of(spec)
+        local ok, err = pcall(proc.standby, spec)
+        assert.is_false(ok)
+        return err
+      end
+      local base = { spawn = { argv = { "true" } }, fd = 1, record = "{", on_start = function() end }
+      local function with(k, v)
+        local t = {}
+        for key, val in pairs(base) do t[key] = val end
+        t[k] = v
+        return t
+      end
+      assert.matches("unknown key 'bogus'", err_of(with("bogus", 1)))
+      assert.matches("'spawn' must be", err_of(with("spawn", "true")))
+      assert.matches("'on_start' must be a function", err_of(with("on_start", nil)))
+      assert.matches("'fd' must be", err_of(with("fd", -1)))
+      assert.matches("'record' must be a string", err_of(with("record", 3)))
+      assert.is_false(proc.standby(nil))
+      -- the option on a spawn is a boolean
+      local ok, err = pcall(proc.spawn, { argv = { "true" }, standby = "yes" })
+      assert.is_false(ok)
+      assert.matches("option 'standby': boolean expected", err)
+    end)
+  end)
+
   describe("host_batch", function()
     -- A process's scheduling policy, field 41 of its stat: 0 SCHED_OTHER, 3 BATCH, 5 IDLE.
     local function policy_in(stat)

@@ -400,6 +400,65 @@ describe("the project state during a run", function()
   end)
 end)
 
+describe("the standby", function()
+  -- The journal's lines in order: the most attempts open at once (spawned or started, not ended).
+  local function most_open(run_dir)
+    local open, most = {}, 0
+    for line in io.lines(run_dir .. "/journal.jsonl") do
+      local e = cjson.decode(line)
+      local key = e.task and (e.task .. "#" .. tostring(e.attempt))
+      if e.event == "spawn" then open[key] = true
+      elseif e.event == "end" then open[key] = nil end
+      local n = 0
+      for _ in pairs(open) do n = n + 1 end
+      if n > most then most = n end
+    end
+    return most
+  end
+
+  it("starts the next task at a clean exit, before the end is recorded, never beyond max_workers", function()
+    local tasks = {}
+    for i = 1, 8 do tasks[i] = sleeper("s" .. i, 0.05) end
+    local running, peak = 0, 0
+    local summary = run(coral.plan(tasks), { max_workers = 2, on_event = function(e)
+      if e.event == "start" then running = running + 1; peak = math.max(peak, running)
+      elseif e.event == "end" then running = running - 1 end
+    end })
+    assert.are.equal(8, summary.succeeded)
+    assert.are.equal(2, peak)
+    assert.are.equal(2, summary.max_parallel)
+    -- a next task's spawn written at the exit, ahead of that exit's end: a third open in the file
+    assert.are.equal(3, most_open(summary.run_dir))
+    -- and its records are whole: each task spawned, started (with its pid) and ended once
+    local seen = {}
+    for _, e in ipairs(require("coral.records.journal").read(summary.run_dir)) do
+      if e.task then
+        seen[e.task] = seen[e.task] or {}
+        seen[e.task][e.event] = (seen[e.task][e.event] or 0) + 1
+        if e.event == "start" then assert.truthy(e.pid) end
+      end
+    end
+    for i = 1, 8 do assert.are.same({ spawn = 1, start = 1, ["end"] = 1 }, seen["s" .. i]) end
+    assert.are.equal(8, #joblog_rows(summary))
+  end)
+
+  it("does not start at an exit that is not a success, nor at one whose success is not its status", function()
+    -- one worker, on_failure = stop: what is next in line never starts after a failure, whether
+    -- the process said so (exit 1) or the runner did (a declared output missing after exit 0)
+    for _, failing in ipairs {
+      t("w", "fails", { id = "a", cmd = { "sh", "-c", "sleep 0.05; exit 1" } }),
+      t("w", "misses its output", { id = "a", cmd = { "sleep", "0.05" }, outputs = { "never.txt" } }),
+    } do
+      local summary, _, events = run(coral.plan { failing, sleeper("b", 0.01), sleeper("c", 0.01) },
+        { max_workers = 1, on_failure = "stop", retries = 0 })
+      assert.are.equal("failed", summary.status)
+      assert.is_nil(first(events, "start", "b"))
+      assert.is_nil(first(events, "start", "c"))
+      assert.are.equal(1, most_open(summary.run_dir))
+    end
+  end)
+end)
+
 describe("coral's scheduling policy during a run", function()
   -- field 41 of a process's stat: 0 SCHED_OTHER, 3 SCHED_BATCH
   local function policy_in(stat)

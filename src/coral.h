@@ -25,6 +25,11 @@ int coral_spawn_open(lua_State *L);
 int coral_dag_open(lua_State *L);
 int coral_coord_open(lua_State *L);
 int coral_jsonw_open(lua_State *L);
+
+/* A finite number as coral.jsonw writes it (jsonw.c), at buf[0..CORAL_JSON_NUMBER): returns
+ * its length. coral.proc's standby writes a journal record's time with it. */
+#define CORAL_JSON_NUMBER 40
+size_t coral_json_number(double x, char *buf);
 int coral_yamlw_open(lua_State *L);
 
 /* Set up a fresh state: standard libraries, luv on `loop`, cjson, coral's C modules and the

@@ -69,26 +69,29 @@ static const double POW10[] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9
 
 /* A float: integral values as integers; else the fewest decimals (3, 6 or 9) that give `x`
  * back — m / 10^k with m below 2^53 is exact in the division, so when it equals x the text
- * "m / 10^k" reads back as x —, else 17 significant digits. */
-static void put_float(writer *w, double x) {
+ * "m / 10^k" reads back as x —, else 17 significant digits. `x` is finite. The text goes at
+ * the end of buf[0..CORAL_JSON_NUMBER); returns where it starts, its length in *n. */
+static const char *format_float(double x, char *buf, size_t *n) {
   static const int tries[] = { 3, 6, 9 };
   const double exact = 9007199254740992.0;   /* 2^53: integers up to here are exact */
-  char buf[40];
+  char *end = buf + CORAL_JSON_NUMBER, *s;
   size_t t;
-  int n;
-  if (isnan(x) || isinf(x))
-    luaL_error(w->L, "jsonw.encode: cannot write %s: JSON has no such number", isnan(x) ? "NaN" : "an infinity");
   if (x == floor(x) && fabs(x) < exact) {
-    put_integer(w, (lua_Integer)x);
-    return;
+    lua_Integer i = (lua_Integer)x;
+    uint64_t u = i < 0 ? (uint64_t)0 - (uint64_t)i : (uint64_t)i;
+    s = digits(u, end);
+    if (i < 0)
+      *--s = '-';
+    *n = (size_t)(end - s);
+    return s;
   }
   for (t = 0; t < sizeof tries / sizeof tries[0]; t++) {
     int k = tries[t];
     double scaled = x * POW10[k];
     double m = nearbyint(scaled);
     if (fabs(m) < exact && m / POW10[k] == x) {
-      char *end = buf + sizeof buf, *s;
       uint64_t u = (uint64_t)fabs(m);
+      char *last = end;
       int i;
       /* the k decimals, then the integer part, then the sign */
       s = end;
@@ -100,14 +103,31 @@ static void put_float(writer *w, double x) {
       s = digits(u, s);
       if (m < 0)
         *--s = '-';
-      while (end[-1] == '0')   /* not all of them: x is not integral */
-        end--;
-      put(w, s, (size_t)(end - s));
-      return;
+      while (last[-1] == '0')   /* not all of them: x is not integral */
+        last--;
+      *n = (size_t)(last - s);
+      return s;
     }
   }
-  n = snprintf(buf, sizeof buf, "%.17g", x);
-  put(w, buf, (size_t)n);
+  *n = (size_t)snprintf(buf, CORAL_JSON_NUMBER, "%.17g", x);
+  return buf;
+}
+
+size_t coral_json_number(double x, char *buf) {
+  size_t n;
+  const char *s = format_float(x, buf, &n);
+  memmove(buf, s, n);
+  return n;
+}
+
+static void put_float(writer *w, double x) {
+  char buf[CORAL_JSON_NUMBER];
+  const char *s;
+  size_t n;
+  if (isnan(x) || isinf(x))
+    luaL_error(w->L, "jsonw.encode: cannot write %s: JSON has no such number", isnan(x) ? "NaN" : "an infinity");
+  s = format_float(x, buf, &n);
+  put(w, s, n);
 }
 
 static const char HEX[] = "0123456789abcdef";

@@ -27,6 +27,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <poll.h>
 #include <signal.h>
@@ -42,6 +43,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -153,6 +155,7 @@ struct proc_state {
   int kill_phase;           /* 0 running, 1 TERM sent, 2 KILL sent */
   const char *fired;        /* "timeout" or "idle" */
   int on_exit, self_ref;    /* registry refs or LUA_NOREF */
+  int standby;              /* option standby: a clean exit starts the standby */
 };
 
 /* A PATH directory as it was when a program was found after it: a program put there since
@@ -205,6 +208,12 @@ struct proc_sup {
   unsigned path_uses;       /* a clock for the least recently used program */
   int batch;                /* proc.host_batch(true) made the host SCHED_BATCH: children go
                              * back to SCHED_OTHER */
+  int standby_spawn;        /* proc.standby: proc.spawn's options, registry ref or LUA_NOREF */
+  int standby_started;      /* ... its on_start, and proc.spawn itself (a closure of ours) */
+  int spawn_fn;
+  int standby_fd;           /* where its record goes, before the start */
+  char *standby_record;     /* the record up to its time (malloc'd), and its length */
+  size_t standby_record_len;
   int buf_busy;
   char buf[PROC_READ_SIZE];      /* reads go here unless a callback runs a nested loop */
 };
@@ -215,6 +224,7 @@ typedef struct proc_box { proc_state *s; lua_Integer pid; } proc_box;
 /* {{{ supervisor and state lifetime */
 
 static void proc_path_forget(proc_path_program *pp);
+static void proc_standby_clear(proc_sup *sup);
 
 static void proc_sup_unref(proc_sup *sup) {
   size_t i;
@@ -822,6 +832,9 @@ static int proc_reap(proc_state *s, int options) {
  * (a luv child, a popen) hides the ones behind it, so then every live child is asked instead.
  * Signals coalesce, so each round reaps all it can; a child that exits after the last peek
  * raises SIGCHLD again. */
+static int proc_clean_exit(proc_state *s);
+static void proc_standby_fire(proc_sup *sup);
+
 static void proc_sup_on_sigchld(uv_signal_t *h, int signum) {
   proc_sup *sup = h->data;
   proc_state *done = NULL, **tail = &done, *s, *next;
@@ -860,6 +873,13 @@ static void proc_sup_on_sigchld(uv_signal_t *h, int signum) {
     *tail = s;
     tail = &s->done_next;
   }
+  /* The standby starts at the first clean exit, before Lua hears of any of these. */
+  if (sup->standby_spawn != LUA_NOREF && sup->L != NULL)
+    for (s = done; s != NULL; s = s->done_next)
+      if (proc_clean_exit(s)) {
+        proc_standby_fire(sup);
+        break;
+      }
   /* Delivering runs Lua, which may close or start other procs: the reaped ones are pinned. */
   for (s = done; s != NULL; s = next) {
     next = s->done_next;
@@ -1198,13 +1218,13 @@ enum {
   OPT_FIRST = 2,
   OPT_ARGV = OPT_FIRST, OPT_CMD, OPT_SHELL, OPT_ENV, OPT_CLEAR_ENV, OPT_CWD, OPT_STDIN,
   OPT_STDOUT, OPT_STDERR, OPT_TIMEOUT, OPT_IDLE_TIMEOUT, OPT_KILL_GRACE, OPT_ON_EXIT, OPT_ON_REAPED,
-  SLOT_OUT_FILE, SLOT_OUT_FN, SLOT_ERR_FILE, SLOT_ERR_FN, SLOT_IN_FILE, SLOT_IN_DATA,
+  OPT_STANDBY, SLOT_OUT_FILE, SLOT_OUT_FN, SLOT_ERR_FILE, SLOT_ERR_FN, SLOT_IN_FILE, SLOT_IN_DATA,
   SLOT_ANCHOR, SLOT_BOX,
   SLOT_LAST = SLOT_BOX
 };
 static const char *const proc_spawn_options[] = {
   "argv", "cmd", "shell", "env", "clear_env", "cwd", "stdin", "stdout", "stderr", "timeout",
-  "idle_timeout", "kill_grace", "on_exit", "on_reaped", NULL
+  "idle_timeout", "kill_grace", "on_exit", "on_reaped", "standby", NULL
 };
 
 enum { DEST_INHERIT, DEST_NULL, DEST_FILE, DEST_MERGE, DEST_NONE };
@@ -1226,6 +1246,7 @@ typedef struct proc_spawn_opts {
   int in_mode;
   proc_stream_opts out, err;
   uint64_t timeout_ms, idle_ms, grace_ms;
+  int standby;              /* its clean exit starts the standby (proc.standby) */
 } proc_spawn_opts;
 
 /* Raises "bad argument #1 to 'spawn' (<message>)" at the recipe's line. */
@@ -1459,6 +1480,8 @@ static void proc_parse_spawn(lua_State *L, proc_spawn_opts *o) {
   o->grace_ms = lua_isnil(L, OPT_KILL_GRACE) ? PROC_DEFAULT_GRACE_MS : proc_opt_seconds(L, OPT_KILL_GRACE, 1);
   proc_opt_check(L, OPT_ON_EXIT, LUA_TFUNCTION);
   proc_opt_check(L, OPT_ON_REAPED, LUA_TFUNCTION);
+  proc_opt_check(L, OPT_STANDBY, LUA_TBOOLEAN);
+  o->standby = lua_toboolean(L, OPT_STANDBY);
 }
 
 /* }}} */
@@ -2198,6 +2221,7 @@ static int proc_spawn(lua_State *L) {
   box->pid = pid;
   s->reaped = 0;
   s->grace_ms = o.grace_ms;
+  s->standby = o.standby;
   s->live_next = sup->live;
   if (sup->live != NULL)
     sup->live->live_prev = s;
@@ -2345,6 +2369,146 @@ static int proc_host_batch(lua_State *L) {
   lua_pushboolean(L, 1);
   return 1;
 }
+
+/* {{{ the standby */
+
+/* The standby is the start of one child made ready ahead (its proc.spawn options, held as given),
+ * which C makes itself at the first clean exit of a child started with the `standby` option,
+ * before any Lua runs: a runner's next task starts the moment a worker is free, not after the
+ * Lua of the end that freed it. Its record (a journal line, given up to its time) is written
+ * first, then the child is started as proc.spawn would start it, then on_start(p) -- or
+ * on_start(nil, err, code) -- is called, before the exit's own callbacks. */
+
+static void proc_standby_clear(proc_sup *sup) {
+  proc_unref(sup, &sup->standby_spawn);
+  proc_unref(sup, &sup->standby_started);
+  free(sup->standby_record);
+  sup->standby_record = NULL;
+  sup->standby_record_len = 0;
+}
+
+/* Exited by itself with status 0: not killed by a signal, nor by coral (a timeout, a terminate,
+ * a close). */
+static int proc_clean_exit(proc_state *s) {
+  return s->standby && s->status_known && WIFEXITED(s->status) && WEXITSTATUS(s->status) == 0 &&
+         s->kill_phase == 0 && s->fired == NULL && !s->detached;
+}
+
+/* Writes all of buf to fd (an O_APPEND file): whole or not at all, a short write cut back off.
+ * Returns 0 or the errno. */
+static int proc_append_whole(int fd, const char *buf, size_t len) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t w = write(fd, buf + done, len - done);
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0) {
+      int e = w < 0 ? errno : ENOSPC;
+      struct stat st;
+      if (done > 0 && fstat(fd, &st) == 0 && st.st_size >= (off_t)done)
+        (void)ftruncate(fd, st.st_size - (off_t)done);
+      return e;
+    }
+    done += (size_t)w;
+  }
+  return 0;
+}
+
+static void proc_standby_fire(proc_sup *sup) {
+  lua_State *L = sup->L;
+  char num[CORAL_JSON_NUMBER], *record = sup->standby_record;
+  size_t len = sup->standby_record_len, n;
+  int spawn = sup->standby_spawn, started = sup->standby_started, e;
+  struct timeval tv;
+  sup->standby_spawn = sup->standby_started = LUA_NOREF;
+  sup->standby_record = NULL;
+  sup->standby_record_len = 0;
+  /* the record first: its head, the time (as the journal's writer puts a time), its end */
+  gettimeofday(&tv, NULL);
+  n = coral_json_number((double)tv.tv_sec + (double)tv.tv_usec / 1e6, num);
+  memcpy(record + len, num, n);
+  record[len + n] = '}';
+  record[len + n + 1] = '\n';
+  e = proc_append_whole(sup->standby_fd, record, len + n + 2);
+  free(record);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, started);
+  if (e != 0) {
+    char name[64], text[128];
+    coral_errname(e, name, sizeof name);
+    lua_pushnil(L);
+    lua_pushfstring(L, "standby: write its record: %s: %s", name, coral_strerror(e, text, sizeof text));
+    lua_pushstring(L, name);
+  } else {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, sup->spawn_fn);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, spawn);
+    if (coral_callback(L, 1, 3, 0) < 0) {   /* its options raised: the error stops the loop */
+      lua_pop(L, 1);
+      goto out;
+    }
+  }
+  coral_callback(L, 3, 0, 0);
+out:
+  proc_unref(sup, &spawn);
+  proc_unref(sup, &started);
+}
+
+/* was = proc.standby(spec) -- spec = { spawn = options, fd = integer, record = string,
+ * on_start = function }: the standby, replacing any other; nil: none. Returns whether one
+ * was set before. */
+static int proc_standby(lua_State *L) {
+  proc_sup *sup = proc_get_sup(L);
+  int was = sup->standby_spawn != LUA_NOREF;
+  const char *record;
+  size_t len;
+  lua_Integer fd;
+  coral_checknargs(L, 1);
+  if (lua_isnil(L, 1)) {
+    proc_standby_clear(sup);
+    lua_pushboolean(L, was);
+    return 1;
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+    if (strcmp(k, "spawn") != 0 && strcmp(k, "fd") != 0 && strcmp(k, "record") != 0 &&
+        strcmp(k, "on_start") != 0)
+      return luaL_argerror(L, 1, lua_pushfstring(L, "unknown key '%s'", k));
+    lua_pop(L, 1);
+  }
+  if (lua_getfield(L, 1, "spawn") != LUA_TTABLE)
+    return luaL_argerror(L, 1, "'spawn' must be proc.spawn's options (a table)");
+  if (lua_getfield(L, 1, "on_start") != LUA_TFUNCTION)
+    return luaL_argerror(L, 1, "'on_start' must be a function");
+  lua_getfield(L, 1, "fd");
+  fd = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : -1;
+  if (fd < 0 || fd > INT_MAX)
+    return luaL_argerror(L, 1, "'fd' must be an open file's descriptor (an integer >= 0)");
+  if (lua_getfield(L, 1, "record") != LUA_TSTRING)
+    return luaL_argerror(L, 1, "'record' must be a string (a record up to its time)");
+  record = lua_tolstring(L, -1, &len);
+  proc_standby_clear(sup);
+  /* room for the time and the end, added when it fires */
+  sup->standby_record = malloc(len + CORAL_JSON_NUMBER + 2);
+  if (sup->standby_record == NULL)
+    return luaL_error(L, "standby: not enough memory");
+  memcpy(sup->standby_record, record, len);
+  sup->standby_record_len = len;
+  sup->standby_fd = (int)fd;
+  lua_pop(L, 2);
+  sup->standby_started = luaL_ref(L, LUA_REGISTRYINDEX);   /* on_start */
+  sup->standby_spawn = luaL_ref(L, LUA_REGISTRYINDEX);     /* spawn */
+  if (sup->spawn_fn == LUA_NOREF) {
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushcclosure(L, proc_spawn, 2);
+    sup->spawn_fn = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  lua_pushboolean(L, was);
+  return 1;
+}
+
+/* }}} */
 
 /* n = proc.live() -- children started and not reaped yet (closed ones included) */
 static int proc_live(lua_State *L) {
@@ -2619,6 +2783,7 @@ static int proc_sup_gc(lua_State *L) {
     return 0;
   b->sup = NULL;
   proc_sup_shutdown(sup);
+  proc_standby_clear(sup);
   sup->L = NULL;
   if (sup->child_stack != NULL)
     munmap(sup->child_stack, PROC_CHILD_STACK + (size_t)sysconf(_SC_PAGESIZE));
@@ -2649,6 +2814,7 @@ static proc_sup *proc_sup_new(lua_State *L) {
     luaL_error(L, "coral.proc: not enough memory");
   sup->tag = CORAL_HANDLE_TAG;
   sup->refs = 1;
+  sup->standby_spawn = sup->standby_started = sup->spawn_fn = LUA_NOREF;
   b->sup = sup;
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
   sup->L = lua_tothread(L, -1);
@@ -2724,6 +2890,7 @@ static const luaL_Reg proc_functions[] = {
   { "open_output", proc_open_output },
   { "live", proc_live },
   { "host_batch", proc_host_batch },
+  { "standby", proc_standby },
   { "fds", proc_fds },
   { "adopted", proc_adopted },
   { NULL, NULL }

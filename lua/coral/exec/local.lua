@@ -96,9 +96,8 @@ function Local.close_outputs(_, opened)
   opened.err:close()
 end
 
-function Local:start(spec, on_exit)
-  local room, why = self:fd_room()
-  if not room then return nil, why, "EMFILE" end
+-- The options of proc.spawn for `spec`; `on_exit(info)` is called after the executor's own.
+function Local:spawn_options(spec, on_exit)
   -- the attempt's own files: a link, a FIFO or a hard link put where they go is refused in the
   -- open itself, which no check by path before it can race (or opened so ahead: spec.opened)
   local opened = spec.opened
@@ -108,7 +107,7 @@ function Local:start(spec, on_exit)
   local env = spec.env or {}
   local run_id, task_id = env.CORAL_RUN_ID, env.CORAL_TASK_ID
   local left
-  local p, err, code = proc.spawn {
+  return {
     argv = spec.argv,
     env = spec.env,
     cwd = spec.cwd,
@@ -118,6 +117,7 @@ function Local:start(spec, on_exit)
     timeout = spec.timeout and spec.timeout > 0 and spec.timeout or nil,
     idle_timeout = spec.idle_timeout and spec.idle_timeout > 0 and spec.idle_timeout or nil,
     kill_grace = spec.kill_grace or self.kill_grace,
+    standby = spec.standby,
     on_reaped = run_id and task_id and function() left = kill_left(run_id, task_id) end or nil,
     on_exit = function(info)
       self.live = self.live - 1
@@ -130,9 +130,39 @@ function Local:start(spec, on_exit)
       return on_exit(info)
     end,
   }
-  if not p then return nil, err, code end
+end
+
+-- The handle of a process started from spawn_options.
+function Local:started(p)
   self.live = self.live + 1
   return setmetatable({ pid = p.pid, proc = p }, Handle)
+end
+
+function Local:start(spec, on_exit)
+  local room, why = self:fd_room()
+  if not room then return nil, why, "EMFILE" end
+  local p, err, code = proc.spawn(self:spawn_options(spec, on_exit))
+  if not p then return nil, err, code end
+  return self:started(p)
+end
+
+--- Makes `spec` the standby (coral.proc's): started by C at the next clean exit of a process
+-- whose spec says `standby`, after `record` (a journal line up to its time, run/standby.lua)
+-- is appended to `fd`; then `on_start(handle)` or `on_start(nil, err, code)`. Returns false when
+-- the descriptors are short (the start would wait for them: it is left to the runner).
+function Local:standby(spec, on_exit, fd, record, on_start)
+  if not self:fd_room() then return false end
+  proc.standby { spawn = self:spawn_options(spec, on_exit), fd = fd, record = record,
+                 on_start = function(p, err, code)
+                   if p then return on_start(self:started(p)) end
+                   return on_start(nil, err, code)
+                 end }
+  return true
+end
+
+--- Takes the standby down (it will not start).
+function Local.standby_off()
+  proc.standby(nil)
 end
 
 --- At the run's end: every process the run's tasks left, wherever it went, is killed and

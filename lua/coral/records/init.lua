@@ -210,7 +210,21 @@ function Records:event(name, fields)
   local lines = self.pending_journal or {}
   self.pending_journal = lines
   lines[#lines + 1] = json.encode(fields)   -- the newlines come with the flush
-  if AT_ONCE[name] or not self.batch then self:flush_records() else self:flush_soon() end
+  if AT_ONCE[name] or not self.batch or self.at_once then self:flush_records() else self:flush_soon() end
+end
+
+--- For a record C writes itself (coral.proc's standby, run/standby.lua): the journal's
+-- descriptor, and the line of event `name` up to its time (`{..., "t":`), to which C adds the
+-- time and the end. Every line waiting is written first, and from then on, until `at_once` is
+-- cleared, each event is written at once: C's line must come after every line before it.
+-- Returns nil when the journal is not open yet.
+function Records:record_head(name, fields)
+  self:flush_records()
+  if not self.journal_fd then return nil end
+  self.at_once = true
+  fields.event = name
+  local text = json.encode(fields)
+  return self.journal_fd, text:sub(1, -2) .. (text == "{}" and "" or ",") .. '"t":'
 end
 
 --- Appends a row to the joblog (one row per attempt). The task column is the id with its

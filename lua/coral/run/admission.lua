@@ -84,6 +84,11 @@ function M.admit(run, st, forced)
   return true
 end
 
+--- Whether no gate would hold `st` if it were asked now (nothing is taken).
+function M.open_for(run, st)
+  return verdict(run, st) == nil
+end
+
 --- Starts the waiting tasks that may start now, in the order they came (the graph hands them
 -- out highest priority first), while workers are free: `begin(st)` starts one.
 function M.pump(run, begin)

@@ -439,9 +439,11 @@ function M.start(run, st)
 end
 
 --- Starts an attempt of a task that was admitted (run/admission.lua). `condition_error`: its
--- condition raised that error; the attempt ends at once.
-function M.begin(run, st, condition_error)
+-- condition raised that error; the attempt ends at once. `fired`: coral.proc's standby started
+-- its process already (run/standby.lua): { handle =, err =, code = }.
+function M.begin(run, st, condition_error, fired)
   local task = st.task
+  if run.standby == st and not fired then run:disarm_standby() end   -- it starts another way
   local n = #st.attempts + 1
   -- An attempt adopted on resume (a cluster job still known to the executor) keeps its start.
   local adopt = st.adopt
@@ -455,6 +457,8 @@ function M.begin(run, st, condition_error)
   run.running = run.running + 1
   local max_before = run.max_parallel
   local busy = run.running - resources.waiting(run)   -- those waiting for a resource do not run
+  -- (a standby starts at an exit whose end comes after: that end's slot is the one it took)
+  if fired then busy = busy - 1 end
   if busy > run.max_parallel then run.max_parallel = busy end
 
   if condition_error then   -- a mistake in the recipe, not worth a retry
@@ -476,12 +480,55 @@ function M.begin(run, st, condition_error)
       launch(run, st, a, adopt, max_before)
     end)
   end
-  return launch(run, st, a, adopt, max_before)
+  return launch(run, st, a, adopt, max_before, fired)
+end
+
+-- What the executor starts for attempt `n` of `st`'s task (its process's spec, without the
+-- process's end), from its driver's spec and environment.
+local function spawn_spec(run, st, n, ctx, spec, env, stdin, on_stdout)
+  local task, runner = st.task, run.runner
+  return {
+    argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
+    cwd = st.worktree and st.worktree.cwd or task.cwd or run.project_dir, stdin = stdin,
+    stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
+    timeout = task.timeout or runner.timeout,
+    idle_timeout = task.idle_timeout or runner.idle_timeout,
+    kill_grace = runner.kill_grace, on_stdout = on_stdout,
+    slurm = task.slurm, resources = task.resources,
+    -- a command's clean exit is its success: the standby may start at it (run/standby.lua)
+    standby = ctx.standby_ok,
+    on_submit = function(job_id) run:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
+  }
+end
+
+-- Whether attempt `n`'s clean exit (status 0, ended by itself) is its success, with nothing
+-- of the run's to do before it counts: a command's, without declared outputs, a worktree or a
+-- hook.
+local function clean_exit_succeeds(st, driver)
+  local task = st.task
+  return driver.name == "cmd" and not task.outputs and not st.worktree and not task.on_success
+end
+
+--- The spec of the first attempt of `st`, armed (M.prepare), for coral.proc's standby
+-- (run/standby.lua): the spec, and the end of its process, which goes to the attempt that
+-- the start makes (launch). Made once a task.
+function M.standby_spec(run, st)
+  local armed = st.armed
+  if not armed.xspec then
+    local env, spec = armed.env, armed.spec
+    for k, v in pairs(spec.env or {}) do env[k] = v end
+    local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
+    armed.ctx.standby_ok = clean_exit_succeeds(st, armed.driver)
+    armed.xspec = spawn_spec(run, st, 1, armed.ctx, spec, env, stdin, on_stdout)
+    armed.xspec.opened = armed.opened
+    armed.on_exit = function(info) return st.on_exit(info) end
+  end
+  return armed.xspec, armed.on_exit
 end
 
 -- Starts attempt `a` of `st`'s task: its driver, prompt and process. `max_before`: the run's
 -- max_parallel before this task counted (it is put back while the task waits for a resource).
-function launch(run, st, a, adopt, max_before)
+function launch(run, st, a, adopt, max_before, fired)
   local task, n = st.task, a.n
   local armed = n == 1 and not adopt and st.armed   -- made while it waited (M.prepare)
   if armed then st.armed = nil else M.disarm(run, st) end
@@ -509,9 +556,13 @@ function launch(run, st, a, adopt, max_before)
     return ended(run, st, a, { code = result.ok and 0 or 1, duration = 0 }, result, driver, ctx)
   end
 
+  local xspec = armed and armed.xspec   -- made for the standby (M.standby_spec)
   local env = armed and armed.env or task_env(run, st, n)
-  for k, v in pairs(spec.env or {}) do env[k] = v end
-  local stdin, on_stdout = run.mode:stdio(st, spec.stdin)
+  local stdin, on_stdout
+  if not xspec then
+    for k, v in pairs(spec.env or {}) do env[k] = v end
+    stdin, on_stdout = run.mode:stdio(st, spec.stdin)
+  end
   if driver.watch and run.executor.streams then
     -- Live usage: the driver reads the agent's stdout as it comes (through a pipe to coral,
     -- worth it for a few long agents; a command has no watch). The run's usage and
@@ -526,30 +577,31 @@ function launch(run, st, a, adopt, max_before)
     local watch, mode_out = driver.watch(ctx), on_stdout
     on_stdout = mode_out and function(chunk) mode_out(chunk); watch(chunk) end or watch
   end
-  local runner = run.runner
   -- In the journal before the process exists (the start, with its pid, comes after): a coral
   -- killed in between leaves an attempt that may have run, which resume counts as in flight.
-  if not adopt then run.records:event("spawn", { task = task.id, agent = task.agent, attempt = n }) end
-  local xspec = {
-    argv = spec.argv or { "/bin/sh", "-c", spec.cmd }, env = env,
-    cwd = st.worktree and st.worktree.cwd or task.cwd or run.project_dir, stdin = stdin,
-    stdout_path = ctx.stdout_path, stderr_path = ctx.stderr_path,
-    opened = armed and armed.opened or nil,
-    timeout = task.timeout or runner.timeout,
-    idle_timeout = task.idle_timeout or runner.idle_timeout,
-    kill_grace = runner.kill_grace, on_stdout = on_stdout,
-    slurm = task.slurm, resources = task.resources, adopt = adopt,
-    on_submit = function(job_id) run:emit("submit", { task = task.id, attempt = n, job_id = job_id }) end,
-  }
+  -- (A standby's record was written by coral.proc, before it started the process.)
+  if not adopt and not fired then run.records:event("spawn", { task = task.id, agent = task.agent, attempt = n }) end
+  if not xspec then
+    ctx.standby_ok = clean_exit_succeeds(st, driver)
+    xspec = spawn_spec(run, st, n, ctx, spec, env, stdin, on_stdout)
+    xspec.opened = armed and armed.opened or nil
+  end
+  xspec.adopt = adopt
   local function on_exit(info)
-    st.handle = nil
+    st.handle, st.on_exit = nil, nil
     if run.aborted then return end   -- killed by abort(): its records are closed
     live_usage.flush(run, st, a)     -- its last live usage, before its end
     ended(run, st, a, info, nil, driver, ctx)
   end
+  if fired then st.on_exit = on_exit end   -- (the standby's process ends here: M.standby_spec)
   -- again: after waiting for a resource (run/resources.lua); the attempt starts now
   local function spawn(again)
-    local handle, err, code = run.executor:start(xspec, on_exit)
+    local handle, err, code
+    if fired and not again then
+      handle, err, code = fired.handle, fired.err, fired.code
+    else
+      handle, err, code = run.executor:start(xspec, on_exit)
+    end
     if not handle then
       -- a later try (run/resources.lua) opens the attempt's files itself
       if xspec.opened then run.executor:close_outputs(xspec.opened); xspec.opened = nil end
@@ -567,8 +619,9 @@ function launch(run, st, a, adopt, max_before)
       run:emit("adopt", { task = task.id, agent = task.agent, attempt = n, job_id = handle.job_id })
     else
       -- stale: why a task that declares outputs is not up to date (its first attempt only)
-      run:emit("start", { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
-                          stale = n == 1 and st.stale or nil })
+      local fields = { task = task.id, agent = task.agent, attempt = n, pid = handle.pid, pgid = handle.pid,
+                       stale = n == 1 and st.stale or nil }
+      if fired and not again then run:hold_start(fields) else run:emit("start", fields) end
     end
     run.mode:started(st)
     return true

@@ -6,6 +6,7 @@
 --   run/options.lua        the runner's options, declared once
 --   run/init.lua           this file: coral.runner, execute_plan, the pump, stop, signals
 --   run/attempt.lua        one attempt: its driver, prompt, process, end, retry and backoff
+--   run/standby.lua        the task next in line, started by coral.proc at the next clean exit
 --   run/modes/*.lua        the execution modes
 --   run/project_state.lua  each agent's history in .coral/project_state.yaml, and estimates
 --   run/resume.lua         the run lock, and a run rebuilt from its journal
@@ -31,6 +32,7 @@ local progress = require "coral.view.progress"
 local project_state = require "coral.run.project_state"
 local records = require "coral.records"
 local resume = require "coral.run.resume"
+local standby = require "coral.run.standby"
 local script = require "coral.run.script"
 local states = require "coral.records.states"
 local summary_mod = require "coral.run.summary"
@@ -77,13 +79,40 @@ M.Run = Run
 -- tell_views) and on_event.
 function Run:emit(name, fields)
   fields = fields or {}
+  local held = self.held_starts
+  if held and name == "end" and held[fields.task] then self:emit_held_starts() end   -- its own first
   fields.event = name
-  fields.t = fsutil.now()
+  fields.t = fields.t or fsutil.now()
   self.records:event(name, fields)
   local later = self.views_later
   if later then later[#later + 1] = fields else self.reporter:event(fields, self) end
   if self.runner.on_event then self.runner.on_event(fields) end
   if self.control then self.control:on_event(fields) end   -- live control: its subscribers
+  -- a stop or a live-control action may hold what the standby would start (run/standby.lua)
+  if self.standby and (name == "control" or name == "stopping") then standby.disarm(self) end
+  if self.held_starts and name == "end" then self:emit_held_starts() end
+end
+
+--- The start of a task that coral.proc's standby started at another task's exit is told after
+-- that exit's end (the next end): in the records and to every listener, no more than
+-- max_workers tasks run at once, as on the machine. Its time is the start's own.
+function Run:hold_start(fields)
+  fields.t = fsutil.now()
+  local held = self.held_starts or {}
+  self.held_starts = held
+  held[#held + 1] = fields
+  held[fields.task] = true
+end
+
+function Run:emit_held_starts()
+  local held = self.held_starts
+  self.held_starts = nil
+  for _, fields in ipairs(held or {}) do self:emit("start", fields) end
+end
+
+--- Takes down the standby (run/standby.lua): its task will not start at the next clean exit.
+function Run:disarm_standby()
+  standby.disarm(self)
 end
 
 --- From now until tell_views, the progress view gets the events afterwards, in order: an
@@ -332,6 +361,7 @@ function Run:pump()
   until not self.pump_again
   self.pumping = false
   if self.running >= self.max_workers and not self.stopping then self:prepare_next() end
+  standby.arm(self)
   if self.running == 0 and self.waiting == 0 and #self.retry_queue == 0 and #self.held == 0 then
     local c = self.g:counts()
     if self.stopping or (c.ready == 0 and c.running == self.mode:held() + self.parked) then self.finished = true end
@@ -392,6 +422,7 @@ end
 -- its processes are killed, its handles closed, its lock released; what was recorded stays.
 function Run:abort()
   self.aborted = true
+  pcall(standby.disarm, self)
   if self.views_later then pcall(self.tell_views, self) end   -- what the journal has, shown too
   for _, st in pairs(self.state) do
     if st.handle then pcall(st.handle.cancel, st.handle, true) end
@@ -442,6 +473,8 @@ function Run:execute(opts)
     uv.run("once")
     if not self.finished then self:pump() end
   end
+  standby.disarm(self)
+  if self.held_starts then self:emit_held_starts() end
   -- Nothing the tasks started outlives the run (coral.exec.reaper).
   if self.executor.close then self.executor:close() end
   for _, st in pairs(self.state) do   -- made ready for a start that did not come (a stop)
