@@ -128,3 +128,28 @@ describe("an interrupted lock wait", function()
     assert.is_nil(content:find("hello", 1, true))
   end)
 end)
+
+describe("an interrupted run's setup", function()
+  it("exits 130 with one line, as a run interrupted later does", function()
+    -- The signal comes while the run checks its plan, before it watches for signals: a driver
+    -- whose fields are read there sends it to coral itself.
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/plan.lua", [[
+local coral = require "coral"
+local uv = require "luv"
+local driver = setmetatable({ name = "x", prepare = function() return { cmd = "true" } end }, {
+  __index = function(_, k)
+    if k == "program" then uv.kill(uv.os_getpid(), "sigint") end
+  end,
+})
+return coral.plan { coral.task { id = "a", agent = "w", driver = driver } }
+]])
+    local r = start({ dir .. "/plan.lua", "x", "--dir", dir, "--quiet" }).finish()
+    assert.are.equal(130, r.code, r.stderr)
+    assert.are.equal("coral: interrupted by SIGINT\n", r.stderr)
+    local again = start({ dir .. "/plan.lua", "x", "--dir", dir, "--quiet" }, { CORAL_DEBUG = "1" }).finish()
+    assert.are.equal(130, again.code, again.stderr)
+    assert.matches("interrupted by SIGINT\n", again.stderr)
+    assert.matches("stack traceback:", again.stderr)
+  end)
+end)

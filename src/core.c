@@ -343,6 +343,18 @@ static int host_isatty(lua_State *L) {
   return 1;
 }
 
+/* name = host.interrupted(): the signal (SIGINT, SIGTERM, SIGHUP) that interrupted the host,
+ * or nil: an "interrupted by SIG..." error raised before a run watched for signals is a stop
+ * asked for, not a failure (the command line exits 130). */
+static int host_interrupted(lua_State *L) {
+  int signo = coral_interrupted();
+  if (signo == 0)
+    lua_pushnil(L);
+  else
+    lua_pushstring(L, coral_signal_name(signo));
+  return 1;
+}
+
 /* host.exit([code]): like os.exit, but first stops every child and closes the loop, so
  * nothing the host started outlives it. true/false mean 0/1, as in os.exit. */
 static int host_exit(lua_State *L) {
@@ -420,6 +432,7 @@ static const luaL_Reg host_functions[] = {
   { "embedded", host_embedded },
   { "embedded_files", host_embedded_files },
   { "isatty", host_isatty },
+  { "interrupted", host_interrupted },
   { "exit", host_exit },
   { "exec", host_exec },
   { "catch_signals", host_catch_signals },

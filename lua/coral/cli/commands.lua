@@ -6,6 +6,7 @@
 local cjson = require "cjson"
 local check = require "coral.check"
 local fsutil = require "coral.fsutil"
+local host = require "coral.host"
 local records = require "coral.records"
 local run_options = require "coral.run.options"
 local uv = require "luv"
@@ -138,9 +139,19 @@ local function report_error(err, code, prefix)
     return EXIT_USAGE
   end
   local message = tostring(err)
-  if os.getenv("CORAL_DEBUG") ~= "1" then message = message:match("^[^\n]*") end
+  -- Ctrl-C (or TERM, HUP) that came before a run watched for it: a stop asked for, not a
+  -- failure (as src/main.c reports a script's)
+  local signal = host.interrupted()
+  local interrupted = signal and message:match("^[^\n]*interrupted by " .. signal)
+  if os.getenv("CORAL_DEBUG") ~= "1" then
+    if interrupted then
+      io.stderr:write("coral: interrupted by ", signal, "\n")
+      return EXIT_INTERRUPTED
+    end
+    message = message:match("^[^\n]*")
+  end
   io.stderr:write("coral: ", prefix or "", message, "\n")
-  return code
+  return interrupted and EXIT_INTERRUPTED or code
 end
 M.report_error = report_error
 
@@ -411,7 +422,6 @@ M.LIST = {
       if not run then return fail(err) end
       local status = require "coral.view.status"
       if opts.gantt then
-        local host = require "coral.host"
         local color = host.isatty(1) and (os.getenv("NO_COLOR") or "") == ""
         io.stdout:write(require("coral.view.timeline").text(run, { color = color }))
       elseif opts.json then
