@@ -467,19 +467,32 @@ describe("coral's scheduling policy during a run", function()
     return tonumber(fields[39])
   end
 
-  it("yields to its tasks while they run, runs them with the normal policy, and comes back", function()
-    -- a task reads its own policy and coral's (its shell's parent)
-    local summary, dir = run(coral.plan { t("w", "policies", { id = "p",
-      cmd = "cat /proc/self/stat; cat /proc/$PPID/stat" }) })
-    assert.are.equal(1, summary.succeeded)
+  -- A chain: the `before` tasks, then one that reads its own policy and coral's (its shell's parent).
+  local function policies(before)
+    local tasks = {}
+    for i, cmd in ipairs(before) do
+      tasks[i] = t("w", "step " .. i, { id = "s" .. i, cmd = cmd, depends_on = i > 1 and { "s" .. (i - 1) } or nil })
+    end
+    tasks[#tasks + 1] = t("w", "policies", { id = "p", depends_on = { "s" .. #before },
+                                             cmd = "cat /proc/self/stat; cat /proc/$PPID/stat" })
+    local summary, dir = run(coral.plan(tasks), { max_workers = 1 })
+    assert.are.equal(#tasks, summary.succeeded)
     local task_stat, coral_stat = H.read_file(dir .. "/.coral/runs/" .. summary.run_id ..
       "/tasks/p/attempt-1.out"):match("^([^\n]*)\n([^\n]*)\n$")
-    assert.are.equal(0, policy_in(task_stat))
-    assert.are.equal(3, policy_in(coral_stat))
+    return policy_in(task_stat), policy_in(coral_stat)
+  end
+
+  it("yields to its tasks once they are long enough, runs them with the normal policy, and comes back", function()
+    -- after tasks of 20 ms (run/standby.lua's worth): coral SCHED_BATCH, the task not
+    assert.are.same({ 0, 3 }, { policies { { "sleep", "0.02" }, { "sleep", "0.02" } } })
     assert.are.equal(0, policy_in(H.read_file("/proc/thread-self/stat")))
+    -- after tasks of a millisecond, coral's CPU counts more: it keeps the normal policy
+    assert.are.same({ 0, 0 }, { policies { "true", "true" } })
     -- and after a run stopped by an error
     local broken = { name = "broken", prepare = function() error("driver exploded") end }
-    assert.is_false(pcall(run, coral.plan { t("x", "breaks", { id = "x", driver = broken }) }))
+    assert.is_false(pcall(run, coral.plan { sleeper("a", 0.02), sleeper("b", 0.02, { depends_on = { "a" } }),
+                                            t("x", "breaks", { id = "x", driver = broken, depends_on = { "b" } }) },
+                          { max_workers = 1 }))
     assert.are.equal(0, policy_in(H.read_file("/proc/thread-self/stat")))
   end)
 end)

@@ -152,7 +152,9 @@ end
 -- the descriptors are short (the start would wait for them: it is left to the runner).
 function Local:standby(spec, on_exit, fd, record, on_start)
   if not self:fd_room() then return false end
-  proc.standby { spawn = self:spawn_options(spec, on_exit), fd = fd, record = record,
+  -- (made once a spec: the same task may be set again after a pump that took it down)
+  spec.standby_options = spec.standby_options or self:spawn_options(spec, on_exit)
+  proc.standby { spawn = spec.standby_options, fd = fd, record = record,
                  on_start = function(p, err, code)
                    if p then return on_start(self:started(p)) end
                    return on_start(nil, err, code)

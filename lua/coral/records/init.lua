@@ -213,18 +213,22 @@ function Records:event(name, fields)
   if AT_ONCE[name] or not self.batch or self.at_once then self:flush_records() else self:flush_soon() end
 end
 
---- For a record C writes itself (coral.proc's standby, run/standby.lua): the journal's
--- descriptor, and the line of event `name` up to its time (`{..., "t":`), to which C adds the
--- time and the end. Every line waiting is written first, and from then on, until `at_once` is
--- cleared, each event is written at once: C's line must come after every line before it.
--- Returns nil when the journal is not open yet.
-function Records:record_head(name, fields)
+--- The line of event `name` up to its time (`{..., "t":`), for a record C writes itself
+-- (coral.proc's standby, run/standby.lua), adding the time and the end.
+function M.record_head(name, fields)
+  fields.event = name
+  local text = json.encode(fields)
+  return text:sub(1, -2) .. (text == "{}" and "" or ",") .. '"t":'
+end
+
+--- The journal's descriptor for a record C writes itself: every line waiting is written first,
+-- and from then on, until `at_once` is cleared, each event is written at once (C's line must
+-- come after every line before it). nil when the journal is not open yet.
+function Records:journal_for_c()
   self:flush_records()
   if not self.journal_fd then return nil end
   self.at_once = true
-  fields.event = name
-  local text = json.encode(fields)
-  return self.journal_fd, text:sub(1, -2) .. (text == "{}" and "" or ",") .. '"t":'
+  return self.journal_fd
 end
 
 --- Appends a row to the joblog (one row per attempt). The task column is the id with its

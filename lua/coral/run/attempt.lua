@@ -266,7 +266,7 @@ local function ended(run, st, a, info, result, driver, ctx)
   run.running = run.running - 1
   a.duration = info and info.duration or (uv.hrtime() - a.mono_start) / 1e9
   a.finish = a.start + a.duration
-  run.busy = run.busy + a.duration
+  run.busy, run.ended_attempts = run.busy + a.duration, run.ended_attempts + 1
   if not result then
     if st.cancelled then
       result = { ok = false, error = st.cancelled, retryable = false }

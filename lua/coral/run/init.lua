@@ -361,7 +361,10 @@ function Run:pump()
   until not self.pump_again
   self.pumping = false
   if self.running >= self.max_workers and not self.stopping then self:prepare_next() end
-  standby.arm(self)
+  -- tasks long enough that the latency of each start counts more than coral's CPU
+  local latency = standby.worth(self)
+  if latency ~= (self.yielding == true) then self:yield_to_children(latency) end
+  standby.arm(self, latency)
   if self.running == 0 and self.waiting == 0 and #self.retry_queue == 0 and #self.held == 0 then
     local c = self.g:counts()
     if self.stopping or (c.ready == 0 and c.running == self.mode:held() + self.parked) then self.finished = true end
@@ -403,15 +406,19 @@ function Run:unwatch_signals()
   host.catch_signals()   -- libuv put back the default actions: Ctrl-C must still end coral cleanly
 end
 
---- While the run's tasks start, coral's thread yields the CPU to the children it wakes
--- (coral.proc's host_batch): a task's process started on coral's CPU wakes coral in the middle
--- of its exec, and finishes the exec before coral's bookkeeping for the next task takes that
--- CPU from it (docs/PERFORMANCE.md). The tasks themselves run with the normal policy; coral's
--- own comes back at the run's end. A policy the user gave coral (chrt) is left as it is, and a
--- system that refuses the change runs the same, without it.
+--- While the run's tasks are long enough (run/standby.lua's worth), coral's thread yields the
+-- CPU to the children it wakes (coral.proc's host_batch): a task's process started on coral's
+-- CPU wakes coral in the middle of its exec, and finishes the exec before coral's bookkeeping
+-- for the next task takes that CPU from it (docs/PERFORMANCE.md; with short tasks, when coral's
+-- own CPU is what the run waits for, it costs more than it gives). The tasks themselves run
+-- with the normal policy; coral's own comes back when they are short again and at the run's
+-- end. A policy the user gave coral (chrt) is left as it is (and not asked again), and a system
+-- that refuses the change runs the same, without it.
 function Run:yield_to_children(on)
   if on then
+    if self.yield_refused then return end
     self.yielding = proc.host_batch(true) == true
+    self.yield_refused = not self.yielding
   elseif self.yielding then
     self.yielding = nil
     proc.host_batch(false)
@@ -462,7 +469,6 @@ function Run:execute(opts)
   dynamic.started(self)
   self.control:listen()   -- <run dir>/control.sock (coral ctl, coral attach)
   self:watch_signals()
-  self:yield_to_children(true)
 
   self:pump()
   -- The project state says the run is on a moment after its first tasks started: its
@@ -597,7 +603,7 @@ function Runner:execute_plan(plan, opts)
   local run = setmetatable({
     runner = self, plan = plan, project_dir = project_dir,
     description = opts.description or plan.description or self.description,
-    running = 0, waiting = 0, busy = 0, max_parallel = 0,
+    running = 0, waiting = 0, busy = 0, ended_attempts = 0, max_parallel = 0,
     retry_queue = {}, state = {},
     roles = opts.roles or require("coral.agents").resolver(project_dir, { lazy = M.commands_only(plan) }),
   }, Run)

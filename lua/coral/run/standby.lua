@@ -17,9 +17,24 @@
 -- are written at once (records' at_once): its record must follow every line before it.
 local admission = require "coral.run.admission"
 local attempt = require "coral.run.attempt"
+local records = require "coral.records"
 local resources = require "coral.run.resources"
 
 local M = {}
+
+-- The mean duration of the run's ended attempts (s) from which the standby is worth its cost:
+-- its arming is tens of microseconds of coral's CPU a task, which a run of tasks this short on a
+-- busy machine pays in throughput (noop-layered at W=4: +8.5 % instructions, +5 % wall), while
+-- the start it makes early gains ~0.4 ms a task only where coral's CPU is not what the run waits
+-- for (sleep-random: -1.5 %). Measured in docs/PERFORMANCE.md.
+M.TASK_SECONDS = 0.005
+
+--- Whether the run's tasks are long enough for the standby (and coral.proc's host_batch):
+-- a worker's worth of attempts ended, and their mean duration at least TASK_SECONDS.
+function M.worth(run)
+  local n = run.ended_attempts
+  return n >= run.max_workers and run.busy >= n * M.TASK_SECONDS
+end
 
 --- Takes the standby down, if there is one.
 function M.disarm(run)
@@ -45,12 +60,12 @@ local function started(run, st, handle, err, code)
   attempt.begin(run, st, nil, { handle = handle, err = err, code = code })
 end
 
---- Sets (or keeps, or takes down) the standby after a pump.
-function M.arm(run)
+--- Sets (or keeps, or takes down) the standby after a pump; `worth`: M.worth(run).
+function M.arm(run, worth)
   local executor = run.executor
   local st
   -- (all workers busy, and no more: after a live `workers` lowered it, an exit frees none)
-  if executor.standby and not run.stopping and run.running == run.max_workers and #run.retry_queue == 0
+  if worth and executor.standby and not run.stopping and run.running == run.max_workers and #run.retry_queue == 0
      and #run.held == 0 and run.mode.name == "dependency" and resources.waiting(run) == 0 then
     local id = run.mode:upcoming(1)[1]
     st = id and run.state[id]
@@ -63,8 +78,9 @@ function M.arm(run)
   if not st then return end
   local xspec, on_exit = attempt.standby_spec(run, st)
   local task = st.task
-  local fd, record = run.records:record_head("spawn", { task = task.id, agent = task.agent, attempt = 1 })
-  if fd and executor:standby(xspec, on_exit, fd, record, function(handle, err, code)
+  xspec.record = xspec.record or records.record_head("spawn", { task = task.id, agent = task.agent, attempt = 1 })
+  local fd = run.records:journal_for_c()
+  if fd and executor:standby(xspec, on_exit, fd, xspec.record, function(handle, err, code)
     started(run, st, handle, err, code)
   end) then
     run.standby = st
