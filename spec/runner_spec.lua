@@ -442,6 +442,22 @@ describe("the standby", function()
     assert.are.equal(8, #joblog_rows(summary))
   end)
 
+  it("does not start a task ahead of a longer chain that a running task's end releases", function()
+    -- w1, w2 first (long enough for the standby); then long1 (whose dependent `crit` has a
+    -- long chain behind it) and long2 run, and f1, f2 wait. At long1's end, crit must start,
+    -- not f1 (which the standby would have started at that exit, whatever it released).
+    local function est(id, secs, estimate, deps)
+      return t("w", id, { id = id, cmd = { "sleep", tostring(secs) }, estimate = estimate, depends_on = deps })
+    end
+    local _, _, events = run(coral.plan {
+      est("w1", 0.02, 5), est("w2", 0.02, 5), est("long1", 0.15, 0.1), est("long2", 0.4, 0.3),
+      est("crit", 0.01, 1.0, { "long1" }), est("f1", 0.01, 0.05), est("f2", 0.01, 0.05),
+    }, { max_workers = 2 })
+    local order = {}
+    for _, e in ipairs(events) do if e.event == "start" then order[#order + 1] = e.task end end
+    assert.are.same({ "w1", "w2", "long1", "long2", "crit", "f1", "f2" }, order)
+  end)
+
   it("does not start at an exit that is not a success, nor at one whose success is not its status", function()
     -- one worker, on_failure = stop: what is next in line never starts after a failure, whether
     -- the process said so (exit 1) or the runner did (a declared output missing after exit 0)

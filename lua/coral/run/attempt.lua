@@ -264,6 +264,7 @@ local conclude
 local function ended(run, st, a, info, result, driver, ctx)
   local task = st.task
   run.running = run.running - 1
+  run.live_tasks[st] = nil
   a.duration = info and info.duration or (uv.hrtime() - a.mono_start) / 1e9
   a.finish = a.start + a.duration
   run.busy, run.ended_attempts = run.busy + a.duration, run.ended_attempts + 1
@@ -455,6 +456,7 @@ function M.begin(run, st, condition_error, fired)
   if task.outputs then st.input_stamps = uptodate.stamps(run.project_dir, task.inputs) end
   if not st.first_start then st.first_start = a.start end
   run.running = run.running + 1
+  run.live_tasks[st] = true
   local max_before = run.max_parallel
   local busy = run.running - resources.waiting(run)   -- those waiting for a resource do not run
   -- (a standby starts at an exit whose end comes after: that end's slot is the one it took)

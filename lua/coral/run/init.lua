@@ -604,7 +604,7 @@ function Runner:execute_plan(plan, opts)
     runner = self, plan = plan, project_dir = project_dir,
     description = opts.description or plan.description or self.description,
     running = 0, waiting = 0, busy = 0, ended_attempts = 0, max_parallel = 0,
-    retry_queue = {}, state = {},
+    retry_queue = {}, state = {}, live_tasks = {},
     roles = opts.roles or require("coral.agents").resolver(project_dir, { lazy = M.commands_only(plan) }),
   }, Run)
   admission.init(run)

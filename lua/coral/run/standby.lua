@@ -10,7 +10,8 @@
 -- Only what the pump would have started at that exit is handed over, and only while nothing
 -- could change that: the dependency mode; no retry due, no task waiting for a gate or a
 -- resource; the task armed (a command of the local executor, run/attempt.lua's prepare) and
--- first in the graph's order; no gate holding it. The runner arms it at the end of each pump
+-- first in the graph's order; no gate holding it; no pending dependent of a running task that
+-- would come before it in that order (the end of its dependency would release it). The runner arms it at the end of each pump
 -- (the graph and the gates change only in Lua, and every change is followed by a pump before
 -- the loop runs again) and takes it down when a stop or a live-control action comes, or when
 -- the task starts another way. Until the standby starts or is taken down, the journal's lines
@@ -60,6 +61,32 @@ local function started(run, st, handle, err, code)
   attempt.begin(run, st, nil, { handle = handle, err = err, code = code })
 end
 
+-- A running task with more dependents than this makes the standby wait (their order is not
+-- looked through).
+local MAX_DEPENDENTS = 64
+
+-- Would a task that the end of a running task can make ready start before `st` (the graph's
+-- order: priority, then rank, then declaration order)? Then the standby, which starts `st` at
+-- the next exit whatever it releases, would put a longer chain behind it: sleep-seed at W=2,
+-- where the order alone reaches the lower bound, took 2.245 s instead of 2.013 with it.
+local function outranked(run, st)
+  local g, id = run.g, st.task.id
+  local priority, rank, index = st.task.priority or 0, g:rank(id), g:index(id)
+  for live in pairs(run.live_tasks) do
+    local dependents = g:dependents(live.task.id)
+    if #dependents > MAX_DEPENDENTS then return true end
+    for _, d in ipairs(dependents) do
+      if g:state(d) == "pending" then
+        local p, r = run.state[d].task.priority or 0, g:rank(d)
+        if p > priority or (p == priority and (r > rank or (r == rank and g:index(d) < index))) then
+          return true
+        end
+      end
+    end
+  end
+  return false
+end
+
 --- Sets (or keeps, or takes down) the standby after a pump; `worth`: M.worth(run).
 function M.arm(run, worth)
   local executor = run.executor
@@ -69,7 +96,8 @@ function M.arm(run, worth)
      and #run.held == 0 and run.mode.name == "dependency" and resources.waiting(run) == 0 then
     local id = run.mode:upcoming(1)[1]
     st = id and run.state[id]
-    if not (st and st.armed and st.status == "pending" and #st.attempts == 0 and admission.open_for(run, st)) then
+    if not (st and st.armed and st.status == "pending" and #st.attempts == 0 and admission.open_for(run, st))
+       or outranked(run, st) then
       st = nil
     end
   end
