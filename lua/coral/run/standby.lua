@@ -11,10 +11,10 @@
 -- could change that: the dependency mode; no retry due, no task waiting for a gate or a
 -- resource; the task armed (a command of the local executor, run/attempt.lua's prepare) and
 -- first in the graph's order; no gate holding it; no pending dependent of a running task that
--- would come before it in that order (the end of its dependency would release it). The runner arms it at the end of each pump
--- (the graph and the gates change only in Lua, and every change is followed by a pump before
--- the loop runs again) and takes it down when a stop or a live-control action comes, or when
--- the task starts another way. Until the standby starts or is taken down, the journal's lines
+-- would come before it in that order (the end of its dependency would release it). The runner
+-- arms it at the end of each pump (the graph and the gates change only in Lua, and every change
+-- is followed by a pump before the loop runs again) and takes it down when a stop or a
+-- live-control action comes, or when the task starts another way. Until the standby starts or is taken down, the journal's lines
 -- are written at once (records' at_once): its record must follow every line before it.
 local admission = require "coral.run.admission"
 local attempt = require "coral.run.attempt"
@@ -50,8 +50,9 @@ end
 local function started(run, st, handle, err, code)
   run.standby = nil
   run.records.at_once = nil
-  -- a journal that cannot be written stops the run, as any record would
-  if not handle and err and err:find("^standby: write its record") then error(err, 0) end
+  -- a journal that cannot be written stops the run, as any record would (records/init.lua)
+  local unwritten = not handle and err and err:match("^standby: write its record: (.*)$")
+  if unwritten then error("append " .. run.records.journal_path .. ": " .. unwritten, 0) end
   local id = run.g:ready(1)[1]
   if id ~= st.task.id then
     error(string.format("coral: internal error: the standby '%s' started, and the graph's next task is '%s'",
