@@ -34,6 +34,19 @@ local function sleeper(id, seconds, opts)
   return t("worker", "sleep " .. seconds, opts)
 end
 
+-- Runs 8 sleepers of `seconds` at `workers`; returns the summary and the most tasks the events
+-- (start, end) ever showed running at once.
+local function peak_running(workers, seconds)
+  local tasks = {}
+  for i = 1, 8 do tasks[i] = sleeper("s" .. i, seconds) end
+  local running, peak = 0, 0
+  local summary = run(coral.plan(tasks), { max_workers = workers, on_event = function(e)
+    if e.event == "start" then running = running + 1; peak = math.max(peak, running)
+    elseif e.event == "end" then running = running - 1 end
+  end })
+  return summary, peak
+end
+
 local function joblog_rows(summary)
   local rows = {}
   for line in io.lines(summary.run_dir .. "/joblog.tsv") do
@@ -49,13 +62,7 @@ end
 
 describe("the runner", function()
   it("never runs more than max_workers tasks at once, and reaches it", function()
-    local tasks = {}
-    for i = 1, 8 do tasks[i] = sleeper("s" .. i, 0.2) end
-    local running, peak = 0, 0
-    local summary = run(coral.plan(tasks), { max_workers = 3, on_event = function(e)
-      if e.event == "start" then running = running + 1; peak = math.max(peak, running)
-      elseif e.event == "end" then running = running - 1 end
-    end })
+    local summary, peak = peak_running(3, 0.2)
     assert.are.equal(8, summary.succeeded)
     assert.are.equal(3, peak)
     assert.are.equal(3, summary.max_parallel)
@@ -417,13 +424,7 @@ describe("the standby", function()
   end
 
   it("starts the next task at a clean exit, before the end is recorded, never beyond max_workers", function()
-    local tasks = {}
-    for i = 1, 8 do tasks[i] = sleeper("s" .. i, 0.05) end
-    local running, peak = 0, 0
-    local summary = run(coral.plan(tasks), { max_workers = 2, on_event = function(e)
-      if e.event == "start" then running = running + 1; peak = math.max(peak, running)
-      elseif e.event == "end" then running = running - 1 end
-    end })
+    local summary, peak = peak_running(2, 0.05)
     assert.are.equal(8, summary.succeeded)
     assert.are.equal(2, peak)
     assert.are.equal(2, summary.max_parallel)
