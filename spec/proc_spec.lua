@@ -953,6 +953,30 @@ describe("coral.proc", function()
       assert.are.equal(before, open_fds())
     end)
 
+    it("lets timers fire while short children exit back to back", function()
+      -- Each exit starts the next child at once, as a runner's pump does: the loop must still
+      -- come round (libuv goes on reading its signal pipe while each read fills its buffer, and
+      -- a reaping round run there kept it in one poll for as long as the children came).
+      local t0, ticks, reaps, live_chains = uv.hrtime(), {}, 0, 0
+      local function chain()
+        live_chains = live_chains + 1
+        assert(proc.spawn { argv = { "true" }, stdout = false, timeout = 60, on_exit = function()
+          reaps = reaps + 1
+          live_chains = live_chains - 1
+          if uv.hrtime() - t0 < 1.5e9 then chain() end
+        end })
+      end
+      local timer = uv.new_timer()
+      timer:start(100, 100, function() ticks[#ticks + 1] = (uv.hrtime() - t0) / 1e9 end)
+      for _ = 1, 8 do chain() end
+      while live_chains > 0 do uv.run("once") end
+      timer:close()
+      uv.run("nowait")
+      assert.is_true(reaps > 100, "too few children: " .. reaps)
+      assert.is_true(#ticks >= 8, string.format("a 100 ms timer fired %d times in 1.5 s", #ticks))
+      assert.is_true(ticks[1] < 0.5, string.format("its first tick came at %.2f s", ticks[1]))
+    end)
+
     it("calls on_reaped with the pid as soon as the child is reaped, before on_exit", function()
       local order = {}
       -- the background job holds stdout: on_exit waits for it, on_reaped does not

@@ -108,6 +108,18 @@ describe("the runner", function()
     -- the helper's after_each checks that neither sleep is left running
   end)
 
+  it("times a task out on time while short tasks keep ending around it", function()
+    local tasks = { t("worker", "hang", { id = "hang", timeout = 0.5, cmd = "sleep 30" }) }
+    for i = 1, 3000 do tasks[#tasks + 1] = t("worker", "n" .. i, { id = "n" .. i, cmd = "true" }) end
+    local summary, _, ev = run(coral.plan(tasks), { retries = 0, kill_grace = 0.2, max_workers = 4 })
+    assert.are.equal(3000, summary.succeeded)
+    local start, last_end = first(ev, "start", "hang").mono, 0
+    for _, e in ipairs(ev) do if e.event == "end" and e.mono > last_end then last_end = e.mono end end
+    assert.is_true(last_end - start > 1.5, "the short tasks were over too soon to show anything")
+    local took = first(ev, "end", "hang").mono - start
+    assert.is_true(took < 1.5, string.format("a 0.5 s timeout ended the task after %.2f s", took))
+  end)
+
   it("kills a task that prints nothing for idle_timeout seconds", function()
     local plan = coral.plan { t("worker", "quiet", { id = "quiet", idle_timeout = 0.3, cmd = "echo hi; sleep 30" }) }
     local summary = run(plan, { retries = 0, kill_grace = 0.5 })
