@@ -188,6 +188,33 @@ describe("coral.fsutil", function()
       assert.are.same({ "script.lua", "state" }, H.entries(dir))
     end)
 
+    it("takes the text in pieces from a function, and leaves nothing when it raises", function()
+      local dir = H.tmpdir()
+      H.write_file(dir .. "/state", "old\n")
+      assert.is_true(fsutil.write_atomic(dir .. "/state", function(write)
+        for i = 1, 3 do write("piece " .. i .. "\n") end
+        write("")
+      end, oct("600")))
+      assert.are.equal("piece 1\npiece 2\npiece 3\n", H.read_file(dir .. "/state"))
+      local ok, err = pcall(fsutil.write_atomic, dir .. "/state", function(write)
+        write("half")
+        error("no more", 0)
+      end)
+      assert.is_false(ok)
+      assert.are.equal("no more", err)
+      assert.are.equal("piece 1\npiece 2\npiece 3\n", H.read_file(dir .. "/state"))
+      assert.are.same({ "state" }, H.entries(dir))
+      -- a piece cut short stops the writing: the old file stays
+      local r = with_small_file_limit(dir, [[
+        print(require("coral.fsutil").write_atomic(arg[1] .. "/state", function(write)
+          for _ = 1, 4 do write(string.rep("x", 3000)) end
+        end))
+      ]])
+      assert.are.equal(0, r.code, r.stderr)
+      assert.are.equal("nil\twrite " .. dir .. "/state: EFBIG: file too large\n", r.stdout)
+      assert.are.equal("piece 1\npiece 2\npiece 3\n", H.read_file(dir .. "/state"))
+    end)
+
     it("honours the mode and follows no link when a temp file was left behind", function()
       local dir = H.tmpdir()
       local tmp = string.format("%s/state.tmp-%d", dir, uv.os_getpid())

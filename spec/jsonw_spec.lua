@@ -81,3 +81,35 @@ describe("coral.jsonw", function()
     end
   end)
 end)
+
+describe("coral.json.write", function()
+  local function written(...)
+    local pieces = {}
+    json.write(function(piece) pieces[#pieces + 1] = piece end, ...)
+    return table.concat(pieces), #pieces
+  end
+
+  it("writes an object with one big member last, a list or an object, read back as encode's", function()
+    local items, members = {}, {}
+    for i = 1, 1300 do
+      items[i] = { id = "t" .. i, depends_on = {}, at = i / 1e3 }
+      members["t" .. i] = { n = i, outputs = {} }
+    end
+    local text, pieces = written({ name = "p", phases = {} }, "tasks", false, function(emit)
+      for _, item in ipairs(items) do emit(item) end
+    end)
+    assert.are.equal("\n", text:sub(-1))
+    assert.is_true(pieces >= 4, "written in pieces")   -- 512 items a piece
+    assert.are.same(cjson.decode(json.encode { name = "p", phases = {}, tasks = items }), cjson.decode(text))
+    assert.truthy(text:find('"depends_on":[]', 1, true))   -- list keys as encode writes them
+    text = written({ status = "ok" }, "results", true, function(emit)
+      for id, r in pairs(members) do emit(r, id) end
+    end)
+    assert.are.same(cjson.decode(json.encode { status = "ok", results = members }), cjson.decode(text))
+  end)
+
+  it("writes empty heads and empty members", function()
+    assert.are.equal('{"tasks":[]}\n', (written({}, "tasks", false, function() end)))
+    assert.are.equal('{"a":1,"results":{}}\n', (written({ a = 1 }, "results", true, function() end)))
+  end)
+end)

@@ -140,7 +140,9 @@ function M.write_file(path, data, mode)
 end
 
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
--- A link at `path` is replaced by the file, never written through. `nosync`: no fsync before
+-- `data` is the text, or a function(write) that gives it in pieces, write(piece) each in
+-- turn (a large record is then never whole in memory; an error it raises is raised here, with
+-- nothing left on disk). A link at `path` is replaced by the file, never written through. `nosync`: no fsync before
 -- the rename, for a file that is only a view of others (the live report: the fsync of each
 -- rewrite cost more than drawing it), which a crash of the machine may leave empty.
 function M.write_atomic(path, data, mode, nosync)
@@ -151,7 +153,23 @@ function M.write_atomic(path, data, mode, nosync)
   local fd, err = uv.fs_open(tmp, "wx", mode or tonumber("644", 8))
   if not fd then return nil, "write " .. path .. ": " .. err end
   -- a short write (disk full, file size limit) must not replace the file with a truncated one
-  local ok, werr = M.write_all(fd, data, 0)
+  local ok, werr
+  if type(data) == "function" then
+    local at = 0
+    ok = true
+    local done, perr = pcall(data, function(piece)
+      if not ok then return end
+      ok, werr = M.write_all(fd, piece, at)
+      at = at + #piece
+    end)
+    if not done then
+      uv.fs_close(fd)
+      uv.fs_unlink(tmp)
+      error(perr, 0)
+    end
+  else
+    ok, werr = M.write_all(fd, data, 0)
+  end
   if ok and not nosync then ok, werr = uv.fs_fsync(fd) end
   uv.fs_close(fd)
   if ok then ok, werr = uv.fs_rename(tmp, path) end

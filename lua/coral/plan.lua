@@ -657,24 +657,31 @@ function Plan:to_mermaid()
   return table.concat(out, "\n") .. "\n"
 end
 
---- The plan as JSON: tasks with their dependencies, phases and the critical path. `more(task)`,
--- if given, returns a new table of more fields of a task (a run adds each task's definition):
--- the task's entry is made in it, and the plan's own fields win.
-function Plan:to_json(more)
-  local tasks = {}
+--- The plan as JSON, given to `write(piece)` in pieces (coral.json.write): tasks with their
+-- dependencies, phases and the critical path. `more(task)`, if given, returns a new table of
+-- more fields of a task (a run adds each task's definition): the task's entry is made in it,
+-- and the plan's own fields win.
+function Plan:write_json(write, more)
   local phase_of = self:phase_of()
-  for i, t in ipairs(self.tasks) do
-    local entry = more and more(t) or {}
-    entry.id, entry.agent, entry.task, entry.depends_on = t.id, t.agent, t.task, t.depends_on
-    entry.estimate, entry.priority, entry.phase = self:estimate(t), t.priority or 0, phase_of[t.id]
-    tasks[i] = entry
-  end
   local path, length = self:critical_path()
-  local text = require("coral.json").encode {
-    name = self.name, description = self.description, tasks = tasks,
+  require("coral.json").write(write, {
+    name = self.name, description = self.description,
     phases = self:phases(), critical_path = path, critical_path_seconds = length,
-  }
-  return text .. "\n"
+  }, "tasks", false, function(emit)
+    for _, t in ipairs(self.tasks) do
+      local entry = more and more(t) or {}
+      entry.id, entry.agent, entry.task, entry.depends_on = t.id, t.agent, t.task, t.depends_on
+      entry.estimate, entry.priority, entry.phase = self:estimate(t), t.priority or 0, phase_of[t.id]
+      emit(entry)
+    end
+  end)
+end
+
+--- The same text, whole.
+function Plan:to_json(more)
+  local pieces = {}
+  self:write_json(function(piece) pieces[#pieces + 1] = piece end, more)
+  return table.concat(pieces)
 end
 
 return M

@@ -382,7 +382,7 @@ end
 --- The plan the run executes (tasks, dependencies, estimates, phases, critical path), written
 -- when the run starts so that views draw the plan of the run, not today's recipe.
 function Records:write_plan(plan, more)
-  must(fsutil.write_atomic(self.dir .. "/plan.json", plan:to_json(more), PRIVATE_FILE))
+  must(fsutil.write_atomic(self.dir .. "/plan.json", function(write) plan:write_json(write, more) end, PRIVATE_FILE))
 end
 
 --- The plan a run recorded (decoded plan.json), or nil.
@@ -412,7 +412,13 @@ function M.last_write(run_dir, task_id, n, since)
 end
 
 function Records:write_summary(summary)
-  must(fsutil.write_atomic(self.summary_path, json.encode(summary) .. "\n", PRIVATE_FILE))
+  local head = {}
+  for k, v in pairs(summary) do if k ~= "results" then head[k] = v end end
+  must(fsutil.write_atomic(self.summary_path, function(write)
+    json.write(write, head, "results", true, function(emit)
+      for id, result in pairs(summary.results) do emit(result, id) end
+    end)
+  end, PRIVATE_FILE))
 end
 
 --- The scratchpad section coral adds when a task starts. An agent's section is written at once,
