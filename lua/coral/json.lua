@@ -17,26 +17,24 @@ end
 
 --- Gives `object` to `write(piece)` as JSON text in pieces, then its member `key` last, made
 -- by `each(emit)`: emit(value) for each item of a list, or emit(value, name) for each member of
--- an object (`members`). Each item is encoded on its own and written a few hundred at a time,
--- so the text of a record of 100,000 tasks is never whole in memory. Ends with a newline.
+-- an object (`members`). The items are encoded 512 at a time, so the text of a record of
+-- 100,000 tasks is never whole in memory. Ends with a newline.
 function M.write(write, object, key, members, each)
   local head = M.encode(object)
-  local open, close = members and "{" or "[", members and "}}\n" or "]}\n"
-  write(head:sub(1, -2) .. (head == "{}" and "" or ",") .. M.encode(key) .. ":" .. open)
+  write(head:sub(1, -2) .. (head == "{}" and "" or ",") .. M.encode(key) .. ":" .. (members and "{" or "["))
   local batch, n, sep = {}, 0, ""
+  local function flush()
+    local text = M.encode(batch)   -- "[...]" or "{...}": its inside goes on the one open above
+    write(sep .. text:sub(2, -2))
+    sep, batch, n = ",", {}, 0
+  end
   each(function(value, name)
     n = n + 1
-    batch[n] = name and (sep .. M.encode(name) .. ":" .. M.encode(value)) or (sep .. M.encode(value))
-    sep = ","
-    if n == 512 then
-      write(table.concat(batch, "", 1, n))
-      n = 0
-      -- the batch's strings are garbage now: without a step here the generational collector
-      -- let 88 MB of them build up over the 100,000 results of a summary
-      collectgarbage("step")
-    end
+    batch[name or n] = value
+    if n == 512 then flush() end
   end)
-  write(table.concat(batch, "", 1, n) .. close)
+  if n > 0 then flush() end
+  write(members and "}}\n" or "]}\n")
 end
 
 return M

@@ -415,7 +415,14 @@ function Records:write_summary(summary)
   local head = {}
   for k, v in pairs(summary) do if k ~= "results" then head[k] = v end end
   must(fsutil.write_atomic(self.summary_path, function(write)
-    json.write(write, head, "results", true, function(emit)
+    -- A collector step after each piece: without it the generational collector let 100 MB of
+    -- pieces build up over the 100,000 results of a summary. (Not for plan.json: steps taken
+    -- there, before the run switches to that collector, left it doing full collections for
+    -- the whole run, 13 % of coral's CPU; perf, 30,000 tasks.)
+    json.write(function(piece)
+      write(piece)
+      collectgarbage("step")
+    end, head, "results", true, function(emit)
       for id, result in pairs(summary.results) do emit(result, id) end
     end)
   end, PRIVATE_FILE))
