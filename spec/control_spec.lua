@@ -152,6 +152,24 @@ describe("coral ctl", function()
     assert.equal(2, ctl(dir, "workers", "zero").code)
   end)
 
+  it("answers at once while short tasks keep ending", function()
+    -- each exit starts the next task at once: the loop must still come round to the socket
+    local tasks = {}
+    for i = 1, 6000 do tasks[#tasks + 1] = string.format('  coral.task{ id = "t%d", cmd = "true" },', i) end
+    write_plan(dir, table.concat(tasks, "\n"))
+    run = start_run(dir, { "--max-workers", "4" })
+    H.wait_until(function()
+      return uv.fs_stat(dir .. "/.coral/runs") and #H.entries(dir .. "/.coral/runs") > 0
+        and uv.fs_stat(run_dir(dir) .. "/control.sock") ~= nil
+    end, 20)
+    local t0 = uv.hrtime()
+    local st = status(dir)
+    local took = (uv.hrtime() - t0) / 1e9
+    assert.is_true((st.counts.pending or 0) > 0, "the run was over: nothing to show")
+    assert.is_true(took < 2, string.format("status took %.2f s", took))
+    assert.equal(0, H.wait_for(run, 60))
+  end)
+
   it("pause starts nothing new until resume; running tasks go on; tail; limit", function()
     write_plan(dir, [[
   coral.task{ id = "a", cmd = "echo one; echo two; echo three; sleep 1.5; echo a" },
