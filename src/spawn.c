@@ -183,7 +183,7 @@ struct proc_sup {
   uv_signal_t sig;          /* SIGCHLD, started before the first child so none is missed */
   uv_check_t reap;          /* the round a SIGCHLD asked for, run once the poll is over */
   int sig_open;             /* both handles initialized and uv_close not called yet */
-  int refs;                 /* the box, the signal handle, each proc_state */
+  int refs;                 /* the box, the signal and check handles, each proc_state */
   int shut;                 /* coral_spawn_shutdown ran */
   int nlive;                /* children not reaped */
   int nkeep;                /* live children with callbacks: they keep the loop running */

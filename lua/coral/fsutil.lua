@@ -140,11 +140,12 @@ function M.write_file(path, data, mode)
 end
 
 --- Writes a file through a temp file and rename, so readers see the old or the new content.
--- `data` is the text, or a function(write) that gives it in pieces, write(piece) each in
--- turn (a large record is then never whole in memory; an error it raises is raised here, with
--- nothing left on disk). A link at `path` is replaced by the file, never written through. `nosync`: no fsync before
--- the rename, for a file that is only a view of others (the live report: the fsync of each
--- rewrite cost more than drawing it), which a crash of the machine may leave empty.
+-- `data` is the text, or a function(write) that gives it in pieces, write(piece) each in turn
+-- (a large record is then never whole in memory; an error it raises is raised here, with
+-- nothing left on disk). A link at `path` is replaced by the file, never written through.
+-- `nosync`: no fsync before the rename, for a file that is only a view of others (the live
+-- report: the fsync of each rewrite cost more than drawing it), which a crash of the machine
+-- may leave empty.
 function M.write_atomic(path, data, mode, nosync)
   local tmp = string.format("%s.tmp-%d", path, uv.os_getpid())
   -- A temp file of that name may be left from a crashed process: remove it and create a new one

@@ -382,7 +382,8 @@ end
 --- The plan the run executes (tasks, dependencies, estimates, phases, critical path), written
 -- when the run starts so that views draw the plan of the run, not today's recipe.
 function Records:write_plan(plan, more)
-  must(fsutil.write_atomic(self.dir .. "/plan.json", function(write) plan:write_json(write, more) end, PRIVATE_FILE))
+  must(fsutil.write_atomic(self.dir .. "/plan.json", function(write) plan:write_json(write, more) end,
+                          PRIVATE_FILE))
 end
 
 --- The plan a run recorded (decoded plan.json), or nil.
