@@ -260,6 +260,27 @@ describe("the runner", function()
     assert.are.equal(tonumber("644", 8), uv.fs_stat(dir .. "/scratchpad.md").mode & tonumber("777", 8))
   end)
 
+  it("returns only the tasks that did not succeed when asked, and writes every task to summary.json", function()
+    local plan = coral.plan {
+      { t("a1", "first", { cmd = "echo one" }), t("a2", "second", { cmd = "exit 3" }) },
+      { t("a3", "third", { cmd = "true", depends_on = { "a2" } }) },
+    }
+    local runner = coral.runner { project_dir = H.tmpdir(), output = "quiet", retry_failed = false }
+    local s = runner:execute_plan(plan, { results = "unsuccessful" })
+    assert.are.equal(1, s.succeeded)
+    assert.is_nil(s.results.a1)
+    assert.are.equal("failed", s.results.a2.status)
+    assert.are.equal(3, s.results.a2.exit_code)
+    assert.are.equal("skipped", s.results.a3.status)
+    local stored = cjson.decode(H.read_file(s.run_dir .. "/summary.json"))
+    assert.are.equal("succeeded", stored.results.a1.status)
+    assert.are.equal("one\n", H.read_file(stored.results.a1.output_file))
+    assert.are.equal("failed", stored.results.a2.status)
+    assert.are.equal("skipped", stored.results.a3.status)
+    local err = select(2, pcall(runner.execute_plan, runner, plan, { results = "some" }))
+    assert.matches("execute_plan: option 'results' must be one of all, unsuccessful, got 'some'", err, 1, true)
+  end)
+
   it("keeps what another process wrote to the project state between its own writes", function()
     -- coral writes the state again from the table it last wrote while the file holds that
     -- text; an edit in between (here: after the first flush, about a second in) is read back

@@ -177,7 +177,9 @@ function M.run_plan(plan, opts, invocation)
   end
   local ok, summary = xpcall(runner.execute_plan, check.traceback, runner, plan,
                              { description = plan.description, invocation = invocation,
-                               resume = resume, retry_failed = opts.retry_failed })
+                               resume = resume, retry_failed = opts.retry_failed,
+                               -- what is printed: the JSON summary, or the tasks that did not succeed
+                               results = opts.json and "all" or "unsuccessful" })
   if live_report then live_report:close() end
   -- A bad plan or a busy project is the user's to fix (2); anything else stopped the run
   -- itself, e.g. a full disk under its records (1). What was recorded stays valid.

@@ -133,6 +133,14 @@ function Records:task_path(task_id, kind, attempt)
   return string.format("%s/attempt-%d.%s", dir, attempt or 1, kind)
 end
 
+--- Forgets the dir of a task that has ended for good: a plan of 100,000 tasks would otherwise
+-- keep 100,000 paths for the run (12 MB). A later path of it (a `coral ctl` tail, a dependent's
+-- condition reading its output) is made again, and its dir checked again by the mkdir.
+function Records:forget_task_dir(task_id)
+  if self.task_dirs then self.task_dirs[task_id] = nil end
+  if self.new_task_dirs then self.new_task_dirs[task_id] = nil end
+end
+
 --- Makes the dir of a task that is next in line to start (Run:prepare_next), so that its start
 -- does not wait for the mkdir. Its first attempt's files are then checked as a retry's are:
 -- the dir may have waited a while. A failure is left for the task's start to report. Returns
@@ -412,7 +420,12 @@ function M.last_write(run_dir, task_id, n, since)
   return t
 end
 
-function Records:write_summary(summary)
+function Records:write_summary(summary, each_result)
+  -- `each_result(emit)`: the results, made one at a time, when summary.results holds only some
+  -- (run/summary.lua's M.of)
+  each_result = each_result or function(emit)
+    for id, result in pairs(summary.results) do emit(result, id) end
+  end
   local head = {}
   for k, v in pairs(summary) do if k ~= "results" then head[k] = v end end
   must(fsutil.write_atomic(self.summary_path, function(write)
@@ -423,9 +436,7 @@ function Records:write_summary(summary)
     json.write(function(piece)
       write(piece)
       collectgarbage("step")
-    end, head, "results", true, function(emit)
-      for id, result in pairs(summary.results) do emit(result, id) end
-    end)
+    end, head, "results", true, each_result)
   end, PRIVATE_FILE))
 end
 

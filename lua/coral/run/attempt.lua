@@ -394,6 +394,7 @@ function conclude(run, st, a, info, result, ctx)
     history = true
     run:release(st, false)
   end
+  if st.status ~= "retrying" then run.records:forget_task_dir(task.id) end
   resources.ended(run)   -- before the pump: tasks waiting for a resource start first
   run:pump()
   -- what no start waits for comes after the starts the end frees

@@ -499,12 +499,14 @@ function Run:execute(opts)
   -- the worktree tasks' results merged into one branch (git, blocking: the loop is over)
   self.workspace_result = workspaces.finish(self)
   self.finish_time = fsutil.now()
-  local summary = summary_mod.of(self)
+  local summary = summary_mod.of(self, opts.results)
   self.final_status = summary.status
   -- the run's own records first (the journal's waiting lines, then the summary made from them);
   -- then the shared state, which may wait for its lock (coordq)
   self.records:flush_records()
-  self.records:write_summary(summary)
+  self.records:write_summary(summary, opts.results == "unsuccessful" and function(emit)
+    summary_mod.each_result(self, emit)
+  end or nil)
   self.project_state:flush(true)
   self:emit("done", { status = summary.status, succeeded = summary.succeeded,
                       failed = summary.failed, skipped = summary.skipped,
@@ -586,12 +588,16 @@ end
 
 --- Runs a plan (or a raw list of phases) to the end and returns the summary table.
 -- opts: description, invocation (how the command line started it, for resume), resume (a
--- run id to continue), retry_failed, roles (a role resolver), run_id.
+-- run id to continue), retry_failed, roles (a role resolver), run_id, results ("all", the
+-- default, or "unsuccessful": the summary's `results` then holds only the tasks that neither
+-- succeeded nor were up to date; summary.json holds them all either way).
 local EXECUTE_OPTIONS = { description = "string", invocation = "table", resume = "string", retry_failed = "boolean",
+                          results = "string",
                           roles = "function", run_id = "string" }
 
 function Runner:execute_plan(plan, opts)
   check.options("execute_plan", opts, EXECUTE_OPTIONS, 2)
+  if opts and opts.results then check.one_of("execute_plan", "option 'results'", opts.results, { "all", "unsuccessful" }, 2) end
   if getmetatable(plan) ~= plan_mod.Plan then plan = plan_mod.plan(plan) end
   if #plan.tasks == 0 then check.user_error("the plan has no tasks: nothing to run", plan.where) end
   opts = opts or {}

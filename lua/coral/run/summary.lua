@@ -10,31 +10,33 @@ local M = {}
 -- after its dependencies had ended (from the later of its first start and their last end to
 -- its own end; retries and backoff count). For a task that waited for its dependencies this
 -- is its span; a pipeline consumer, which runs beside its upstream, adds only what it ran
--- after it, so the path is never longer than the run. `times`: task id -> { start, finish }
--- for the tasks that ran; `tasks`: the plan's tasks (id, depends_on). Computed by coral.dag,
--- without recursion.
+-- after it, so the path is never longer than the run. `span(id)`: a task's first start and
+-- last end, or nothing for a task that did not run (a function, not a table of them: at the
+-- end of a 100,000-task run that table was 13 MB); `tasks`: the plan's tasks (id,
+-- depends_on). Computed by coral.dag, without recursion.
 ---@return string[] path, number seconds
-function M.critical_path(tasks, times)
+function M.critical_path(tasks, span)
   local g = dag.new()
+  local opts = {}   -- one for every add (read by it): 100,000 tasks, 8 MB less at the run's end
   for _, t in ipairs(tasks) do
     local weight = 0
-    local own = times[t.id]
-    if own then
-      local from = own.start
+    local from, finish = span(t.id)
+    if from then
       for _, d in ipairs(t.depends_on) do
-        local up = times[d]
-        if up and up.finish > from then from = up.finish end
+        local _, up_finish = span(d)
+        if up_finish and up_finish > from then from = up_finish end
       end
-      weight = math.max(0, own.finish - from)
+      weight = math.max(0, finish - from)
     end
-    assert(g:add(t.id, t.depends_on, { weight = weight }))
+    opts.weight = weight
+    assert(g:add(t.id, t.depends_on, opts))
   end
   assert(g:validate())
   local path, length = g:critical_path()
   g:close()
   -- Tasks that never ran add nothing: they are not on the path that was measured.
-  while #path > 0 and times[path[#path]] == nil do path[#path] = nil end
-  while #path > 0 and times[path[1]] == nil do table.remove(path, 1) end
+  while #path > 0 and span(path[#path]) == nil do path[#path] = nil end
+  while #path > 0 and span(path[1]) == nil do table.remove(path, 1) end
   return path, length
 end
 
@@ -53,13 +55,59 @@ local function usage_of(attempts)
   return usage, cost
 end
 
---- The summary of `run` (coral.run's Run, at its end).
-function M.of(run)
+-- What a task's state says at the run's end: its status (a task never reached is skipped), the
+-- time its attempts took, its last attempt, and its usage and cost.
+local function facts(st)
+  local duration = 0
+  for _, a in ipairs(st.attempts) do duration = duration + a.duration end
+  local usage, cost = usage_of(st.attempts)
+  return st.status == "pending" and "skipped" or st.status, duration, st.attempts[#st.attempts], usage, cost
+end
+
+-- A task's entry in `results`.
+local function result_of(t, st, status, duration, last, usage, cost)
+  -- The fields most tasks have in the constructor, which sizes the table for them (with
+  -- all 20 there, a nil one still counts: 32 slots a task, 100 MB for 100,000 tasks); the
+  -- rest only when the task has them.
+  local r = {
+    agent = t.agent, task = t.task, status = status, attempts = #st.attempts,
+    exit_code = last and last.code, duration_seconds = duration, output_file = st.output_path,
+    started = st.first_start, finished = st.finish, driver = st.driver_name,
+  }
+  r.signal, r.error, r.rate_limited = last and last.signal, st.error, st.rate_limits
+  r.usage, r.cost_usd = usage, cost
+  -- a worktree task's result: its branch and what it changed against its base
+  r.branch, r.commit = st.branch, st.commit
+  if st.changes then
+    r.files_changed, r.lines_added, r.lines_removed = st.changes.files, st.changes.added, st.changes.removed
+  end
+  return r
+end
+
+-- Whether a task's status counts as a success (`results = "unsuccessful"` leaves it out).
+local function successful(status) return status == "succeeded" or status == "up_to_date" end
+
+--- Calls `emit(result, id)` for each task of `run`, in the plan's order, with its entry in
+-- `results`, made for the call: summary.json's results, written without holding them all
+-- (M.of's `which`).
+function M.each_result(run, emit)
+  for _, t in ipairs(run.plan.tasks) do
+    local st = run.state[t.id]
+    emit(result_of(t, st, facts(st)), t.id)
+  end
+end
+
+--- The summary of `run` (coral.run's Run, at its end). `which`: the tasks its `results` holds,
+-- "all" (the default) or "unsuccessful" (those that neither succeeded nor were up to date:
+-- the command line, which prints those and nothing else of the results; summary.json holds
+-- every task either way, through M.each_result). A result is ~600 bytes: 60 MB for 100,000 tasks.
+function M.of(run, which)
+  local every = which ~= "unsuccessful"
   -- A resumed run counts the time of its earlier sessions too.
   local wall = run.finish_time - run.start_time + (run.prior_wall or 0)
   local sequential, succeeded, failed, skipped, unfinished, by_condition, up_to_date = 0, 0, 0, 0, 0, 0, 0
   local budget_exhausted = 0
-  local results, total_cost, times = {}, nil, {}
+  local results, total_cost = {}, nil
   local total_tokens, by_role, by_driver = nil, {}, {}
   local function add_spend(into, key, cost, tokens)
     if not key or (not cost and not tokens) then return end
@@ -69,10 +117,8 @@ function M.of(run)
   end
   for _, t in ipairs(run.plan.tasks) do
     local st = run.state[t.id]
-    local duration = 0
-    for _, a in ipairs(st.attempts) do duration = duration + a.duration end
+    local status, duration, last, usage, cost = facts(st)
     sequential = sequential + duration
-    local status = st.status == "pending" and "skipped" or st.status
     if status == "succeeded" then succeeded = succeeded + 1
     elseif status == "up_to_date" then up_to_date = up_to_date + 1
     elseif status == "skipped" then
@@ -81,34 +127,21 @@ function M.of(run)
     elseif status == "interrupted" then unfinished = unfinished + 1
     elseif status == "budget_exhausted" then budget_exhausted = budget_exhausted + 1
     else failed = failed + 1 end
-    local last = st.attempts[#st.attempts]
-    local usage, cost = usage_of(st.attempts)
     if cost then total_cost = (total_cost or 0) + cost end
     local tokens = usage and budget.tokens(usage) or nil
     if tokens then total_tokens = (total_tokens or 0) + tokens end
     add_spend(by_role, t.agent, cost, tokens)
     add_spend(by_driver, st.driver_name, cost, tokens)
-    if st.first_start and st.finish then times[t.id] = { start = st.first_start, finish = st.finish } end
-    -- The fields most tasks have in the constructor, which sizes the table for them (with
-    -- all 20 there, a nil one still counts: 32 slots a task, 100 MB for 100,000 tasks); the
-    -- rest only when the task has them.
-    local r = {
-      agent = t.agent, task = t.task, status = status, attempts = #st.attempts,
-      exit_code = last and last.code, duration_seconds = duration, output_file = st.output_path,
-      started = st.first_start, finished = st.finish, driver = st.driver_name,
-    }
-    r.signal, r.error, r.rate_limited = last and last.signal, st.error, st.rate_limits
-    r.usage, r.cost_usd = usage, cost
-    -- a worktree task's result: its branch and what it changed against its base
-    r.branch, r.commit = st.branch, st.commit
-    if st.changes then
-      r.files_changed, r.lines_added, r.lines_removed = st.changes.files, st.changes.added, st.changes.removed
+    if every or not successful(status) then
+      results[t.id] = result_of(t, st, status, duration, last, usage, cost)
     end
-    results[t.id] = r
   end
   local total = #run.plan.tasks
   local ws = run.workspace_result
-  local _, critical_seconds = M.critical_path(run.plan.tasks, times)
+  local _, critical_seconds = M.critical_path(run.plan.tasks, function(id)
+    local st = run.state[id]
+    if st and st.first_start and st.finish then return st.first_start, st.finish end
+  end)
   return {
     run_id = run.records.id, run_dir = run.records.dir, plan = run.plan.name,
     project = run.description, mode = run.mode.name, max_workers = run.max_workers,

@@ -150,10 +150,13 @@ function M.load(run_dir, opts)
 
   run.lanes = assign_lanes(run.attempts)
   if run.has_plan then
-    local times = {}
-    for _, tid in ipairs(run.order) do
+    local function span(tid)
       local t = run.tasks[tid]
-      if t.first_start and t.finish then times[tid] = { start = t.first_start, finish = t.finish } end
+      if t and t.first_start and t.finish then return t.first_start, t.finish end
+    end
+    local any_ran = false
+    for _, tid in ipairs(run.order) do
+      if span(tid) then any_ran = true; break end
     end
     local tasks = {}
     for _, tid in ipairs(run.order) do
@@ -161,8 +164,8 @@ function M.load(run_dir, opts)
       for _, d in ipairs(run.tasks[tid].depends_on) do if run.tasks[d] then deps[#deps + 1] = d end end
       tasks[#tasks + 1] = { id = tid, depends_on = deps }
     end
-    if next(times) then
-      run.critical, run.critical_seconds = summary_mod.critical_path(tasks, times)
+    if any_ran then
+      run.critical, run.critical_seconds = summary_mod.critical_path(tasks, span)
     else   -- nothing ran yet (the live report's first write): no path, and no graph to build
       run.critical, run.critical_seconds = {}, 0
     end
