@@ -486,6 +486,10 @@ local function analyse(self)
     end
     local path, length = g:critical_path()
     self.analysis = { phases = g:phases(), path = path, length = length }
+    -- validate() kept the graph for this analysis only: for 100,000 tasks it holds 11 MB,
+    -- which a run (with its own graph) would otherwise carry to its end
+    self.checked_graph = nil
+    g:close()
   end
   return self.analysis
 end
