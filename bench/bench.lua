@@ -1,7 +1,7 @@
 --- coral's benchmark suite (`make bench`, through scripts/bench): coral against the tools users
 -- would pick instead, on the same workloads (bench/workloads.lua), in the same run, for W = 2, 4, 8.
 --
---   coral bench/bench.lua OUTDIR --measure PATH [--floor PATH] [--reps N] [--only a,b]
+--   coral bench/bench.lua OUTDIR --measure PATH [--floor PATH] [--c-floor PATH] [--reps N] [--only a,b]
 --
 -- noop-100k (100,000 tasks at W=4, minutes) runs only with CORAL_BENCH_SCALE=1 or when --only
 -- names it. CORAL_BENCH_BASE=path adds a run of another coral binary ("coral-base") to each
@@ -29,6 +29,7 @@ do
     if arg[i] == "--reps" then opts.reps = tonumber(arg[i + 1]); i = i + 2
     elseif arg[i] == "--only" then opts.only = arg[i + 1]; i = i + 2
     elseif arg[i] == "--floor" then opts.floor = arg[i + 1]; i = i + 2
+    elseif arg[i] == "--c-floor" then opts.c_floor = arg[i + 1]; i = i + 2
     elseif arg[i] == "--measure" then opts.measure = arg[i + 1]; i = i + 2
     else error("bench: unknown argument " .. arg[i], 0) end
   end
@@ -136,6 +137,13 @@ local function peers_for(w, files, W, n)
     add("lua-floor", { CORAL, LUA_FLOOR, files.json, tostring(W), "PROJECT" }, { project = true })
     -- the same without a task dir and files: between the two rows, what those cost
     add("lua-floor-nofiles", { CORAL, LUA_FLOOR, files.json, tostring(W), "PROJECT", "--no-files" }, { project = true })
+  end
+  -- The same records in C and nothing else (bench/c-floor.c): what no runner keeping them can go
+  -- below on this file system; with the task dir alone, and with neither dir nor files.
+  if w.noop and opts.c_floor then
+    add("c-floor", { opts.c_floor, files.tsv, tostring(W), "PROJECT" }, { project = true })
+    add("c-floor-dir", { opts.c_floor, files.tsv, tostring(W), "PROJECT", "--dir-only" }, { project = true })
+    add("c-floor-nofiles", { opts.c_floor, files.tsv, tostring(W), "PROJECT", "--no-files" }, { project = true })
   end
   if which("make") then add("make", { "make", "-s", "-f", files.make, "-j" .. W }, { cwd = dir }) end
   if which("ninja") then add("ninja", { "ninja", "-f", files.ninja, "-j", tostring(W), "--quiet" }, { cwd = dir }) end
@@ -247,13 +255,22 @@ local function process_workload(w)
     for _, r in ipairs(rows) do by[r.runner] = r end
     local c = by.coral
     if w.noop then
+      -- beside each, what the C runner keeping the same records gets (c-floor), and without
+      -- its files: whether the target is within reach of any runner that keeps them
+      local function bound(peer)
+        local f, nf = by["c-floor"], by["c-floor-nofiles"]
+        if not (f and nf and by[peer]) then return nil end
+        local function ratio(r) return r.wall / by[peer].wall end
+        return string.format("c-floor %.2f, c-floor-dir %.2f, c-floor-nofiles %.2f", ratio(f),
+          ratio(by["c-floor-dir"]), ratio(nf))
+      end
       if by.make then
         target(string.format("%s W=%d: coral / make -j", w.name, W), by.make.coral_ratio, 0.95,
-          by.make.coral_ratio <= 0.95)
+          by.make.coral_ratio <= 0.95, bound("make"))
       end
       if by.floor then
         target(string.format("%s W=%d: coral / spawn floor", w.name, W), by.floor.coral_ratio, 1.05,
-          by.floor.coral_ratio <= 1.05)
+          by.floor.coral_ratio <= 1.05, bound("floor"))
       end
       if w.name == "noop-fanout" then
         target(string.format("coral peak RSS, 5000-task plan, W=%d (MB)", W), c.rss_mb, 40, c.rss_mb < 40)
@@ -471,11 +488,12 @@ if wanted("coord") then coord_bench() end
 if wanted("startup") then startup() end
 
 out("\n== targets ==\n")
-local md = { "| target | measured | limit | met |", "|---|---|---|---|" }
+local md = { "| target | measured | limit | met | beside it |", "|---|---|---|---|---|" }
 for _, t in ipairs(targets) do
   out("%-66s %10s %10s  %s%s\n", t.name, fmt(t.value), fmt(t.limit), t.ok and "met" or "MISSED",
       t.note and ("  (" .. t.note .. ")") or "")
-  md[#md + 1] = string.format("| %s | %s | %s | %s |", t.name, fmt(t.value), fmt(t.limit), t.ok and "met" or "**missed**")
+  md[#md + 1] = string.format("| %s | %s | %s | %s | %s |", t.name, fmt(t.value), fmt(t.limit),
+    t.ok and "met" or "**missed**", t.note or "")
 end
 results.targets = targets
 results.seconds = (uv.hrtime() - clock0) / 1e9

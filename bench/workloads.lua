@@ -161,7 +161,7 @@ end
 --- Writes the workload's files into `dir` and returns their paths.
 function M.write(w, dir)
   local files = { recipe = dir .. "/recipe.lua", make = dir .. "/Makefile", ninja = dir .. "/build.ninja",
-                  json = dir .. "/tasks.json" }
+                  json = dir .. "/tasks.json", tsv = dir .. "/tasks.tsv" }
   write(files.recipe, recipe(w))
   write(files.make, makefile(w))
   write(files.ninja, ninja(w))
@@ -170,6 +170,12 @@ function M.write(w, dir)
     jt[i] = { id = t.id, argv = t.argv, deps = setmetatable(t.deps, cjson.empty_array_mt), phase = t.phase }
   end
   write(files.json, cjson.encode { name = w.name, tasks = jt })
+  -- for bench/c-floor.c, which reads no JSON: id, dependencies, argv (no word has a space)
+  local rows = {}
+  for i, t in ipairs(w.tasks) do
+    rows[i] = t.id .. "\t" .. table.concat(t.deps, " ") .. "\t" .. shell_line(t.argv)
+  end
+  write(files.tsv, table.concat(rows, "\n") .. "\n")
   if w.independent then
     files.list = dir .. "/tasks.txt"
     local lines = {}
