@@ -138,8 +138,8 @@ local function peers_for(w, files, W, n)
     -- the same without a task dir and files: between the two rows, what those cost
     add("lua-floor-nofiles", { CORAL, LUA_FLOOR, files.json, tostring(W), "PROJECT", "--no-files" }, { project = true })
   end
-  -- The same records in C and nothing else (bench/c-floor.c): what no runner keeping them can go
-  -- below on this file system; with the task dir alone, and with neither dir nor files.
+  -- The same records in C and nothing else (bench/c-floor.c): the least a runner keeping them
+  -- does on this file system; with the task dir alone, and with neither dir nor files.
   if w.noop and opts.c_floor then
     add("c-floor", { opts.c_floor, files.tsv, tostring(W), "PROJECT" }, { project = true })
     add("c-floor-dir", { opts.c_floor, files.tsv, tostring(W), "PROJECT", "--dir-only" }, { project = true })

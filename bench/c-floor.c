@@ -1,11 +1,13 @@
-/* The least any runner can do while keeping a noop task's records as coral keeps them: the
- * "c-floor" rows of `make bench`. What bench/lua-floor.lua does, in C and nothing else: the
+/* A runner that keeps a noop task's records as coral keeps them and does nothing else: the
+ * "c-floor" rows of `make bench`. What bench/lua-floor.lua does, in C and nothing more: the
  * tasks of a workload's tasks.tsv run as a dependency graph (ready tasks in file order, as make
  * takes them), up to W processes at once, each found on PATH (posix_spawnp, as coral and make
  * search it); per task a dir under PROJECT/run/tasks, the attempt's stdout and stderr files
  * opened there (O_NOFOLLOW, as coral opens them), three journal lines (spawn, written before the
  * process exists; start; end) and a joblog row, each formatted into one buffer and written with
- * one write(2) before the next spawn. No Lua, no policy, no allocation a task.
+ * one write(2) before the next spawn. No Lua, no policy, no allocation a task. Made for the
+ * bench's plans: ids are written into the journal unescaped, and a failed task's dependents
+ * still run (a noop plan does not fail; the exit status says whether one did).
  *
  * Between coral and this row is everything coral does above its records; between this row and
  * make is what the records themselves cost on the machine's file system. --dir-only makes the
@@ -163,14 +165,12 @@ int main(int argc, char **argv) {
   int w, running = 0, ended = 0, failed = 0, *ready, nready = 0, next_ready = 0;
   slot *slots;
   char run_dir[4096], path[4096 + 64];
-  if (argc < 4 || argc > 5 || (w = atoi(argv[2])) < 1) {
+  if (argc == 5 && strcmp(argv[4], "--dir-only") == 0)
+    mode = DIR_ONLY;
+  else if (argc == 5 && strcmp(argv[4], "--no-files") == 0)
+    mode = NO_FILES;
+  if (argc < 4 || (argc == 5 && mode == FILES) || argc > 5 || (w = atoi(argv[2])) < 1) {
     fprintf(stderr, "usage: c-floor TASKS.TSV W PROJECT_DIR [--dir-only | --no-files]\n");
-    return 2;
-  }
-  if (argc == 5)
-    mode = strcmp(argv[4], "--dir-only") == 0 ? DIR_ONLY : strcmp(argv[4], "--no-files") == 0 ? NO_FILES : -1;
-  if ((int)mode < 0) {
-    fprintf(stderr, "c-floor: unknown option %s\n", argv[4]);
     return 2;
   }
   load(argv[1]);
@@ -250,9 +250,9 @@ int main(int argc, char **argv) {
         "\"outcome\":\"%s\"}\n", at, t->id, code, at - t->started, ok ? "succeeded" : "failed");
     add(&joblog, "%s\t1\t%.3f\t%.3f\t%d\t\t%s\n", t->id, t->started, at - t->started, code,
         ok ? "succeeded" : "failed");
-    for (int k = 0; k < t->ndependents; k++)
-      if (--tasks[t->dependents[k]].waiting == 0)
-        ready[nready++] = t->dependents[k];
+    for (int d = 0; d < t->ndependents; d++)
+      if (--tasks[t->dependents[d]].waiting == 0)
+        ready[nready++] = t->dependents[d];
   }
   flush(&journal);
   flush(&joblog);
